@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Hyperion's kernel/user ABI: the one place where verdicts, reasons, map
+ * capacities and the layouts of map keys and values are defined.
+ *
+ * User space never copies these by hand: the Python control plane reads the
+ * enums and struct layouts from the BTF of the compiled object (see
+ * hyperion/abi.py), so the two sides cannot drift. Enumerator names are the
+ * Prometheus label values once the prefix is stripped and lower-cased.
+ * Struct fields named reserved* or pad* are padding: user space writes zeros.
+ */
+#ifndef HYPERION_ABI_H
+#define HYPERION_ABI_H
+
+#include <linux/types.h>
+
+/* What the fast path did with a packet. Monitor mode uses the WOULD_* verdicts:
+ * the packet passed, but enforce mode would have dropped/redirected it. */
+enum hyp_verdict {
+	HYP_VERDICT_PASS = 0,
+	HYP_VERDICT_DROP = 1,
+	HYP_VERDICT_REDIRECT = 2,
+	HYP_VERDICT_WOULD_DROP = 3,
+	HYP_VERDICT_WOULD_REDIRECT = 4,
+	HYP_VERDICT__MAX,
+};
+
+/* Why. One reason per exit of the program; malformed-packet reasons first. */
+enum hyp_reason {
+	HYP_REASON_NO_MATCH = 0,         /* IP packet no stage claimed: pass */
+	HYP_REASON_NON_IP = 1,           /* ARP, LLDP, ...: pass */
+	HYP_REASON_TRUNCATED_ETH = 2,
+	HYP_REASON_TRUNCATED_VLAN = 3,
+	HYP_REASON_TOO_MANY_VLANS = 4,
+	HYP_REASON_TRUNCATED_IPV4 = 5,
+	HYP_REASON_BAD_IP_VERSION = 6,
+	HYP_REASON_BAD_IHL = 7,
+	HYP_REASON_BAD_IP_LENGTH = 8,
+	HYP_REASON_TRUNCATED_IPV6 = 9,
+	HYP_REASON_TRUNCATED_EXTHDR = 10,
+	HYP_REASON_TOO_MANY_EXTHDRS = 11,
+	HYP_REASON_TRUNCATED_TCP = 12,
+	HYP_REASON_BAD_TCP_OFFSET = 13,
+	HYP_REASON_TRUNCATED_UDP = 14,
+	HYP_REASON_BAD_UDP_LENGTH = 15,
+	HYP_REASON_TRUNCATED_ICMP = 16,
+	HYP_REASON_ALLOWLIST = 17,       /* allow_cidrs: pass, later stages skipped */
+	HYP_REASON_BLOCKLIST_CIDR = 18,  /* drop_cidrs */
+	HYP_REASON_BLOCKLIST_IP = 19,    /* drop_ips */
+	HYP_REASON_BLOCKLIST_DYNAMIC = 20, /* runtime blocks with expiry */
+	HYP_REASON_FRAGMENT = 21,        /* non-first fragment: no L4 header to classify */
+	HYP_REASON_REDIRECT_CLASS = 22,  /* sent to the AF_XDP socket of the rx queue */
+	HYP_REASON_REDIRECT_FAILED = 23, /* no socket for the queue: class fallback taken */
+	HYP_REASON_NO_CONFIG = 24,       /* policy not applied yet: pass */
+	HYP_REASON__MAX,
+};
+
+enum hyp_mode {
+	HYP_MODE_ENFORCE = 0,
+	HYP_MODE_MONITOR = 1,
+};
+
+/* What a redirect class does when its queue has no AF_XDP socket. */
+enum hyp_fallback {
+	HYP_FALLBACK_PASS = 0, /* fail-open */
+	HYP_FALLBACK_DROP = 1, /* fail-closed */
+};
+
+/* Map capacities; the policy compiler refuses a policy that does not fit
+ * before anything changes. Overridable at build time. */
+enum hyp_capacity {
+#ifndef HYP_ALLOW_CAPACITY
+	HYP_CAP_ALLOW = 16384,
+#else
+	HYP_CAP_ALLOW = HYP_ALLOW_CAPACITY,
+#endif
+#ifndef HYP_BLOCK_CIDR_CAPACITY
+	HYP_CAP_BLOCK_CIDR = 262144,
+#else
+	HYP_CAP_BLOCK_CIDR = HYP_BLOCK_CIDR_CAPACITY,
+#endif
+#ifndef HYP_BLOCK_IP_CAPACITY
+	HYP_CAP_BLOCK_IP = 2097152,
+#else
+	HYP_CAP_BLOCK_IP = HYP_BLOCK_IP_CAPACITY,
+#endif
+#ifndef HYP_DYN_BLOCK_CAPACITY
+	HYP_CAP_DYN_BLOCK = 65536,
+#else
+	HYP_CAP_DYN_BLOCK = HYP_DYN_BLOCK_CAPACITY,
+#endif
+	HYP_CAP_CLASSES = 256,
+	HYP_CAP_QUEUES = 64,
+	/* Policy generations held at once: the active one and the one being built. */
+	HYP_CAP_GENERATIONS = 2,
+};
+
+/* hyp_counters is a per-CPU array indexed by verdict * HYP_REASON__MAX + reason. */
+struct hyp_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* The policy maps held per generation slot; the lower-cased name after the
+ * prefix is the map's name after "hyp_" (HYP_PMAP_ALLOW4 -> hyp_allow4). */
+enum hyp_policy_map {
+	HYP_PMAP_ALLOW4 = 0,
+	HYP_PMAP_ALLOW6 = 1,
+	HYP_PMAP_BCIDR4 = 2,
+	HYP_PMAP_BCIDR6 = 3,
+	HYP_PMAP_BIP4 = 4,
+	HYP_PMAP_BIP6 = 5,
+	HYP_PMAP_CLASSES = 6,
+	HYP_PMAP__MAX,
+};
+
+/* Single-entry array selecting the active generation slot. The program reads
+ * it once per packet, so a packet is judged by one whole policy; the control
+ * plane switches policies with one aligned 4-byte write. */
+struct hyp_config {
+	__u32 active_slot; /* index into the generation (outer) maps */
+	__u32 reserved;
+};
+
+/* Per-slot settings (array of HYP_CAP_GENERATIONS), written before the slot
+ * becomes active. */
+struct hyp_settings {
+	__u32 mode;                       /* enum hyp_mode */
+	__u32 reserved;
+	__u64 generation;                 /* policy generation number, 0 = none */
+	__u64 applied_at_ns;              /* CLOCK_REALTIME when applied */
+	__u32 entries[HYP_PMAP__MAX];     /* entries in each policy map */
+	__u32 reserved2;
+};
+
+/* LPM trie keys: prefix length in bits, then the address in network order. */
+struct hyp_lpm_v4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct hyp_lpm_v6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct hyp_ip_v4_key {
+	__u8 addr[4];
+};
+
+struct hyp_ip_v6_key {
+	__u8 addr[16];
+};
+
+/* Value of allow/block entries: the policy rule that installed it. */
+struct hyp_rule_value {
+	__u32 rule_id;
+};
+
+/* Dynamic blocklist value. Expiry on CLOCK_BOOTTIME (bpf_ktime_get_boot_ns),
+ * 0 = never. Expired entries are ignored by the program and may be evicted. */
+struct hyp_dyn_block {
+	__u64 expires_ns;
+	__u32 rule_id;
+	__u32 reserved;
+};
+
+/* Redirect class key: IP protocol and destination port in host order. */
+struct hyp_class_key {
+	__u16 port;
+	__u8 protocol;
+	__u8 pad;
+};
+
+struct hyp_class_value {
+	__u32 class_id;
+	__u32 on_failure; /* enum hyp_fallback */
+};
+
+#endif /* HYPERION_ABI_H */

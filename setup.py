@@ -1,0 +1,51 @@
+"""Builds the XDP object with clang as part of the package build.
+
+The object is compiled from bpf/ on every build (never committed) and lands
+in hyperion/_bpf/, in place for editable installs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Command, setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+
+
+def compile_bpf(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT / "bpf"), f"OUT={out_dir}"],
+        check=True,
+        stdout=sys.stderr,
+    )
+
+
+class BuildBpf(Command):
+    """`python setup.py build_bpf`: compile the XDP object into the source tree."""
+
+    user_options: list[tuple[str, str | None, str]] = []
+
+    def initialize_options(self) -> None:
+        pass
+
+    def finalize_options(self) -> None:
+        pass
+
+    def run(self) -> None:
+        compile_bpf(ROOT / "src" / "hyperion" / "_bpf")
+
+
+class BuildPyWithBpf(build_py):
+    def run(self) -> None:
+        compile_bpf(ROOT / "src" / "hyperion" / "_bpf")
+        super().run()
+        if not self.editable_mode:
+            compile_bpf(Path(self.build_lib) / "hyperion" / "_bpf")
+
+
+setup(cmdclass={"build_py": BuildPyWithBpf, "build_bpf": BuildBpf})

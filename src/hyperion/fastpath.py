@@ -1,0 +1,461 @@
+"""The XDP fast path on one interface: load, attach, pin, apply policy, read state.
+
+State lives in bpffs under /sys/fs/bpf/hyperion/<netns>_<ifname>/: every map
+pinned by its name and the XDP link as `link`. Because the link is pinned,
+the program stays attached when the control plane exits; a restarted control
+plane (or the CLI) opens the same pins and sees the same counters.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hyperion import libbpf
+from hyperion.abi import Abi, load_abi, packer
+from hyperion.compiler import CompiledPolicy
+from hyperion.errors import AttachError, BpfError, HyperionError, NotAttachedError
+
+PIN_ROOT = Path(os.environ.get("HYPERION_PIN_ROOT", "/sys/fs/bpf/hyperion"))
+PROGRAM_NAME = "hyperion_xdp"
+LINK_PIN = "link"
+# A packet's run of the program takes microseconds; waiting this long after a
+# flip before rewriting the now-inactive slot keeps in-flight packets whole.
+SLOT_QUIESCE_SECONDS = 0.05
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def netns_inode() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def pin_dir_for(ifname: str, root: Path | None = None) -> Path:
+    """One directory per (network namespace, interface): the same name in two namespaces never collides."""
+    return (root or PIN_ROOT) / f"ns{netns_inode()}_{ifname}"
+
+
+def ifindex_of(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise AttachError(f"interface {ifname!r} does not exist in this network namespace") from None
+
+
+def boottime_ns() -> int:
+    """CLOCK_BOOTTIME, the clock of bpf_ktime_get_boot_ns()."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+@dataclass(frozen=True)
+class InnerTemplate:
+    """Shape of the inner maps of one generation (outer) map, from the object."""
+
+    map_type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class DynamicBlock:
+    address: IPAddress
+    expires_in: float | None  # seconds; None = never; <= 0 = expired
+    rule_id: int
+
+
+class BpfObject:
+    """An opened (optionally loaded) libbpf bpf_object; closed with close()."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = libbpf.check_ptr(libbpf.lib().bpf_object__open_file(str(path).encode(), None),
+                                       f"open BPF object {path}")
+
+    def maps(self) -> Iterator[tuple[str, int]]:
+        lib = libbpf.lib()
+        current = lib.bpf_object__next_map(self.handle, None)
+        while current:
+            if not lib.bpf_map__is_internal(current):
+                yield lib.bpf_map__name(current).decode(), current
+            current = lib.bpf_object__next_map(self.handle, current)
+
+    def inner_templates(self) -> dict[str, InnerTemplate]:
+        lib = libbpf.lib()
+        templates = {}
+        for name, handle in self.maps():
+            inner = lib.bpf_map__inner_map(handle)
+            if inner:
+                templates[name] = InnerTemplate(
+                    lib.bpf_map__type(inner), lib.bpf_map__key_size(inner), lib.bpf_map__value_size(inner),
+                    lib.bpf_map__max_entries(inner), lib.bpf_map__map_flags(inner),
+                )
+        return templates
+
+    def load(self, pin_dir: Path | None) -> None:
+        lib = libbpf.lib()
+        if pin_dir is not None:
+            for name, handle in self.maps():
+                # Re-uses a compatible pinned map, else creates and pins it.
+                libbpf.check(lib.bpf_map__set_pin_path(handle, str(pin_dir / name).encode()), f"pin path {name}")
+        rc = lib.bpf_object__load(self.handle)
+        if rc < 0:
+            raise BpfError(
+                f"loading {self.path} failed: {os.strerror(-rc)} (verifier or pinned-map mismatch; "
+                "libbpf's log above says which; `hyperion detach` clears stale pins)", -rc)
+
+    def program_fd(self, name: str = PROGRAM_NAME) -> int:
+        lib = libbpf.lib()
+        prog = libbpf.check_ptr(lib.bpf_object__find_program_by_name(self.handle, name.encode()),
+                                f"program {name}")
+        return libbpf.check(lib.bpf_program__fd(prog), f"fd of program {name}")
+
+    def map_fds(self) -> dict[str, int]:
+        lib = libbpf.lib()
+        return {name: libbpf.check(lib.bpf_map__fd(handle), f"fd of map {name}") for name, handle in self.maps()}
+
+    def close(self) -> None:
+        if self.handle:
+            libbpf.lib().bpf_object__close(self.handle)
+            self.handle = 0
+
+
+class FastPath:
+    """Handle on the fast path's maps (and, when attached, its pins and link)."""
+
+    def __init__(self, abi: Abi, map_fds: dict[str, int], templates: dict[str, InnerTemplate],
+                 pin_dir: Path | None = None, ifname: str | None = None,
+                 owned_object: BpfObject | None = None) -> None:
+        self.abi = abi
+        self.pin_dir = pin_dir
+        self.ifname = ifname
+        self.templates = templates
+        self.maps = {name: libbpf.MapFd.from_fd(fd) for name, fd in map_fds.items()}
+        self._object = owned_object
+        self._ncpus = libbpf.num_possible_cpus()
+        self._dyn_value = packer(abi.DynBlock)
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def load_detached(cls, object_path: Path | None = None) -> tuple[FastPath, int]:
+        """Loads the program without attaching or pinning (for BPF_PROG_TEST_RUN); returns it and the prog fd."""
+        abi = load_abi(object_path)
+        obj = BpfObject(abi.object_path)
+        try:
+            templates = obj.inner_templates()
+            obj.load(None)
+            return cls(abi, obj.map_fds(), templates, owned_object=obj), obj.program_fd()
+        except BaseException:
+            obj.close()
+            raise
+
+    @classmethod
+    def attach(cls, ifname: str, mode: str = "native", object_path: Path | None = None,
+               pin_root: Path | None = None) -> FastPath:
+        """Attaches to ifname, or re-uses the attachment already pinned there."""
+        if mode not in ("native", "generic"):
+            raise AttachError(f"attach mode must be 'native' or 'generic', not {mode!r}")
+        ifindex = ifindex_of(ifname)
+        pin_dir = pin_dir_for(ifname, pin_root)
+        if (pin_dir / LINK_PIN).exists():
+            if _pinned_link_ifindex(pin_dir) == ifindex:
+                return cls.open(ifname, object_path, pin_root)
+            _remove_pins(pin_dir)  # the interface was deleted and re-created: stale state
+        abi = load_abi(object_path)
+        _make_pin_dir(pin_dir)
+        obj = BpfObject(abi.object_path)
+        try:
+            templates = obj.inner_templates()
+            obj.load(pin_dir)
+            flags = libbpf.XDP_FLAGS_DRV_MODE if mode == "native" else libbpf.XDP_FLAGS_SKB_MODE
+            opts = libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(libbpf.BpfLinkCreateOpts), flags=flags)
+            link_fd = libbpf.lib().bpf_link_create(obj.program_fd(), ifindex, libbpf.BPF_XDP, ctypes.byref(opts))
+            if link_fd < 0:
+                raise AttachError(_attach_failure(ifname, mode, -link_fd))
+            try:
+                libbpf.obj_pin(link_fd, str(pin_dir / LINK_PIN))
+            finally:
+                os.close(link_fd)
+            return cls(abi, obj.map_fds(), templates, pin_dir, ifname, owned_object=obj)
+        except BaseException:
+            obj.close()
+            if not (pin_dir / LINK_PIN).exists():
+                _remove_pins(pin_dir)
+            raise
+
+    @classmethod
+    def open(cls, ifname: str, object_path: Path | None = None, pin_root: Path | None = None) -> FastPath:
+        """Opens the pinned state of an attached interface, without touching the program."""
+        pin_dir = pin_dir_for(ifname, pin_root)
+        if not (pin_dir / LINK_PIN).exists():
+            raise NotAttachedError(f"Hyperion is not attached to {ifname!r} in this network namespace "
+                                   f"(no pins under {pin_dir})")
+        abi = load_abi(object_path)
+        obj = BpfObject(abi.object_path)
+        try:
+            templates = obj.inner_templates()
+            names = [name for name, _ in obj.maps()]
+        finally:
+            obj.close()
+        fds = {}
+        for name in names:
+            fds[name] = libbpf.obj_get(str(pin_dir / name))
+        return cls(abi, fds, templates, pin_dir, ifname)
+
+    @staticmethod
+    def detach(ifname: str, pin_root: Path | None = None) -> bool:
+        """Detaches the program and removes the interface's pins. False if nothing was attached."""
+        pin_dir = pin_dir_for(ifname, pin_root)
+        if not pin_dir.exists():
+            return False
+        link_path = pin_dir / LINK_PIN
+        if link_path.exists():
+            link_fd = libbpf.obj_get(str(link_path))
+            try:
+                rc = libbpf.lib().bpf_link_detach(link_fd)
+                # ENOLINK: the interface is already gone, which detached it.
+                if rc < 0 and -rc not in (67,):
+                    libbpf.check(rc, f"detach XDP from {ifname}")
+            finally:
+                os.close(link_fd)
+        _remove_pins(pin_dir)
+        return True
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        if self._object is not None:
+            self._object.close()
+            self._object = None
+
+    def __enter__(self) -> FastPath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- policy -------------------------------------------------------------------------
+
+    def capacities(self) -> dict[str, int]:
+        return {name: t.max_entries for name, t in self.templates.items()}
+
+    def _config(self) -> Any:
+        raw = self.maps["hyp_config"].lookup(bytes(4))
+        return self.abi.Config.from_buffer_copy(raw or bytes(ctypes.sizeof(self.abi.Config)))
+
+    def settings(self, slot: int | None = None) -> Any:
+        if slot is None:
+            slot = self._config().active_slot
+        raw = self.maps["hyp_settings"].lookup(int(slot).to_bytes(4, "little"))
+        return self.abi.Settings.from_buffer_copy(raw or bytes(ctypes.sizeof(self.abi.Settings)))
+
+    def apply(self, compiled: CompiledPolicy) -> int:
+        """Installs a compiled policy atomically; returns its generation.
+
+        The new maps are built in the inactive slot while the active one keeps
+        serving; one 4-byte write of hyp_config then switches every CPU over.
+        A failure before that write leaves the running policy untouched.
+        """
+        config = self._config()
+        active = config.active_slot & 1
+        target = active ^ 1
+        current = self.settings(active)
+        since_flip = time.time_ns() - current.applied_at_ns
+        if 0 <= since_flip < SLOT_QUIESCE_SECONDS * 1e9:
+            time.sleep(SLOT_QUIESCE_SECONDS - since_flip / 1e9)
+        entries = (ctypes.c_uint32 * len(self.abi.policy_maps))()
+        for index, name in self.abi.policy_maps.items():
+            image = compiled.images[name]
+            inner = self._build_inner(name, image)
+            try:
+                self.maps[name].update(target.to_bytes(4, "little"), inner.fd.to_bytes(4, "little"))
+            finally:
+                inner.close()
+            entries[index] = image.count
+        settings = self.abi.Settings(mode=compiled.mode, generation=current.generation + 1,
+                                     applied_at_ns=time.time_ns(), entries=entries)
+        self.maps["hyp_settings"].update(target.to_bytes(4, "little"), bytes(settings))
+        self.maps["hyp_config"].update(bytes(4), bytes(self.abi.Config(active_slot=target)))
+        return int(settings.generation)
+
+    def _build_inner(self, name: str, image: Any) -> libbpf.MapFd:
+        t = self.templates[name]
+        fd = libbpf.map_create(t.map_type, f"{name}_g"[:15], t.key_size, t.value_size, t.max_entries, t.flags)
+        inner = libbpf.MapFd(fd, t.key_size, t.value_size, name)
+        try:
+            if t.map_type == libbpf.BPF_MAP_TYPE_LPM_TRIE:
+                # LPM tries have no batch update.
+                for key, value in image.entries(t.key_size, t.value_size):
+                    inner.update(key, value)
+            else:
+                inner.update_batch(image.keys, image.values, image.count)
+        except BaseException:
+            inner.close()
+            raise
+        return inner
+
+    # ---- counters -----------------------------------------------------------------------
+
+    def counters(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(verdict, reason) -> (packets, bytes), summed over CPUs; zero entries omitted."""
+        counters_map = self.maps["hyp_counters"]
+        stride = (ctypes.sizeof(self.abi.Counter) + 7) & ~7
+        result = {}
+        for verdict, verdict_label in self.abi.verdicts.items():
+            for reason, reason_label in self.abi.reasons.items():
+                index = verdict * self.abi.reason_count + reason
+                raw = counters_map.lookup(index.to_bytes(4, "little"), stride * self._ncpus)
+                if raw is None:
+                    continue
+                packets = total_bytes = 0
+                for cpu in range(self._ncpus):
+                    value = self.abi.Counter.from_buffer_copy(raw, cpu * stride)
+                    packets += value.packets
+                    total_bytes += value.bytes
+                if packets:
+                    result[(verdict_label, reason_label)] = (packets, total_bytes)
+        return result
+
+    # ---- dynamic blocklist --------------------------------------------------------------
+
+    def _dyn_map(self, address: IPAddress) -> libbpf.MapFd:
+        return self.maps["hyp_dyn4" if address.version == 4 else "hyp_dyn6"]
+
+    def block_add(self, address: IPAddress, ttl_seconds: float | None, rule_id: int = 0) -> None:
+        expires = 0 if ttl_seconds is None else boottime_ns() + int(ttl_seconds * 1e9)
+        self._dyn_map(address).update(address.packed, self._dyn_value.pack(expires, rule_id))
+
+    def block_delete(self, address: IPAddress) -> bool:
+        return self._dyn_map(address).delete(address.packed)
+
+    def blocks(self) -> list[DynamicBlock]:
+        now = boottime_ns()
+        found = []
+        for name, factory in (("hyp_dyn4", ipaddress.IPv4Address), ("hyp_dyn6", ipaddress.IPv6Address)):
+            dyn = self.maps[name]
+            for key in list(dyn.keys()):
+                raw = dyn.lookup(key)
+                if raw is None:
+                    continue
+                expires, rule_id = self._dyn_value.unpack(raw)
+                expires_in = None if expires == 0 else (expires - now) / 1e9
+                found.append(DynamicBlock(factory(key), expires_in, rule_id))
+        return found
+
+    def sweep_expired_blocks(self) -> int:
+        """Deletes expired dynamic blocks (the program already ignores them); returns how many."""
+        removed = 0
+        for block in self.blocks():
+            if block.expires_in is not None and block.expires_in <= 0 and self.block_delete(block.address):
+                removed += 1
+        return removed
+
+    # ---- status -------------------------------------------------------------------------
+
+    def map_fill(self) -> dict[str, tuple[int, int]]:
+        """Map name -> (entries, capacity) for the active policy and the dynamic blocklist."""
+        settings = self.settings()
+        fill = {name: (int(settings.entries[index]), self.templates[name].max_entries)
+                for index, name in self.abi.policy_maps.items()}
+        for name in ("hyp_dyn4", "hyp_dyn6"):
+            dyn = self.maps[name]
+            fill[name] = (sum(1 for _ in dyn.keys()), libbpf.map_info(dyn.fd).max_entries)
+        return fill
+
+    def program_info(self) -> dict[str, Any]:
+        if self.pin_dir is None:
+            return {}
+        link_fd = libbpf.obj_get(str(self.pin_dir / LINK_PIN))
+        try:
+            link = libbpf.link_info(link_fd)
+        finally:
+            os.close(link_fd)
+        prog_fd = libbpf.check(libbpf.lib().bpf_prog_get_fd_by_id(link.prog_id), "program by id")
+        try:
+            prog = libbpf.prog_info(prog_fd)
+        finally:
+            os.close(prog_fd)
+        return {
+            "program_id": link.prog_id,
+            "link_id": link.id,
+            "ifindex": link.union_first,
+            "xlated_bytes": prog.xlated_prog_len,
+            "jited_bytes": prog.jited_prog_len,
+            "verified_insns": prog.verified_insns,
+            "attach_mode": xdp_attach_mode(self.ifname) if self.ifname else None,
+        }
+
+    def status(self) -> dict[str, Any]:
+        settings = self.settings()
+        modes = {v: k for k, v in self.abi.modes.items()}
+        return {
+            "interface": self.ifname,
+            "pin_dir": str(self.pin_dir) if self.pin_dir else None,
+            "policy_generation": int(settings.generation),
+            "mode": modes.get(settings.mode, str(settings.mode)) if settings.generation else None,
+            "applied_at": settings.applied_at_ns / 1e9 if settings.generation else None,
+            **self.program_info(),
+            "maps": {name: {"entries": e, "capacity": c} for name, (e, c) in self.map_fill().items()},
+            "counters": [
+                {"verdict": v, "reason": r, "packets": p, "bytes": b}
+                for (v, r), (p, b) in sorted(self.counters().items())
+            ],
+        }
+
+
+def xdp_attach_mode(ifname: str) -> str | None:
+    """native/generic/offload as the kernel reports it (iproute2's JSON), None if nothing attached."""
+    try:
+        out = subprocess.run(["ip", "-j", "-d", "link", "show", "dev", ifname],
+                             check=True, capture_output=True, text=True).stdout
+        xdp = json.loads(out)[0].get("xdp")
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return None
+    if not xdp:
+        return None
+    return {1: "native", 2: "generic", 3: "offload"}.get(xdp.get("mode"), str(xdp.get("mode")))
+
+
+def _pinned_link_ifindex(pin_dir: Path) -> int:
+    try:
+        fd = libbpf.obj_get(str(pin_dir / LINK_PIN))
+    except BpfError:
+        return 0
+    try:
+        return int(libbpf.link_info(fd).union_first)
+    finally:
+        os.close(fd)
+
+
+def _make_pin_dir(pin_dir: Path) -> None:
+    if not Path("/sys/fs/bpf").is_mount() and pin_dir.is_relative_to("/sys/fs/bpf"):
+        raise HyperionError("bpffs is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")
+    pin_dir.parent.mkdir(mode=0o700, exist_ok=True)
+    pin_dir.mkdir(mode=0o700, exist_ok=True)
+
+
+def _remove_pins(pin_dir: Path) -> None:
+    if not pin_dir.exists():
+        return
+    for entry in pin_dir.iterdir():
+        entry.unlink()
+    pin_dir.rmdir()
+
+
+def _attach_failure(ifname: str, mode: str, err: int) -> str:
+    if err == 95 and mode == "native":  # EOPNOTSUPP
+        return f"{ifname}: the driver has no native XDP support; use --mode generic"
+    if err == 16:  # EBUSY
+        return f"{ifname}: another XDP program is already attached; detach it first"
+    return f"attaching XDP to {ifname} ({mode} mode) failed: {os.strerror(err)} (errno {err})"
