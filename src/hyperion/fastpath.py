@@ -216,21 +216,7 @@ class FastPath:
     @staticmethod
     def detach(ifname: str, pin_root: Path | None = None) -> bool:
         """Detaches the program and removes the interface's pins. False if nothing was attached."""
-        pin_dir = pin_dir_for(ifname, pin_root)
-        if not pin_dir.exists():
-            return False
-        link_path = pin_dir / LINK_PIN
-        if link_path.exists():
-            link_fd = libbpf.obj_get(str(link_path))
-            try:
-                rc = libbpf.lib().bpf_link_detach(link_fd)
-                # ENOLINK: the interface is already gone, which detached it.
-                if rc < 0 and -rc not in (67,):
-                    libbpf.check(rc, f"detach XDP from {ifname}")
-            finally:
-                os.close(link_fd)
-        _remove_pins(pin_dir)
-        return True
+        return _detach_pin_dir(pin_dir_for(ifname, pin_root))
 
     def close(self) -> None:
         for m in self.maps.values():
@@ -425,6 +411,36 @@ def xdp_attach_mode(ifname: str) -> str | None:
     if not xdp:
         return None
     return {1: "native", 2: "generic", 3: "offload"}.get(xdp.get("mode"), str(xdp.get("mode")))
+
+
+def _detach_pin_dir(pin_dir: Path) -> bool:
+    if not pin_dir.exists():
+        return False
+    link_path = pin_dir / LINK_PIN
+    if link_path.exists():
+        link_fd = libbpf.obj_get(str(link_path))
+        try:
+            rc = libbpf.lib().bpf_link_detach(link_fd)
+            # ENOLINK: the interface is already gone, which detached it.
+            if rc < 0 and -rc != 67:
+                libbpf.check(rc, f"detach XDP link pinned in {pin_dir}")
+        finally:
+            os.close(link_fd)
+    _remove_pins(pin_dir)
+    return True
+
+
+def detach_netns(netns_ino: int, pin_root: Path | None = None) -> list[str]:
+    """Detaches every interface pinned for a network namespace (before deleting it); returns their names."""
+    root = pin_root or PIN_ROOT
+    prefix = f"ns{netns_ino}_"
+    if not root.is_dir():
+        return []
+    done = []
+    for pin_dir in sorted(root.iterdir()):
+        if pin_dir.name.startswith(prefix) and _detach_pin_dir(pin_dir):
+            done.append(pin_dir.name[len(prefix):])
+    return done
 
 
 def _pinned_link_ifindex(pin_dir: Path) -> int:
