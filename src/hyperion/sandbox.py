@@ -11,6 +11,7 @@ which would remount /sys and hide the pinned state in /sys/fs/bpf.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -88,15 +89,28 @@ class Sandbox:
         for ns, ifname, v4, v6 in ((self.client_ns, self.client_if, CLIENT_V4, CLIENT_V6),
                                    (self.host_ns, self.host_if, HOST_V4, HOST_V6)):
             self.ip(ns, "link", "set", "lo", "up")
+            # No duplicate address detection: addresses (link-local too) are usable at once,
+            # so the first test packet does not race neighbour discovery.
+            self.exec(ns, ["sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0"])
             self.ip(ns, "addr", "add", f"{v4}/24", "dev", ifname)
             self.ip(ns, "-6", "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
             self.ip(ns, "link", "set", ifname, "up")
             # Spoofed test sources must not be dropped by reverse-path filtering.
             for conf in ("all", "default", ifname):
                 self.exec(ns, ["sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0"])
+        # Static neighbours: no ARP/ND on the wire, so a blocked source cannot starve address
+        # resolution, and the only IP traffic crossing the link is what a test sends.
+        client_mac, host_mac = self.mac(self.client_ns, self.client_if), self.mac(self.host_ns, self.host_if)
+        for ns, ifname, peer_mac, peer_addrs in ((self.client_ns, self.client_if, host_mac, (HOST_V4, HOST_V6)),
+                                                 (self.host_ns, self.host_if, client_mac, (CLIENT_V4, CLIENT_V6))):
+            for addr in peer_addrs:
+                self.ip(ns, "neigh", "replace", addr, "lladdr", peer_mac, "dev", ifname, "nud", "permanent")
         for net in REMOTE_V4_NETS:
             self.ip(self.host_ns, "route", "add", net, "via", CLIENT_V4)
         self.ip(self.host_ns, "-6", "route", "add", REMOTE_V6_NET, "via", CLIENT_V6)
+
+    def mac(self, netns: str, ifname: str) -> str:
+        return str(json.loads(self.ip(netns, "-j", "link", "show", ifname).stdout)[0]["address"])
 
     def add_client_address(self, address: str) -> None:
         """Adds a source address to the client (within REMOTE_*), for traffic from 'another network'."""
