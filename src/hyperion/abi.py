@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hyperion import libbpf
 from hyperion.errors import AbiError
@@ -159,12 +159,14 @@ def packer(cls: type[ctypes.Structure]) -> struct.Struct:
     than filling ctypes objects for million-entry policies.
     """
     fmt = "="
-    for name, ctype in cls._fields_:
+    for field in cls._fields_:
+        name, ctype = field[0], cast(Any, field[1])
         size = ctypes.sizeof(ctype)
         if name.startswith(("_", "reserved", "pad")):
             fmt += f"{size}x"
-        elif issubclass(ctype, ctypes.Array):
-            if ctypes.sizeof(ctype._type_) != 1:
+        elif isinstance(ctype, type) and issubclass(ctype, ctypes.Array):
+            element: Any = ctype._type_
+            if ctypes.sizeof(element) != 1:
                 raise AbiError(f"field {cls.__name__}.{name}: only byte arrays can be packed")
             fmt += f"{size}s"
         else:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hyperion.abi import Abi, packer
 from hyperion.errors import CapacityError
@@ -112,11 +112,8 @@ class PolicyCompiler:
         source, name4, name6 = target
         keys: dict[int, list[bytes]] = {4: [], 6: []}
         values: dict[int, list[bytes]] = {4: [], 6: []}
-        seen: set[_Item] = set()
+        # The policy model has already removed duplicates: one key per address or prefix.
         for rule_id, item in enumerate(items, start=1):
-            if item in seen:  # one key per address or prefix; the first rule owns it
-                continue
-            seen.add(item)
             keys[item.version].append(key4(item) if item.version == 4 else key6(item))
             values[item.version].append(self._rule.pack(rule_id))
         return {

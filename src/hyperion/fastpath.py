@@ -330,7 +330,7 @@ class FastPath:
         found = []
         for name, factory in (("hyp_dyn4", ipaddress.IPv4Address), ("hyp_dyn6", ipaddress.IPv6Address)):
             dyn = self.maps[name]
-            for key in list(dyn.keys()):
+            for key in list(dyn.iter_keys()):
                 raw = dyn.lookup(key)
                 if raw is None:
                     continue
@@ -356,7 +356,7 @@ class FastPath:
                 for index, name in self.abi.policy_maps.items()}
         for name in ("hyp_dyn4", "hyp_dyn6"):
             dyn = self.maps[name]
-            fill[name] = (sum(1 for _ in dyn.keys()), libbpf.map_info(dyn.fd).max_entries)
+            fill[name] = (sum(1 for _ in dyn.iter_keys()), libbpf.map_info(dyn.fd).max_entries)
         return fill
 
     def program_info(self) -> dict[str, Any]:

@@ -333,7 +333,7 @@ class MapFd:
             raise _fail(f"delete from map {self.name}", rc)
         return True
 
-    def keys(self) -> Iterator[bytes]:
+    def iter_keys(self) -> Iterator[bytes]:
         prev: bytes | None = None
         nxt = ctypes.create_string_buffer(self.key_size)
         while True:

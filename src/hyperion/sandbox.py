@@ -11,13 +11,16 @@ which would remount /sys and hide the pinned state in /sys/fs/bpf.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import secrets
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hyperion.errors import HyperionError
 from hyperion.fastpath import detach_netns
@@ -125,8 +128,8 @@ class Sandbox:
     def exec(self, netns: str, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(in_netns(netns, argv), check=check)
 
-    def popen(self, netns: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:
-        return subprocess.Popen(in_netns(netns, argv), text=True, **kwargs)  # type: ignore[call-overload]
+    def popen(self, netns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(in_netns(netns, argv), text=True, **kwargs)
 
     def down(self) -> None:
         """Removes both namespaces (which removes the veth pair). Safe to call twice."""
@@ -137,6 +140,26 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def entered_netns(netns: str) -> Iterator[None]:
+    """Runs the block with this thread in a named network namespace (setns), then returns.
+
+    The mount namespace is untouched, so /sys/fs/bpf stays visible.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net", "rb") as original, open(NETNS_DIR / netns, "rb") as target:
+        if libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
+            raise SandboxError(f"setns into {netns}: {os.strerror(ctypes.get_errno())}")
+        try:
+            yield
+        finally:
+            if libc.setns(original.fileno(), _CLONE_NEWNET) != 0:
+                raise SandboxError(f"setns back from {netns}: {os.strerror(ctypes.get_errno())}")
 
 
 def remove_sandbox_namespaces(names: Sequence[str]) -> None:
