@@ -66,11 +66,13 @@ int hyperion_xdp(struct xdp_md *ctx)
 	if (!pkt.is_ipv4 && !pkt.is_ipv6)
 		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_NON_IP, mode);
 
-	if (source_in_cidrs(&hyp_allow4, &hyp_allow6, slot, &pkt))
+	if (source_in_cidrs(&hyp_allow4, &hyp_allow6, slot, &pkt,
+			    settings->entries[HYP_PMAP_ALLOW4], settings->entries[HYP_PMAP_ALLOW6]))
 		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_ALLOWLIST, mode);
-	if (source_in_cidrs(&hyp_bcidr4, &hyp_bcidr6, slot, &pkt))
+	if (source_in_cidrs(&hyp_bcidr4, &hyp_bcidr6, slot, &pkt,
+			    settings->entries[HYP_PMAP_BCIDR4], settings->entries[HYP_PMAP_BCIDR6]))
 		return finish(ctx, HYP_VERDICT_DROP, HYP_REASON_BLOCKLIST_CIDR, mode);
-	if (source_in_exact_ips(slot, &pkt))
+	if (source_in_exact_ips(slot, &pkt, settings))
 		return finish(ctx, HYP_VERDICT_DROP, HYP_REASON_BLOCKLIST_IP, mode);
 	if (source_dynamically_blocked(&pkt))
 		return finish(ctx, HYP_VERDICT_DROP, HYP_REASON_BLOCKLIST_DYNAMIC, mode);
@@ -78,7 +80,7 @@ int hyperion_xdp(struct xdp_md *ctx)
 	if (pkt.nonfirst_fragment)
 		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_FRAGMENT, mode);
 
-	class = redirect_class(slot, &pkt);
+	class = redirect_class(slot, &pkt, settings);
 	if (!class)
 		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_NO_MATCH, mode);
 	if (mode == HYP_MODE_MONITOR)

@@ -21,9 +21,8 @@ import pytest
 from hyperion.fastpath import PIN_ROOT
 from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
 HYPERION = [sys.executable, "-m", "hyperion.cli"]
-UDPTOOL = [sys.executable, str(ROOT / "tests" / "tools" / "udptool.py")]
+UDPTOOL = [sys.executable, "-m", "hyperion.udpprobe"]
 PORT = 5000
 
 POLICY = """

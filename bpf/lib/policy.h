@@ -10,14 +10,19 @@
 #include "parsing.h"
 
 /* Looks the source address up in a generation's pair of LPM tries. */
+/* Empty maps (per the slot's settings) are skipped: a lookup is a helper call
+ * even when it cannot match. */
 static __always_inline int source_in_cidrs(void *outer4, void *outer6, __u32 slot,
-					   const struct packet_info *pkt)
+					   const struct packet_info *pkt,
+					   __u32 entries4, __u32 entries6)
 {
 	void *trie;
 
 	if (pkt->is_ipv4) {
 		struct hyp_lpm_v4_key key = { .prefixlen = 32 };
 
+		if (!entries4)
+			return 0;
 		trie = bpf_map_lookup_elem(outer4, &slot);
 		if (!trie)
 			return 0;
@@ -26,6 +31,8 @@ static __always_inline int source_in_cidrs(void *outer4, void *outer6, __u32 slo
 	}
 	struct hyp_lpm_v6_key key = { .prefixlen = 128 };
 
+	if (!entries6)
+		return 0;
 	trie = bpf_map_lookup_elem(outer6, &slot);
 	if (!trie)
 		return 0;
@@ -33,13 +40,16 @@ static __always_inline int source_in_cidrs(void *outer4, void *outer6, __u32 slo
 	return bpf_map_lookup_elem(trie, &key) != NULL;
 }
 
-static __always_inline int source_in_exact_ips(__u32 slot, const struct packet_info *pkt)
+static __always_inline int source_in_exact_ips(__u32 slot, const struct packet_info *pkt,
+					       const struct hyp_settings *settings)
 {
 	void *table;
 
 	if (pkt->is_ipv4) {
 		struct hyp_ip_v4_key key;
 
+		if (!settings->entries[HYP_PMAP_BIP4])
+			return 0;
 		table = bpf_map_lookup_elem(&hyp_bip4, &slot);
 		if (!table)
 			return 0;
@@ -48,6 +58,8 @@ static __always_inline int source_in_exact_ips(__u32 slot, const struct packet_i
 	}
 	struct hyp_ip_v6_key key;
 
+	if (!settings->entries[HYP_PMAP_BIP6])
+		return 0;
 	table = bpf_map_lookup_elem(&hyp_bip6, &slot);
 	if (!table)
 		return 0;
@@ -78,14 +90,18 @@ static __always_inline int source_dynamically_blocked(const struct packet_info *
 }
 
 static __always_inline struct hyp_class_value *redirect_class(__u32 slot,
-							      const struct packet_info *pkt)
+							      const struct packet_info *pkt,
+							      const struct hyp_settings *settings)
 {
 	struct hyp_class_key key = {
 		.port = pkt->dst_port,
 		.protocol = pkt->l4_protocol,
 	};
-	void *classes = bpf_map_lookup_elem(&hyp_classes, &slot);
+	void *classes;
 
+	if (!settings->entries[HYP_PMAP_CLASSES])
+		return NULL;
+	classes = bpf_map_lookup_elem(&hyp_classes, &slot);
 	if (!classes)
 		return NULL;
 	return bpf_map_lookup_elem(classes, &key);

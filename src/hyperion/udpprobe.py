@@ -1,4 +1,4 @@
-"""UDP test traffic, run inside a namespace: `send` numbered datagrams, `recv` and count them.
+"""UDP probes for sandboxes, run inside a namespace: `send` tagged datagrams, `recv` and count them.
 
 recv prints one JSON object on exit (SIGTERM or --duration): counts by source address.
 """
@@ -60,7 +60,7 @@ def recv(args: argparse.Namespace) -> None:
     print(json.dumps({"by_source": counts, "by_tag": tags}), flush=True)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("send")
@@ -76,7 +76,11 @@ def main() -> None:
     r.add_argument("--port", type=int, required=True)
     r.add_argument("--duration", type=float, default=60.0)
     args = parser.parse_args()
-    send(args) if args.cmd == "send" else recv(args)
+    if args.cmd == "send":
+        send(args)
+    else:
+        recv(args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,251 @@
+"""Drop-rate benchmark: minimal XDP_DROP vs Hyperion's fast path, side by side in one run.
+
+One sandbox (client -> host over veth). The live-frames generator in the
+client sends IPv6 UDP frames from a source that each configuration drops;
+the configurations take turns (A B C D A B C D ...) on the host's veth.
+
+Ground truth is the receiving veth's own XDP statistics (ethtool -S
+rx_queue_N_xdp_drops), read with kernel BPF statistics off:
+  rx_pps     = frames the receiver dropped in XDP / generator wall time
+For Hyperion its drop counter must agree with the driver's figure exactly.
+A separate pass with kernel.bpf_stats_enabled=1 gives each program's own cost:
+  ns_per_pkt = run_time_ns / run_cnt (includes the stats' own clock reads)
+
+On a 2-core VM the veth's NAPI runs on the generator's CPU, so rx_pps mixes
+generator and receiver cost; ns_per_pkt isolates the program. Both are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyperion import libbpf
+from hyperion.compiler import PolicyCompiler
+from hyperion.fastpath import BpfObject, FastPath, ifindex_of
+from hyperion.generator import tool_object
+from hyperion.policy import Policy
+from hyperion.sandbox import HOST_V6, Sandbox, entered_netns, in_netns
+
+GENERATOR_SOURCE = "2001:db8:ff00::7"
+BLOCK_BASE = int(ipaddress.IPv6Address("2001:db8:100::"))
+
+
+@dataclass
+class Sample:
+    config: str
+    round: int
+    sent: int
+    received: int         # dropped in XDP by the receiving veth (driver statistics)
+    seconds: float
+    counted_drops: int | None  # Hyperion's own counter, None for the minimal program
+    run_cnt: int = 0      # with bpf stats on only
+    run_time_ns: int = 0
+
+    @property
+    def rx_pps(self) -> float:
+        return self.received / self.seconds
+
+    @property
+    def ns_per_pkt(self) -> float:
+        return self.run_time_ns / self.run_cnt if self.run_cnt else 0.0
+
+
+@dataclass
+class Config:
+    name: str
+    blocked: int | None  # None: the minimal XDP_DROP program
+    setup_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def blocklist_policy(size: int) -> Policy:
+    """size exact IPv6 sources, the generator's among them (all in 2001:db8::/32)."""
+    ips = [GENERATOR_SOURCE] + [str(ipaddress.IPv6Address(BLOCK_BASE + i)) for i in range(size - 1)]
+    return Policy.model_validate({"fast_path": {"drop_ips": ips}})
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = path.read_text().strip()
+    path.write_text("1\n")
+    try:
+        yield
+    finally:
+        path.write_text(old + "\n")
+
+
+def prog_counters(prog_fd: int) -> tuple[int, int]:
+    info = libbpf.prog_info(prog_fd)
+    return int(info.run_cnt), int(info.run_time_ns)
+
+
+class Receiver:
+    """The program under test, attached to the host's veth for one measurement."""
+
+    def __init__(self, sb: Sandbox, config: Config) -> None:
+        self.sb = sb
+        self.config = config
+        self.fastpath: FastPath | None = None
+        self._obj: BpfObject | None = None
+        self._link_fd = -1
+        self.prog_fd = -1
+
+    def __enter__(self) -> Receiver:
+        with entered_netns(self.sb.host_ns):
+            if self.config.blocked is None:
+                self._obj = BpfObject(tool_object("xdp_drop"))
+                self._obj.load(None)
+                self.prog_fd = self._obj.program_fd("baseline_drop")
+                opts = libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(libbpf.BpfLinkCreateOpts),
+                                                flags=libbpf.XDP_FLAGS_DRV_MODE)
+                self._link_fd = libbpf.check(libbpf.lib().bpf_link_create(
+                    self.prog_fd, ifindex_of(self.sb.host_if), libbpf.BPF_XDP, ctypes.byref(opts)), "attach baseline")
+            else:
+                self.fastpath = FastPath.attach(self.sb.host_if)
+                start = time.perf_counter()
+                policy = blocklist_policy(self.config.blocked)
+                validated = time.perf_counter()
+                compiled = PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy)
+                compiled_at = time.perf_counter()
+                self.fastpath.apply(compiled)
+                done = time.perf_counter()
+                self.config.setup_seconds = {"validate": validated - start, "compile": compiled_at - validated,
+                                             "apply": done - compiled_at}
+                prog_id = self.fastpath.program_info()["program_id"]
+                self.prog_fd = libbpf.check(libbpf.lib().bpf_prog_get_fd_by_id(prog_id), "program by id")
+        return self
+
+    def drops(self) -> int | None:
+        if self.fastpath is None:
+            return None
+        return self.fastpath.counters().get(("drop", "blocklist_ip"), (0, 0))[0]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fastpath is not None:
+            os.close(self.prog_fd)
+            self.fastpath.close()
+            with entered_netns(self.sb.host_ns):
+                FastPath.detach(self.sb.host_if)
+        if self._link_fd >= 0:
+            os.close(self._link_fd)  # an unpinned link detaches when its last fd closes
+        if self._obj is not None:
+            self._obj.close()
+
+
+def run_generator(sb: Sandbox, count: int) -> dict[str, Any]:
+    argv = in_netns(sb.client_ns, [sys.executable, "-m", "hyperion.generator", "--iface", sb.client_if,
+                                   "--src", GENERATOR_SOURCE, "--dst", HOST_V6,
+                                   "--dst-mac", sb.mac(sb.host_ns, sb.host_if), "--count", str(count)])
+    # Pinned to CPU 0 so every run shares the same placement.
+    out = subprocess.run(["taskset", "-c", "0", *argv], check=True, capture_output=True, text=True, timeout=300)
+    return dict(json.loads(out.stdout))
+
+
+def veth_xdp_drops(sb: Sandbox) -> int:
+    """Frames the host veth dropped in XDP, summed over its queues (ethtool -S)."""
+    out = sb.exec(sb.host_ns, ["ethtool", "-S", sb.host_if]).stdout
+    return sum(int(line.split(":")[1]) for line in out.splitlines()
+               if line.strip().startswith("rx_queue_") and line.split(":")[0].endswith("_xdp_drops"))
+
+
+def measure(sb: Sandbox, config: Config, round_no: int, count: int) -> Sample:
+    with Receiver(sb, config) as receiver:
+        drops_before, veth_before = receiver.drops(), veth_xdp_drops(sb)
+        cnt0, time0 = prog_counters(receiver.prog_fd)
+        gen = run_generator(sb, count)
+        time.sleep(0.2)  # the last frames drain from the veth ring
+        cnt1, time1 = prog_counters(receiver.prog_fd)
+        drops_after, veth_after = receiver.drops(), veth_xdp_drops(sb)
+    counted = None if drops_before is None or drops_after is None else drops_after - drops_before
+    return Sample(config.name, round_no, gen["sent"], veth_after - veth_before, gen["seconds"], counted,
+                  cnt1 - cnt0, time1 - time0)
+
+
+def summarize(samples: list[Sample], key: Callable[[Sample], float]) -> dict[str, float]:
+    values = [key(s) for s in samples]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run(sizes: list[int], rounds: int, count: int, out_dir: Path | None) -> dict[str, Any]:
+    configs = [Config("xdp_drop (minimal)", None)] + [Config(f"hyperion, {n:,} blocked IPs", n) for n in sizes]
+    samples: list[Sample] = []
+    cost_samples: list[Sample] = []
+    with Sandbox() as sb:
+        for round_no in range(rounds):
+            for config in configs:  # interleaved: drift over time hits every config alike
+                samples.append(measure(sb, config, round_no, count))
+        with bpf_stats():
+            for config in configs:
+                cost_samples.append(measure(sb, config, rounds, count))
+    baseline = summarize([s for s in samples if s.config == configs[0].name], lambda s: s.rx_pps)["median"]
+    rows = []
+    for config in configs:
+        mine = [s for s in samples if s.config == config.name]
+        pps = summarize(mine, lambda s: s.rx_pps)
+        rows.append({
+            "config": config.name,
+            "rx_pps": pps,
+            "ns_per_pkt": summarize([s for s in cost_samples if s.config == config.name], lambda s: s.ns_per_pkt),
+            "ratio_to_minimal": pps["median"] / baseline,
+            "counters_agree": all(s.counted_drops in (None, s.received) for s in mine),
+            "lost_before_receiver": summarize(mine, lambda s: s.sent - s.received),
+            "delivered_fraction": summarize(mine, lambda s: s.received / s.sent),
+            "policy_setup_seconds": config.setup_seconds,
+        })
+    report = {
+        "machine": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "method": {"rounds": rounds, "frames_per_sample": count, "frame": "IPv6/UDP 64 B",
+                   "generator": "BPF_PROG_TEST_RUN live frames, XDP_TX on the client veth, CPU 0"},
+        "results": rows,
+        "samples": [asdict(s) | {"rx_pps": s.rx_pps, "ns_per_pkt": s.ns_per_pkt} for s in samples + cost_samples],
+    }
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"{'configuration':<32} {'rx Mpps (median, min-max)':>28} {'ns/pkt':>8} {'ratio':>7} {'agree':>6}")
+    for row in report["results"]:
+        p = row["rx_pps"]
+        print(f"{row['config']:<32} {p['median'] / 1e6:>10.3f} ({p['min'] / 1e6:.3f}-{p['max'] / 1e6:.3f})"
+              f"{row['ns_per_pkt']['median']:>12.1f} {row['ratio_to_minimal']:>7.2f} {row['counters_agree']!s:>6}")
+    for row in report["results"]:
+        if row["policy_setup_seconds"]:
+            s = row["policy_setup_seconds"]
+            print(f"policy load, {row['config']}: validate {s['validate']:.2f} s, compile {s['compile']:.2f} s, "
+                  f"apply {s['apply']:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hyperion-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and counts (smoke run, < 1 min)")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--count", type=int, help="frames per sample")
+    parser.add_argument("--out", type=Path, help="directory for results.json")
+    args = parser.parse_args(argv)
+    sizes = [1, 10_000] if args.quick else [1, 10_000, 1_000_000]
+    rounds = args.rounds or (2 if args.quick else 5)
+    count = args.count or (200_000 if args.quick else 2_000_000)
+    report = run(sizes, rounds, count, args.out)
+    print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
