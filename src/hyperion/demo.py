@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 from scapy.sendrecv import sendp
 
 from hyperion.sandbox import HOST_V4, Sandbox, entered_netns
@@ -50,7 +51,7 @@ def send_malformed(sb: Sandbox, count: int) -> int:
         bytes(Ether(dst=dst_mac) / IP(src="198.51.100.10", dst=HOST_V4) / TCP(dport=80, dataofs=2)),
     ]
     with entered_netns(sb.client_ns):
-        sendp(frames * count, iface=sb.client_if, verbose=False)
+        sendp([Raw(f) for f in frames] * count, iface=sb.client_if, verbose=False)
     return len(frames) * count
 
 
