@@ -9,6 +9,7 @@
 #include <bpf/bpf_helpers.h>
 #include "hyperion_abi.h"
 #include "consts.h"
+#include "events.h"
 #include "maps.h"
 #include "parsing.h"
 #include "policy.h"
@@ -34,64 +35,95 @@ struct hyp_abi_types {
 	struct hyp_dyn_block dyn_block;
 	struct hyp_class_key class_key;
 	struct hyp_class_value class_value;
+	struct hyp_queue_counter queue_counter;
+	struct hyp_class_counter class_counter;
+	struct hyp_event_state event_state;
+	struct hyp_event event;
 };
 const volatile struct hyp_abi_types hyp_abi __attribute__((used));
+
+/* Sets *verdict and returns the reason. All the program's decisions are here;
+ * the one exit that counts them is finish(), below. */
+static __always_inline __u32 judge(struct xdp_md *ctx, struct packet_info *pkt,
+				   struct run_config *cfg, __u32 *verdict)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct hyp_class_key class_key;
+	struct hyp_class_value *class;
+	struct hyp_settings *settings;
+	struct hyp_dyn_block *block;
+	struct hyp_config *config;
+	__u32 zero = 0, slot;
+	int rc;
+
+	*verdict = HYP_VERDICT_PASS;
+	config = bpf_map_lookup_elem(&hyp_config, &zero);
+	if (!config)
+		return HYP_REASON_NO_CONFIG;
+	/* Read once: the whole packet is judged by one policy generation. */
+	slot = config->active_slot & (HYP_CAP_GENERATIONS - 1);
+	cfg->events_per_sec = config->events_per_sec;
+	settings = bpf_map_lookup_elem(&hyp_settings, &slot);
+	if (!settings || settings->generation == 0)
+		return HYP_REASON_NO_CONFIG;
+	cfg->mode = settings->mode;
+
+	rc = parse_packet(data, data_end, pkt);
+	if (rc != HYP_PARSE_OK) {
+		*verdict = HYP_VERDICT_DROP;
+		return rc;
+	}
+	if (!pkt->is_ipv4 && !pkt->is_ipv6)
+		return HYP_REASON_NON_IP;
+
+	pkt->rule_id = source_in_cidrs(&hyp_allow4, &hyp_allow6, slot, pkt,
+				       settings->entries[HYP_PMAP_ALLOW4], settings->entries[HYP_PMAP_ALLOW6]);
+	if (pkt->rule_id)
+		return HYP_REASON_ALLOWLIST;
+	*verdict = HYP_VERDICT_DROP;
+	pkt->rule_id = source_in_cidrs(&hyp_bcidr4, &hyp_bcidr6, slot, pkt,
+				       settings->entries[HYP_PMAP_BCIDR4], settings->entries[HYP_PMAP_BCIDR6]);
+	if (pkt->rule_id)
+		return HYP_REASON_BLOCKLIST_CIDR;
+	pkt->rule_id = source_in_exact_ips(slot, pkt, settings);
+	if (pkt->rule_id)
+		return HYP_REASON_BLOCKLIST_IP;
+	block = source_dynamically_blocked(pkt);
+	if (block) {
+		pkt->rule_id = block->rule_id;
+		return HYP_REASON_BLOCKLIST_DYNAMIC;
+	}
+
+	*verdict = HYP_VERDICT_PASS;
+	if (pkt->nonfirst_fragment)
+		return HYP_REASON_FRAGMENT;
+	class = redirect_class(slot, pkt, settings, &class_key);
+	if (!class)
+		return HYP_REASON_NO_MATCH;
+	pkt->rule_id = class->class_id;
+	*verdict = HYP_VERDICT_REDIRECT;
+	if (cfg->mode == HYP_MODE_MONITOR)
+		return HYP_REASON_REDIRECT_CLASS;
+	/* Flags 0: XDP_ABORTED (0) comes back when the queue has no socket. */
+	if (bpf_redirect_map(&xsk_map, ctx->rx_queue_index, 0) == XDP_REDIRECT) {
+		count_class(&class_key, 0);
+		return HYP_REASON_REDIRECT_CLASS;
+	}
+	count_class(&class_key, 1);
+	*verdict = class->on_failure == HYP_FALLBACK_DROP ? HYP_VERDICT_DROP : HYP_VERDICT_PASS;
+	return HYP_REASON_REDIRECT_FAILED;
+}
 
 SEC("xdp")
 int hyperion_xdp(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	struct run_config cfg = { .mode = HYP_MODE_ENFORCE };
 	struct packet_info pkt = {};
-	struct hyp_class_value *class;
-	struct hyp_settings *settings;
-	struct hyp_config *config;
-	__u32 zero = 0, slot, mode;
-	long action;
-	int rc;
+	__u32 verdict, reason;
 
-	config = bpf_map_lookup_elem(&hyp_config, &zero);
-	if (!config)
-		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_NO_CONFIG, HYP_MODE_ENFORCE);
-	/* Read once: the whole packet is judged by one policy generation. */
-	slot = config->active_slot & (HYP_CAP_GENERATIONS - 1);
-	settings = bpf_map_lookup_elem(&hyp_settings, &slot);
-	if (!settings || settings->generation == 0)
-		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_NO_CONFIG, HYP_MODE_ENFORCE);
-	mode = settings->mode;
-
-	rc = parse_packet(data, data_end, &pkt);
-	if (rc != HYP_PARSE_OK)
-		return finish(ctx, HYP_VERDICT_DROP, rc, mode);
-	if (!pkt.is_ipv4 && !pkt.is_ipv6)
-		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_NON_IP, mode);
-
-	if (source_in_cidrs(&hyp_allow4, &hyp_allow6, slot, &pkt,
-			    settings->entries[HYP_PMAP_ALLOW4], settings->entries[HYP_PMAP_ALLOW6]))
-		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_ALLOWLIST, mode);
-	if (source_in_cidrs(&hyp_bcidr4, &hyp_bcidr6, slot, &pkt,
-			    settings->entries[HYP_PMAP_BCIDR4], settings->entries[HYP_PMAP_BCIDR6]))
-		return finish(ctx, HYP_VERDICT_DROP, HYP_REASON_BLOCKLIST_CIDR, mode);
-	if (source_in_exact_ips(slot, &pkt, settings))
-		return finish(ctx, HYP_VERDICT_DROP, HYP_REASON_BLOCKLIST_IP, mode);
-	if (source_dynamically_blocked(&pkt))
-		return finish(ctx, HYP_VERDICT_DROP, HYP_REASON_BLOCKLIST_DYNAMIC, mode);
-
-	if (pkt.nonfirst_fragment)
-		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_FRAGMENT, mode);
-
-	class = redirect_class(slot, &pkt, settings);
-	if (!class)
-		return finish(ctx, HYP_VERDICT_PASS, HYP_REASON_NO_MATCH, mode);
-	if (mode == HYP_MODE_MONITOR)
-		return finish(ctx, HYP_VERDICT_REDIRECT, HYP_REASON_REDIRECT_CLASS, mode);
-	/* Flags 0: XDP_ABORTED (0) comes back when the queue has no socket. */
-	action = bpf_redirect_map(&xsk_map, ctx->rx_queue_index, 0);
-	if (action == XDP_REDIRECT)
-		return finish(ctx, HYP_VERDICT_REDIRECT, HYP_REASON_REDIRECT_CLASS, mode);
-	return finish(ctx,
-		      class->on_failure == HYP_FALLBACK_DROP ? HYP_VERDICT_DROP : HYP_VERDICT_PASS,
-		      HYP_REASON_REDIRECT_FAILED, mode);
+	reason = judge(ctx, &pkt, &cfg, &verdict);
+	return finish(ctx, &pkt, &cfg, verdict, reason);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -90,6 +90,9 @@ enum hyp_capacity {
 	HYP_CAP_DYN_BLOCK = HYP_DYN_BLOCK_CAPACITY,
 #endif
 	HYP_CAP_CLASSES = 256,
+	/* Class counters outlive policies: room for classes since removed. */
+	HYP_CAP_CLASS_STATS = 1024,
+	HYP_CAP_EVENT_RING_BYTES = 262144,
 	HYP_CAP_QUEUES = 64,
 	/* Policy generations held at once: the active one and the one being built. */
 	HYP_CAP_GENERATIONS = 2,
@@ -118,8 +121,8 @@ enum hyp_policy_map {
  * it once per packet, so a packet is judged by one whole policy; the control
  * plane switches policies with one aligned 4-byte write. */
 struct hyp_config {
-	__u32 active_slot; /* index into the generation (outer) maps */
-	__u32 reserved;
+	__u32 active_slot;    /* index into the generation (outer) maps */
+	__u32 events_per_sec; /* drop-event budget per CPU per second; 0 = no events */
 };
 
 /* Per-slot settings (array of HYP_CAP_GENERATIONS), written before the slot
@@ -175,6 +178,47 @@ struct hyp_class_key {
 struct hyp_class_value {
 	__u32 class_id;
 	__u32 on_failure; /* enum hyp_fallback */
+};
+
+/* Per-CPU counters of one rx queue (hyp_queue_stats, indexed by queue). */
+struct hyp_queue_counter {
+	__u64 packets;
+	__u64 drops;
+	__u64 redirects;
+	__u64 redirect_failures;
+};
+
+/* Per-CPU counters of one redirect class (hyp_class_stats, keyed by hyp_class_key).
+ * Keyed by (protocol, port) rather than class id so counts survive reloads. */
+struct hyp_class_counter {
+	__u64 redirected;
+	__u64 failed;
+};
+
+/* Per-CPU event limiter and its accounting (hyp_event_state, one entry). */
+struct hyp_event_state {
+	__u64 window_start_ns; /* CLOCK_MONOTONIC, coarse */
+	__u64 window_used;
+	__u64 emitted;
+	__u64 suppressed;      /* over the per-second budget */
+	__u64 ring_full;       /* budget allowed it, the ring buffer had no room */
+};
+
+/* One sampled drop (or redirect failure), sent through the hyp_events ring buffer. */
+struct hyp_event {
+	__u64 timestamp_ns;    /* CLOCK_BOOTTIME */
+	__u32 ifindex;
+	__u32 rx_queue;
+	__u32 rule_id;         /* 1-based position in the policy list; 0 = none / operator */
+	__u32 pkt_len;
+	__u8 verdict;          /* enum hyp_verdict */
+	__u8 reason;           /* enum hyp_reason */
+	__u8 ip_version;       /* 0 when the packet was rejected before its IP header */
+	__u8 protocol;
+	__u16 src_port;
+	__u16 dst_port;
+	__u8 saddr[16];        /* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
 };
 
 #endif /* HYPERION_ABI_H */

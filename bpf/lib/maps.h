@@ -90,4 +90,30 @@ struct {
 	__type(value, __u32);
 } xsk_map SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HYP_CAP_QUEUES);
+	__type(key, __u32);
+	__type(value, struct hyp_queue_counter);
+} hyp_queue_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, HYP_CAP_CLASS_STATS);
+	__type(key, struct hyp_class_key);
+	__type(value, struct hyp_class_counter);
+} hyp_class_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hyp_event_state);
+} hyp_event_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, HYP_CAP_EVENT_RING_BYTES);
+} hyp_events SEC(".maps");
+
 #endif /* HYP_MAPS_H */

@@ -53,7 +53,9 @@ struct packet_info {
 	__u16 dst_port;      /* host order, 0 without ports */
 	__u16 src_port;
 	__u8 saddr[16];      /* IPv4 in the first 4 bytes */
+	void *l3;            /* the IP header, for events */
 	void *l3_end;        /* end of the L3 datagram as its header claims */
+	__u32 rule_id;       /* set by the stage that decided, for events */
 };
 
 static __always_inline int parse_ethernet(struct hdr_cursor *nh, void *data_end,
@@ -108,6 +110,7 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 	pkt->l4_protocol = iph->protocol;
 	pkt->nonfirst_fragment = (bpf_ntohs(iph->frag_off) & HYP_IP_OFFSET) != 0;
 	__builtin_memcpy(pkt->saddr, &iph->saddr, 4);
+	pkt->l3 = iph;
 	pkt->l3_end = (void *)iph + total_len;
 	nh->pos = (void *)iph + header_len;
 	return HYP_PARSE_OK;
@@ -132,6 +135,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 
 	pkt->is_ipv6 = 1;
 	__builtin_memcpy(pkt->saddr, &ip6h->saddr, 16);
+	pkt->l3 = ip6h;
 	nh->pos = ip6h + 1;
 	nexthdr = ip6h->nexthdr;
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Policy stages: lookups in the active generation's maps. */
+/* Policy stages: lookups in the active generation's maps. Each returns the
+ * matching rule's id (1-based), or 0 when nothing matched. */
 #ifndef HYP_POLICY_H
 #define HYP_POLICY_H
 
@@ -9,12 +10,16 @@
 #include "maps.h"
 #include "parsing.h"
 
-/* Looks the source address up in a generation's pair of LPM tries. */
+static __always_inline __u32 rule_of(const struct hyp_rule_value *value)
+{
+	return value ? value->rule_id : 0;
+}
+
 /* Empty maps (per the slot's settings) are skipped: a lookup is a helper call
  * even when it cannot match. */
-static __always_inline int source_in_cidrs(void *outer4, void *outer6, __u32 slot,
-					   const struct packet_info *pkt,
-					   __u32 entries4, __u32 entries6)
+static __always_inline __u32 source_in_cidrs(void *outer4, void *outer6, __u32 slot,
+					     const struct packet_info *pkt,
+					     __u32 entries4, __u32 entries6)
 {
 	void *trie;
 
@@ -27,7 +32,7 @@ static __always_inline int source_in_cidrs(void *outer4, void *outer6, __u32 slo
 		if (!trie)
 			return 0;
 		__builtin_memcpy(key.addr, pkt->saddr, 4);
-		return bpf_map_lookup_elem(trie, &key) != NULL;
+		return rule_of(bpf_map_lookup_elem(trie, &key));
 	}
 	struct hyp_lpm_v6_key key = { .prefixlen = 128 };
 
@@ -37,11 +42,11 @@ static __always_inline int source_in_cidrs(void *outer4, void *outer6, __u32 slo
 	if (!trie)
 		return 0;
 	__builtin_memcpy(key.addr, pkt->saddr, 16);
-	return bpf_map_lookup_elem(trie, &key) != NULL;
+	return rule_of(bpf_map_lookup_elem(trie, &key));
 }
 
-static __always_inline int source_in_exact_ips(__u32 slot, const struct packet_info *pkt,
-					       const struct hyp_settings *settings)
+static __always_inline __u32 source_in_exact_ips(__u32 slot, const struct packet_info *pkt,
+						 const struct hyp_settings *settings)
 {
 	void *table;
 
@@ -54,7 +59,7 @@ static __always_inline int source_in_exact_ips(__u32 slot, const struct packet_i
 		if (!table)
 			return 0;
 		__builtin_memcpy(key.addr, pkt->saddr, 4);
-		return bpf_map_lookup_elem(table, &key) != NULL;
+		return rule_of(bpf_map_lookup_elem(table, &key));
 	}
 	struct hyp_ip_v6_key key;
 
@@ -64,12 +69,12 @@ static __always_inline int source_in_exact_ips(__u32 slot, const struct packet_i
 	if (!table)
 		return 0;
 	__builtin_memcpy(key.addr, pkt->saddr, 16);
-	return bpf_map_lookup_elem(table, &key) != NULL;
+	return rule_of(bpf_map_lookup_elem(table, &key));
 }
 
 /* A dynamic block counts only until it expires; expired entries stay until
  * the control plane sweeps them or the LRU evicts them. */
-static __always_inline int source_dynamically_blocked(const struct packet_info *pkt)
+static __always_inline struct hyp_dyn_block *source_dynamically_blocked(const struct packet_info *pkt)
 {
 	struct hyp_dyn_block *block;
 
@@ -85,26 +90,41 @@ static __always_inline int source_dynamically_blocked(const struct packet_info *
 		block = bpf_map_lookup_elem(&hyp_dyn6, &key);
 	}
 	if (!block)
-		return 0;
-	return block->expires_ns == 0 || block->expires_ns > bpf_ktime_get_boot_ns();
+		return NULL;
+	if (block->expires_ns == 0 || block->expires_ns > bpf_ktime_get_boot_ns())
+		return block;
+	return NULL;
 }
 
 static __always_inline struct hyp_class_value *redirect_class(__u32 slot,
 							      const struct packet_info *pkt,
-							      const struct hyp_settings *settings)
+							      const struct hyp_settings *settings,
+							      struct hyp_class_key *key)
 {
-	struct hyp_class_key key = {
-		.port = pkt->dst_port,
-		.protocol = pkt->l4_protocol,
-	};
 	void *classes;
 
 	if (!settings->entries[HYP_PMAP_CLASSES])
 		return NULL;
+	key->port = pkt->dst_port;
+	key->protocol = pkt->l4_protocol;
+	key->pad = 0;
 	classes = bpf_map_lookup_elem(&hyp_classes, &slot);
 	if (!classes)
 		return NULL;
-	return bpf_map_lookup_elem(classes, &key);
+	return bpf_map_lookup_elem(classes, key);
+}
+
+/* Counted here, not in finish(): only redirect-class packets pay the lookup. */
+static __always_inline void count_class(const struct hyp_class_key *key, int failed)
+{
+	struct hyp_class_counter *counter = bpf_map_lookup_elem(&hyp_class_stats, key);
+
+	if (!counter)
+		return;
+	if (failed)
+		counter->failed++;
+	else
+		counter->redirected++;
 }
 
 #endif /* HYP_POLICY_H */

@@ -221,6 +221,10 @@ class Abi:
         self.DynBlock = self.btf.struct("hyp_dyn_block")
         self.ClassKey = self.btf.struct("hyp_class_key")
         self.ClassValue = self.btf.struct("hyp_class_value")
+        self.QueueCounter = self.btf.struct("hyp_queue_counter")
+        self.ClassCounter = self.btf.struct("hyp_class_counter")
+        self.EventState = self.btf.struct("hyp_event_state")
+        self.Event = self.btf.struct("hyp_event")
 
     def verdict_value(self, label: str) -> int:
         return {v: k for k, v in self.verdicts.items()}[label]

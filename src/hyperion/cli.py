@@ -7,16 +7,21 @@ import ipaddress
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hyperion import __version__
+from hyperion.abi import load_abi
 from hyperion.compiler import PolicyCompiler
+from hyperion.daemon import DEFAULT_EVENTS_PER_SEC, DEFAULT_METRICS_ADDR
 from hyperion.durations import format_duration, parse_duration
 from hyperion.errors import HyperionError
-from hyperion.fastpath import PIN_ROOT, FastPath, netns_inode
-from hyperion.policy import load_policy
+from hyperion.fastpath import PIN_ROOT, FastPath, netns_inode, object_capacities
+from hyperion.metrics import class_label
+from hyperion.policy import load_policy, parse_policy, policy_diff, read_policy
+from hyperion.top import Snapshot, run_top
 
 EXIT_ERROR = 2
 
@@ -49,11 +54,16 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    policy = load_policy(args.policy) if args.policy else None
+    compiled, text = None, ""
+    if args.policy:
+        # Validated and compiled (capacities checked) before anything is attached.
+        policy, text = read_policy(args.policy)
+        abi = load_abi()
+        compiled = PolicyCompiler(abi, object_capacities(abi.object_path)).compile(policy)
     with FastPath.attach(args.iface, args.mode) as fastpath:
-        if policy is not None:
-            compiled = PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy)
+        if compiled is not None:
             generation = fastpath.apply(compiled)
+            fastpath.record_applied_policy(text)
             print(f"attached to {args.iface}; policy generation {generation}")
         else:
             print(f"attached to {args.iface}; no policy applied (everything passes)")
@@ -95,9 +105,59 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     daemon = Daemon(DaemonOptions(
         ifname=args.iface, policy_path=Path(args.policy), attach_mode=args.mode,
-        keep_on_exit=args.keep_on_exit,
+        keep_on_exit=args.keep_on_exit, metrics_addr=None if args.no_metrics else args.metrics_addr,
+        events_path=args.events, events_per_sec=args.events_rate, watch_policy=not args.no_watch,
     ))
     daemon.serve()
+    return 0
+
+
+def snapshot_of(fastpath: FastPath) -> Snapshot:
+    status_settings = fastpath.settings()
+    modes = {v: k for k, v in fastpath.abi.modes.items()}
+    return Snapshot(
+        taken_at=time.monotonic(),
+        interface=fastpath.ifname or "",
+        mode=modes.get(status_settings.mode) if status_settings.generation else None,
+        policy_generation=int(status_settings.generation),
+        counters=fastpath.counters(),
+        classes={class_label(p, port): c for (p, port), c in fastpath.class_counters().items()},
+        queues=fastpath.queue_counters(),
+        maps=fastpath.map_fill(),
+        events=fastpath.event_stats(),
+    )
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise HyperionError("--interval must be positive")
+    with FastPath.open(_iface(args)) as fastpath:
+        return run_top(lambda: snapshot_of(fastpath), interval=args.interval, once=args.once)
+
+
+def cmd_policy_diff(args: argparse.Namespace) -> int:
+    if args.new is None:
+        with FastPath.open(_iface(args)) as fastpath:
+            running = fastpath.applied_policy_text()
+        if running is None:
+            raise HyperionError("no record of the running policy's text; give two files")
+        old, old_name = parse_policy(running, "running policy"), "running policy"
+        new, new_name = load_policy(args.old), args.old
+    else:
+        old, old_name = load_policy(args.old), args.old
+        new, new_name = load_policy(args.new), args.new
+    changes = policy_diff(old, new)
+    lines = []
+    if old.mode != new.mode:
+        lines.append(f"~ mode: {old.mode} -> {new.mode}")
+    if old.slow_path.malformed_dns_action != new.slow_path.malformed_dns_action:
+        lines.append(f"~ slow_path.malformed_dns_action: {old.slow_path.malformed_dns_action} -> "
+                     f"{new.slow_path.malformed_dns_action}")
+    for section, change in changes.items():
+        lines += [f"- {section}: {entry}" for entry in change["removed"]]
+        lines += [f"+ {section}: {entry}" for entry in change["added"]]
+    print(f"--- {old_name}\n+++ {new_name}")
+    print("\n".join(lines) if lines else "(no changes)")
     return 0
 
 
@@ -146,9 +206,10 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_apply(args: argparse.Namespace) -> int:
-    policy = load_policy(args.file)
+    policy, text = read_policy(args.file)
     with FastPath.open(_iface(args)) as fastpath:
         generation = fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy))
+        fastpath.record_applied_policy(text)
     print(f"applied {args.file}: generation {generation}")
     return 0
 
@@ -189,7 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     mode_arg(p)
     p.add_argument("--keep-on-exit", action="store_true",
                    help="leave the fast path attached when the daemon stops")
+    p.add_argument("--metrics-addr", default=DEFAULT_METRICS_ADDR,
+                   help=f"where /metrics listens (default {DEFAULT_METRICS_ADDR}; beyond loopback is your choice)")
+    p.add_argument("--no-metrics", action="store_true", help="serve no metrics")
+    p.add_argument("--events", metavar="FILE", help="write sampled drop events as JSON lines to FILE ('-': stdout)")
+    p.add_argument("--events-rate", type=int, default=DEFAULT_EVENTS_PER_SEC,
+                   help=f"drop events per second per CPU at most (default {DEFAULT_EVENTS_PER_SEC})")
+    p.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("top", help="live rates per verdict/reason, queue and class of a running fast path")
+    iface_arg(p)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("block", help="dynamic blocklist of source addresses")
     block = p.add_subparsers(dest="block_command", required=True, metavar="ACTION")
@@ -212,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = pol.add_parser("check", help="validate a policy file; exit 2 with the problems if invalid")
     c.add_argument("file")
     c.set_defaults(func=cmd_policy_check)
+    c = pol.add_parser("diff", help="what a reload would add and remove (OLD NEW, or running -> FILE)")
+    c.add_argument("old", metavar="OLD_OR_NEW")
+    c.add_argument("new", nargs="?", metavar="NEW")
+    iface_arg(c)
+    c.set_defaults(func=cmd_policy_diff)
     c = pol.add_parser("apply", help="apply a policy file to an attached interface, atomically")
     c.add_argument("file")
     iface_arg(c)

@@ -2,27 +2,50 @@
 
 The daemon owns no packet state: everything lives in pinned maps, so it can
 be stopped (with --keep-on-exit) and started again while the fast path keeps
-running and its counters continue.
+running and its counters continue. Around that it serves /metrics, writes
+drop events as JSON lines, and reloads the policy on SIGHUP or when the file
+changes (inotify, including the Kubernetes ConfigMap symlink swap).
+
+Threads: the main thread owns every change to the fast path (apply, sweep);
+the watcher, event and HTTP threads only read or ask the main thread to act.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import IO, Any
 
-from hyperion.compiler import PolicyCompiler
+from hyperion.abi import load_abi
+from hyperion.compiler import CompiledPolicy, PolicyCompiler
 from hyperion.errors import HyperionError
-from hyperion.fastpath import FastPath
-from hyperion.policy import Policy, load_policy
+from hyperion.events import EventDecoder, EventReader, json_lines_sink
+from hyperion.fastpath import FastPath, object_capacities
+from hyperion.metrics import FastPathCollector, ReloadStats, serve_metrics
+from hyperion.policy import Policy, read_policy
+from hyperion.watch import PolicyWatcher
 
 log = logging.getLogger("hyperion.daemon")
 
 # How often expired dynamic blocks are swept; the program ignores them anyway.
 SWEEP_INTERVAL_SECONDS = 5.0
+DEFAULT_METRICS_ADDR = "127.0.0.1:2112"
+DEFAULT_EVENTS_PER_SEC = 200
+
+# reason -> the policy list its rule ids index (1-based).
+RULE_LISTS: dict[str, tuple[str, Callable[[Policy], tuple[Any, ...]]]] = {
+    "allowlist": ("fast_path.allow_cidrs", lambda p: p.fast_path.allow_cidrs),
+    "blocklist_cidr": ("fast_path.drop_cidrs", lambda p: p.fast_path.drop_cidrs),
+    "blocklist_ip": ("fast_path.drop_ips", lambda p: p.fast_path.drop_ips),
+    "redirect_class": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
+    "redirect_failed": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
+}
 
 
 @dataclass
@@ -32,45 +55,128 @@ class DaemonOptions:
     attach_mode: str = "native"
     keep_on_exit: bool = False
     object_path: Path | None = None
+    metrics_addr: str | None = DEFAULT_METRICS_ADDR
+    events_path: str | None = None  # a file, "-" for stdout, None for no events
+    events_per_sec: int = DEFAULT_EVENTS_PER_SEC
+    watch_policy: bool = True
 
 
 class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
         self.fastpath: FastPath | None = None
+        self.policy: Policy | None = None
+        self.reloads = ReloadStats()
         self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
+        self._threads: list[threading.Thread] = []
+        self._metrics_server: Any = None
+        self._events_out: IO[str] | None = None
 
-    def apply_policy(self, policy: Policy) -> int:
+    # ---- policy -------------------------------------------------------------------------
+
+    def apply_policy(self, policy: Policy, text: str, compiled: CompiledPolicy | None = None) -> int:
         assert self.fastpath is not None
-        compiled = PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy)
-        return self.fastpath.apply(compiled)
+        if compiled is None:
+            compiled = PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy)
+        generation = self.fastpath.apply(compiled)
+        self.policy = policy
+        self.fastpath.record_applied_policy(text)
+        return generation
 
     def reload(self) -> bool:
         """Validates and applies the policy file again; a bad file leaves the running policy in place."""
         try:
-            generation = self.apply_policy(load_policy(self.options.policy_path))
+            generation = self.apply_policy(*read_policy(self.options.policy_path))
         except HyperionError as exc:
+            self.reloads.record(ok=False)
             log.error("reload rejected, running policy kept: %s", exc)
             return False
+        self.reloads.record(ok=True)
         log.info("policy reloaded from %s: generation %d", self.options.policy_path, generation)
         return True
 
+    def rule_name(self, reason: str, rule_id: int) -> str | None:
+        policy, target = self.policy, RULE_LISTS.get(reason)
+        if policy is None or target is None:
+            return None
+        path, entries = target
+        items = entries(policy)
+        if not 0 < rule_id <= len(items):
+            return None
+        item = items[rule_id - 1]
+        return f"{path}[{rule_id - 1}] {item.describe() if hasattr(item, 'describe') else item}"
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
     def start(self) -> None:
         """Validates the policy first, then attaches and applies it: a bad policy attaches nothing."""
-        policy = load_policy(self.options.policy_path)
         opts = self.options
+        policy, text = read_policy(opts.policy_path)
+        # Compiled (capacities checked) before attaching: a policy that cannot be applied
+        # must not disturb a fast path left running by an earlier daemon.
+        abi = load_abi(opts.object_path)
+        compiled = PolicyCompiler(abi, object_capacities(abi.object_path)).compile(policy)
         self.fastpath = FastPath.attach(opts.ifname, opts.attach_mode, opts.object_path)
         try:
-            generation = self.apply_policy(policy)
+            generation = self.apply_policy(policy, text, compiled)
+            self.fastpath.set_event_rate(opts.events_per_sec if opts.events_path else 0)
+            if opts.metrics_addr:
+                self._metrics_server = serve_metrics(FastPathCollector(self.fastpath, self.reloads),
+                                                     opts.metrics_addr)
+                log.info("metrics on http://%s/metrics", opts.metrics_addr)
+            if opts.events_path:
+                self._start_events(opts.events_path)
+            if opts.watch_policy:
+                self._start_thread("policy-watch", self._watch_policy)
         except BaseException:
-            self.stop_fastpath()
+            self.stop()
             raise
         log.info("attached to %s (%s), policy generation %d, pins in %s",
                  opts.ifname, opts.attach_mode, generation, self.fastpath.pin_dir)
 
-    def stop_fastpath(self) -> None:
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_events(self, path: str) -> None:
+        assert self.fastpath is not None
+        self._events_out = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+        reader = EventReader(self.fastpath.maps["hyp_events"].fd, EventDecoder(self.fastpath.abi, self.rule_name),
+                             json_lines_sink(self._events_out))
+
+        def pump() -> None:
+            try:
+                while not self._stopping.is_set():
+                    reader.poll(200)
+                reader.poll(0)  # what arrived before the stop
+            finally:
+                reader.close()
+
+        self._start_thread("events", pump)
+
+    def _watch_policy(self) -> None:
+        with PolicyWatcher(self.options.policy_path) as watcher:
+            while not self._stopping.is_set():
+                if watcher.wait(0.5):
+                    log.info("policy file %s changed", self.options.policy_path)
+                    self.request_reload()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if self._events_out is not None and self._events_out is not sys.stdout:
+            self._events_out.close()
+        self._events_out = None
         if self.fastpath is None:
             return
         self.fastpath.close()
@@ -90,7 +196,7 @@ class Daemon:
         self._wake.set()
 
     def serve(self) -> None:
-        """Runs until SIGTERM/SIGINT; SIGHUP reloads the policy."""
+        """Runs until SIGTERM/SIGINT; SIGHUP or a changed policy file reloads the policy."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
@@ -109,4 +215,4 @@ class Daemon:
                 if swept:
                     log.info("removed %d expired dynamic blocks", swept)
         finally:
-            self.stop_fastpath()
+            self.stop()

@@ -22,10 +22,13 @@ from typing import Any
 
 from hyperion import libbpf
 from hyperion.abi import Abi, load_abi, packer
-from hyperion.compiler import CompiledPolicy
+from hyperion.compiler import CLASSES_MAP, CompiledPolicy
 from hyperion.errors import AttachError, BpfError, HyperionError, NotAttachedError
 
 PIN_ROOT = Path(os.environ.get("HYPERION_PIN_ROOT", "/sys/fs/bpf/hyperion"))
+# Beside the pins (bpffs holds only BPF objects): the source of the applied policy.
+STATE_ROOT = Path(os.environ.get("HYPERION_STATE_ROOT", "/run/hyperion"))
+APPLIED_POLICY = "applied-policy.yaml"
 PROGRAM_NAME = "hyperion_xdp"
 LINK_PIN = "link"
 # A packet's run of the program takes microseconds; waiting this long after a
@@ -130,6 +133,15 @@ class BpfObject:
             self.handle = 0
 
 
+def object_capacities(object_path: Path) -> dict[str, int]:
+    """Capacities of the policy maps, from the object alone (nothing loaded)."""
+    obj = BpfObject(object_path)
+    try:
+        return {name: t.max_entries for name, t in obj.inner_templates().items()}
+    finally:
+        obj.close()
+
+
 class FastPath:
     """Handle on the fast path's maps (and, when attached, its pins and link)."""
 
@@ -144,6 +156,7 @@ class FastPath:
         self._object = owned_object
         self._ncpus = libbpf.num_possible_cpus()
         self._dyn_value = packer(abi.DynBlock)
+        self._class_key = packer(abi.ClassKey)
 
     # ---- construction -------------------------------------------------------------------
 
@@ -272,8 +285,22 @@ class FastPath:
         settings = self.abi.Settings(mode=compiled.mode, generation=current.generation + 1,
                                      applied_at_ns=time.time_ns(), entries=entries)
         self.maps["hyp_settings"].update(target.to_bytes(4, "little"), bytes(settings))
-        self.maps["hyp_config"].update(bytes(4), bytes(self.abi.Config(active_slot=target)))
+        self._register_class_counters(compiled)
+        config.active_slot = target  # events_per_sec is kept as it is
+        self.maps["hyp_config"].update(bytes(4), bytes(config))
         return int(settings.generation)
+
+    def _register_class_counters(self, compiled: CompiledPolicy) -> None:
+        """Creates zeroed counters for new classes; existing ones keep counting across reloads."""
+        image = compiled.images[CLASSES_MAP]
+        stats = self.maps["hyp_class_stats"]
+        zero = bytes(((ctypes.sizeof(self.abi.ClassCounter) + 7) & ~7) * self._ncpus)
+        for key, _ in image.entries(self._class_key.size, ctypes.sizeof(self.abi.ClassValue)):
+            try:
+                stats.update(key, zero, libbpf.BPF_NOEXIST)
+            except BpfError as exc:
+                if exc.errno != 17:  # EEXIST: already counting
+                    raise
 
     def _build_inner(self, name: str, image: Any) -> libbpf.MapFd:
         t = self.templates[name]
@@ -291,27 +318,81 @@ class FastPath:
             raise
         return inner
 
+    def record_applied_policy(self, source_text: str) -> None:
+        """Keeps the applied policy's text so `policy diff` can compare against what runs."""
+        if self.pin_dir is None:
+            return
+        state = STATE_ROOT / self.pin_dir.name
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = state / f".{APPLIED_POLICY}.tmp"
+        tmp.write_text(source_text)
+        tmp.replace(state / APPLIED_POLICY)
+
+    def applied_policy_text(self) -> str | None:
+        if self.pin_dir is None:
+            return None
+        try:
+            return (STATE_ROOT / self.pin_dir.name / APPLIED_POLICY).read_text()
+        except FileNotFoundError:
+            return None
+
     # ---- counters -----------------------------------------------------------------------
+
+    def _percpu_sum(self, map_name: str, key: bytes, struct_cls: Any) -> dict[str, int] | None:
+        """Looks up a per-CPU map entry and sums each field over the possible CPUs."""
+        stride = (ctypes.sizeof(struct_cls) + 7) & ~7
+        raw = self.maps[map_name].lookup(key, stride * self._ncpus)
+        if raw is None:
+            return None
+        fields = [name for name, *_ in struct_cls._fields_ if not name.startswith(("_", "reserved", "pad"))]
+        totals = dict.fromkeys(fields, 0)
+        for cpu in range(self._ncpus):
+            value = struct_cls.from_buffer_copy(raw, cpu * stride)
+            for name in fields:
+                totals[name] += getattr(value, name)
+        return totals
 
     def counters(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(verdict, reason) -> (packets, bytes), summed over CPUs; zero entries omitted."""
-        counters_map = self.maps["hyp_counters"]
-        stride = (ctypes.sizeof(self.abi.Counter) + 7) & ~7
         result = {}
         for verdict, verdict_label in self.abi.verdicts.items():
             for reason, reason_label in self.abi.reasons.items():
                 index = verdict * self.abi.reason_count + reason
-                raw = counters_map.lookup(index.to_bytes(4, "little"), stride * self._ncpus)
-                if raw is None:
-                    continue
-                packets = total_bytes = 0
-                for cpu in range(self._ncpus):
-                    value = self.abi.Counter.from_buffer_copy(raw, cpu * stride)
-                    packets += value.packets
-                    total_bytes += value.bytes
-                if packets:
-                    result[(verdict_label, reason_label)] = (packets, total_bytes)
+                total = self._percpu_sum("hyp_counters", index.to_bytes(4, "little"), self.abi.Counter)
+                if total and total["packets"]:
+                    result[(verdict_label, reason_label)] = (total["packets"], total["bytes"])
         return result
+
+    def queue_counters(self) -> dict[int, dict[str, int]]:
+        """rx queue -> packets/drops/redirects/redirect_failures, for queues that saw packets."""
+        result = {}
+        for queue in range(self.abi.capacity["queues"]):
+            total = self._percpu_sum("hyp_queue_stats", queue.to_bytes(4, "little"), self.abi.QueueCounter)
+            if total and total["packets"]:
+                result[queue] = total
+        return result
+
+    def class_counters(self) -> dict[tuple[int, int], dict[str, int]]:
+        """(protocol, port) -> redirected/failed, for every class ever installed."""
+        stats = self.maps["hyp_class_stats"]
+        result = {}
+        for key in list(stats.iter_keys()):
+            port, protocol = self._class_key.unpack(key)
+            total = self._percpu_sum("hyp_class_stats", key, self.abi.ClassCounter)
+            if total is not None:
+                result[(protocol, port)] = total
+        return result
+
+    def event_stats(self) -> dict[str, int]:
+        """emitted / suppressed (over budget) / ring_full, summed over CPUs."""
+        total = self._percpu_sum("hyp_event_state", bytes(4), self.abi.EventState) or {}
+        return {name: total.get(name, 0) for name in ("emitted", "suppressed", "ring_full")}
+
+    def set_event_rate(self, events_per_sec: int) -> None:
+        """Per-CPU budget of drop events per second (0 disables events)."""
+        config = self._config()
+        config.events_per_sec = events_per_sec
+        self.maps["hyp_config"].update(bytes(4), bytes(config))
 
     # ---- dynamic blocklist --------------------------------------------------------------
 
@@ -414,6 +495,11 @@ def xdp_attach_mode(ifname: str) -> str | None:
 
 
 def _detach_pin_dir(pin_dir: Path) -> bool:
+    state = STATE_ROOT / pin_dir.name
+    if state.is_dir():
+        for entry in state.iterdir():
+            entry.unlink()
+        state.rmdir()
     if not pin_dir.exists():
         return False
     link_path = pin_dir / LINK_PIN

@@ -737,8 +737,8 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise _invalid(source, ["document is nested too deeply"]) from None
 
 
-def load_policy(path: str | os.PathLike[str]) -> Policy:
-    """Read and validate a policy file; I/O and encoding failures are PolicyErrors too."""
+def read_policy(path: str | os.PathLike[str]) -> tuple[Policy, str]:
+    """Read and validate a policy file; returns it with its text (kept to diff against later)."""
     source = os.fspath(path)
     try:
         text = Path(source).read_text(encoding="utf-8")
@@ -749,4 +749,9 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise PolicyError(f"{source}: cannot read policy file: {reason}") from None
-    return parse_policy(text, source)
+    return parse_policy(text, source), text
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Read and validate a policy file; I/O and encoding failures are PolicyErrors too."""
+    return read_policy(path)[0]

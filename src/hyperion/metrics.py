@@ -1,0 +1,171 @@
+"""Prometheus metrics, read from the BPF maps at scrape time.
+
+A custom Collector: no thread copies counters in the background, so a
+scrape always shows what the kernel holds at that moment. Per-CPU values are
+summed. Label values are the ABI's enumerator names (see hyperion_abi.h).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from hyperion import __version__
+from hyperion.errors import HyperionError
+from hyperion.fastpath import FastPath
+
+PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
+log = logging.getLogger("hyperion.metrics")
+
+
+@dataclass
+class ReloadStats:
+    """The daemon's reload outcomes (the kernel holds the rest)."""
+
+    results: dict[str, int] = field(default_factory=lambda: {"success": 0, "error": 0})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, ok: bool) -> None:
+        with self.lock:
+            self.results["success" if ok else "error"] += 1
+
+
+def class_label(protocol: int, port: int) -> str:
+    return f"{PROTOCOL_NAMES.get(protocol, str(protocol))}/{port}"
+
+
+class FastPathCollector(Collector):
+    def __init__(self, fastpath: FastPath, reloads: ReloadStats | None = None,
+                 slowpath_drops: Callable[[], dict[str, int]] | None = None) -> None:
+        self.fastpath = fastpath
+        self.reloads = reloads or ReloadStats()
+        self.slowpath_drops = slowpath_drops or dict
+        # Serialises scrapes: map reads are not reentrant on one FastPath.
+        self._lock = threading.Lock()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # unchecked collector: families are produced at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            try:
+                families = list(self._collect())
+            except HyperionError as exc:
+                # The fast path was detached under us: say so instead of failing the scrape.
+                log.warning("scrape could not read the fast path: %s", exc)
+                families = [GaugeMetricFamily("hyperion_fastpath_up", "1 if the fast path's maps could be read.",
+                                              value=0)]
+        yield from families
+
+    def _collect(self) -> Iterator[Metric]:
+        fp = self.fastpath
+        counters = fp.counters()
+        up = GaugeMetricFamily("hyperion_fastpath_up", "1 if the fast path's maps could be read.")
+        up.add_metric([], 1)
+        yield up
+
+        packets = CounterMetricFamily("hyperion_fastpath_packets", "Packets by fast-path verdict and reason.",
+                                      labels=["verdict", "reason"])
+        octets = CounterMetricFamily("hyperion_fastpath_bytes", "Bytes by fast-path verdict and reason.",
+                                     labels=["verdict", "reason"])
+        drops = CounterMetricFamily("hyperion_fastpath_drops", "Packets dropped by the fast path, by reason.",
+                                    labels=["reason"])
+        for verdict in fp.abi.verdicts.values():
+            for reason in fp.abi.reasons.values():
+                n, b = counters.get((verdict, reason), (0, 0))
+                packets.add_metric([verdict, reason], n)
+                octets.add_metric([verdict, reason], b)
+                if verdict == "drop":
+                    drops.add_metric([reason], n)
+        yield from (packets, octets, drops)
+
+        redirected = CounterMetricFamily("hyperion_redirects", "Packets redirected to AF_XDP, by class.",
+                                         labels=["class"])
+        failures = CounterMetricFamily(
+            "hyperion_redirect_failures", "Redirect-class packets whose queue had no AF_XDP socket (fallback taken).",
+            labels=["class"])
+        for (protocol, port), c in sorted(fp.class_counters().items()):
+            redirected.add_metric([class_label(protocol, port)], c["redirected"])
+            failures.add_metric([class_label(protocol, port)], c["failed"])
+        yield from (redirected, failures)
+
+        queue_families = {
+            name: CounterMetricFamily(f"hyperion_rx_queue_{name}", f"Fast-path {name.replace('_', ' ')} per rx queue.",
+                                      labels=["queue"])
+            for name in ("packets", "drops", "redirects", "redirect_failures")
+        }
+        for queue, c in sorted(fp.queue_counters().items()):
+            for name, family in queue_families.items():
+                family.add_metric([str(queue)], c[name])
+        yield from queue_families.values()
+
+        slow = CounterMetricFamily("hyperion_slowpath_drops", "Packets dropped by slow-path rules.", labels=["rule"])
+        for rule, n in self.slowpath_drops().items():
+            slow.add_metric([rule], n)
+        yield slow
+        yield GaugeMetricFamily("hyperion_afxdp_rx_queue_pressure",
+                                "AF_XDP RX ring occupancy fraction per queue.", labels=["queue"])
+
+        events = CounterMetricFamily("hyperion_events", "Drop events: emitted, or lost to the rate budget or a "
+                                     "full ring.", labels=["outcome"])
+        for outcome, n in fp.event_stats().items():
+            events.add_metric([outcome], n)
+        yield events
+
+        settings = fp.settings()
+        modes = {v: k for k, v in fp.abi.modes.items()}
+        yield GaugeMetricFamily("hyperion_policy_generation", "Generation of the active policy (0: none).",
+                                value=int(settings.generation))
+        info = GaugeMetricFamily("hyperion_policy_info", "The active policy's mode.", labels=["mode"])
+        if settings.generation:
+            info.add_metric([modes.get(settings.mode, str(settings.mode))], 1)
+        yield info
+        yield GaugeMetricFamily("hyperion_policy_last_reload_timestamp_seconds",
+                                "When the active policy was applied (Unix time).",
+                                value=settings.applied_at_ns / 1e9)
+        reloads = CounterMetricFamily("hyperion_policy_reload", "Policy reloads by this daemon, by result.",
+                                      labels=["result"])
+        with self.reloads.lock:
+            for result, n in self.reloads.results.items():
+                reloads.add_metric([result], n)
+        yield reloads
+
+        entries = GaugeMetricFamily("hyperion_map_entries", "Entries in each map.", labels=["map"])
+        capacity = GaugeMetricFamily("hyperion_map_capacity", "Capacity of each map.", labels=["map"])
+        for name, (n, cap) in fp.map_fill().items():
+            entries.add_metric([name], n)
+            capacity.add_metric([name], cap)
+        yield from (entries, capacity)
+        build = GaugeMetricFamily("hyperion_build_info", "Hyperion version and kernel.", labels=["version", "kernel"])
+        build.add_metric([__version__, platform.release()], 1)
+        yield build
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """'127.0.0.1:2112', '[::1]:2112' or ':2112' (all addresses) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise HyperionError(f"--metrics-addr {text!r}: expected HOST:PORT, e.g. 127.0.0.1:2112")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def serve_metrics(collector: FastPathCollector, listen: str) -> Any:
+    """Starts the /metrics HTTP server in a daemon thread; returns the server (shutdown() to stop)."""
+    host, port = parse_listen_address(listen)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise HyperionError(f"cannot serve metrics on {listen}: {exc.strerror}") from None
+    return server
