@@ -8,21 +8,17 @@ alone (drops and allowlist passes: ARP and IPv6 ND also cross the link).
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hyperion.fastpath import PIN_ROOT
 from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox
+from tests.netutil import HYPERION, UDPTOOL, Daemon, Receiver, counter, hyperion, send, settle, status
 
-HYPERION = [sys.executable, "-m", "hyperion.cli"]
-UDPTOOL = [sys.executable, "-m", "hyperion.udpprobe"]
 PORT = 5000
 
 POLICY = """
@@ -31,45 +27,6 @@ fast_path:
   drop_ips: ["198.51.100.42"]
   drop_cidrs: ["203.0.113.0/24", "2001:db8:ff42::/48"]
 """
-
-
-def hyperion(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = sb.exec(sb.host_ns, [*HYPERION, *args], check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hyperion {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-    return proc
-
-
-def status(sb: Sandbox) -> dict[str, Any]:
-    return dict(json.loads(hyperion(sb, "status", "--iface", sb.host_if, "--json").stdout))
-
-
-def counter(st: dict[str, Any], verdict: str, reason: str) -> int:
-    return sum(c["packets"] for c in st["counters"] if c["verdict"] == verdict and c["reason"] == reason)
-
-
-class Receiver:
-    def __init__(self, sb: Sandbox, duration: float = 60.0) -> None:
-        self.proc = sb.popen(sb.host_ns, [*UDPTOOL, "recv", "--port", str(PORT), "--duration", str(duration)],
-                             stdout=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def result(self) -> dict[str, Any]:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=10)
-        return dict(json.loads(out.strip().splitlines()[-1]))
-
-
-def send(sb: Sandbox, src: str, dst: str = HOST_V4, count: int = 20, interval: float = 0.0,
-         tag: str = "t") -> int:
-    proc = sb.exec(sb.client_ns, [*UDPTOOL, "send", "--src", src, "--dst", dst, "--port", str(PORT),
-                                  "--count", str(count), "--interval", str(interval), "--tag", tag])
-    return int(json.loads(proc.stdout)["sent"])
-
-
-def settle() -> None:
-    time.sleep(0.3)  # let the last datagrams cross the veth before reading counters
 
 
 @pytest.fixture
@@ -195,22 +152,7 @@ def test_restart_with_fast_path_kept_loses_nothing(sandbox: Sandbox, tmp_path: P
     policy = tmp_path / "policy.yaml"
     policy.write_text('fast_path:\n  allow_cidrs: ["198.51.100.10"]\n  drop_ips: ["198.51.100.42"]\n')
     sb.add_client_address("198.51.100.10")
-    run = [*HYPERION, "run", "--iface", sb.host_if, "--policy", str(policy), "--keep-on-exit"]
-
-    def start_daemon() -> subprocess.Popen[str]:
-        proc = sb.popen(sb.host_ns, run, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            probe = hyperion(sb, "status", "--iface", sb.host_if, "--json", check=False)
-            if probe.returncode == 0 and json.loads(probe.stdout)["policy_generation"] >= generation + 1:
-                return proc
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
-        raise AssertionError("daemon did not apply its policy in 20 s")
-
-    generation = 0
-    daemon = start_daemon()
-    generation = 1
+    daemon = Daemon(sb, policy, "--keep-on-exit").start()
     receiver = Receiver(sb)
     first = counter(status(sb), "pass", "allowlist")
     stream = sb.popen(sb.client_ns, [*UDPTOOL, "send", "--src", "198.51.100.10", "--dst", HOST_V4,
@@ -218,19 +160,16 @@ def test_restart_with_fast_path_kept_loses_nothing(sandbox: Sandbox, tmp_path: P
                                      "--tag", "stream"], stdout=subprocess.PIPE)
     try:
         time.sleep(0.5)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=15) == 0
-        assert (PIN_ROOT.exists() and any(p.name.endswith(f"_{sb.host_if}") for p in PIN_ROOT.iterdir()))
+        assert daemon.stop()[0] == 0
+        assert any(p.name.endswith(f"_{sb.host_if}") for p in PIN_ROOT.iterdir())
         mid = counter(status(sb), "pass", "allowlist")
-        daemon = start_daemon()
+        daemon = Daemon(sb, policy, "--keep-on-exit").start(min_generation=2)
         assert stream.wait(timeout=30) == 0
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=15)
+        daemon.stop()
     settle()
     assert stream.stdout is not None
-    sent = json.loads(stream.stdout.read())["sent"]
-    assert sent == 400
+    assert json.loads(stream.stdout.read())["sent"] == 400
     assert receiver.result()["by_tag"] == {"stream": 400}
     st = status(sb)
     # Counters continued across the restart rather than starting over.

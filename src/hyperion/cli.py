@@ -154,8 +154,9 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
         lines.append(f"~ slow_path.malformed_dns_action: {old.slow_path.malformed_dns_action} -> "
                      f"{new.slow_path.malformed_dns_action}")
     for section, change in changes.items():
-        lines += [f"- {section}: {entry}" for entry in change["removed"]]
-        lines += [f"+ {section}: {entry}" for entry in change["added"]]
+        path = f"{'slow_path' if section in ('dns_rules', 'signatures') else 'fast_path'}.{section}"
+        lines += [f"- {path}: {entry}" for entry in change["removed"]]
+        lines += [f"+ {path}: {entry}" for entry in change["added"]]
     print(f"--- {old_name}\n+++ {new_name}")
     print("\n".join(lines) if lines else "(no changes)")
     return 0
