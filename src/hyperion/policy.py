@@ -16,6 +16,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import socket
@@ -595,7 +596,12 @@ def policy_diff(old: Policy, new: Policy) -> dict[str, dict[str, list[str]]]:
 # ------------------------------------------------------------------------------ loading
 
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: ~20x faster, which is what makes a
+# million-entry policy load in seconds rather than a minute. Same safe semantics.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """safe_load semantics, but a key repeated in one mapping is an error, not "last wins"."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
@@ -615,11 +621,37 @@ class _StrictLoader(yaml.SafeLoader):
                     key_node.start_mark,
                 )
             seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Hashable, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+class _DuplicateJsonKeyError(ValueError):
+    pass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a repeated key is an error, as in YAML documents."""
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise _DuplicateJsonKeyError(f"duplicate key {_show(key)}")
+        mapping[key] = value
+    return mapping
 
 
 def _load_yaml(text: str) -> object:
-    """yaml.safe_load with the duplicate-key check."""
+    """yaml.safe_load with the duplicate-key check.
+
+    A document that is plain JSON (YAML's subset) is parsed by the json module
+    first: generated million-entry blocklists load in a fraction of YAML's time.
+    """
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text, object_pairs_hook=_json_object)
+        except _DuplicateJsonKeyError as exc:
+            raise yaml.YAMLError(str(exc)) from None
+        except ValueError:
+            pass  # YAML flow style such as {mode: monitor}: not JSON, parse as YAML
     loader = _StrictLoader(text)
     try:
         return loader.get_single_data()
