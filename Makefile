@@ -28,8 +28,9 @@ demo: setup ## set up and run the demo scene (sandbox, attach, traffic, counters
 bench-quick: setup ## the drop-rate comparison at small sizes (smoke, < 2 min)
 	$(PY) -m hyperion.bench --quick
 
-bench: setup ## drop rate: minimal XDP_DROP vs Hyperion with 1 / 10k / 1M blocked IPs
-	$(PY) -m hyperion.bench
+bench: setup ## drop rate vs minimal XDP_DROP (1 / 10k / 1M blocked IPs); reload and scrape times
+	$(PY) -m hyperion.bench --out bench-out
+	$(PY) -m hyperion.bench --reload
 
 clean: ## remove build products (not .venv)
 	$(MAKE) --no-print-directory -C bpf clean
