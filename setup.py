@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Command, setup
+from setuptools import Command, Extension, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -48,4 +48,15 @@ class BuildPyWithBpf(build_py):
             compile_bpf(Path(self.build_lib) / "hyperion" / "_bpf")
 
 
-setup(cmdclass={"build_py": BuildPyWithBpf, "build_bpf": BuildBpf})
+SLOWPATH_DIR = "native/slowpath"
+slowpath = Extension(
+    "hyperion._slowpath",
+    sources=[f"{SLOWPATH_DIR}/{name}.c" for name in ("module", "dns", "packet", "rules")],
+    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("dns", "packet", "rules")] + ["bpf/include/hyperion_abi.h"],
+    # The same ABI header as the XDP program: one definition of the map layouts.
+    include_dirs=["bpf/include", SLOWPATH_DIR],
+    libraries=["xdp", "bpf", "hs"],
+    extra_compile_args=["-O2", "-Wall", "-Werror", "-std=gnu11"],
+)
+
+setup(cmdclass={"build_py": BuildPyWithBpf, "build_bpf": BuildBpf}, ext_modules=[slowpath])

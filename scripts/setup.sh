@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   clang llvm libbpf-dev libxdp-dev bpftool linux-libc-dev libelf-dev zlib1g-dev pkg-config
   iproute2 ethtool make gcc python3-venv python3-dev
-  tcpdump dnsutils prometheus
+  tcpdump dnsutils prometheus libhyperscan-dev dnsmasq
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -40,7 +40,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.hyperion-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+# Reinstalled when the packaging or the C extension's sources changed since the last install.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+   || [ -n "$(find native bpf/include -newer "$stamp" -print -quit)" ]; then
   log "installing Python dependencies and the package (editable)"
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]'

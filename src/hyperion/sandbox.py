@@ -97,6 +97,10 @@ class Sandbox:
             self.exec(ns, ["sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0"])
             self.ip(ns, "addr", "add", f"{v4}/24", "dev", ifname)
             self.ip(ns, "-6", "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
+            # Full checksums on the wire, as a NIC would deliver them: veth's TX offload leaves
+            # partial checksums that only the peer's stack knows to trust, and the slow path
+            # re-injects packets into a stack that does verify them.
+            self.exec(ns, ["ethtool", "-K", ifname, "tx", "off"])
             self.ip(ns, "link", "set", ifname, "up")
             # Spoofed test sources must not be dropped by reverse-path filtering.
             for conf in ("all", "default", ifname):

@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+#include "packet.h"
+
+#include <string.h>
+
+#define ETH_HLEN 14
+#define VLAN_HLEN 4
+#define MAX_VLANS 2
+#define MAX_EXT 8
+
+static uint16_t rd16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static void wr16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
+{
+	size_t off = ETH_HLEN;
+	uint16_t proto;
+	uint8_t next;
+
+	memset(p, 0, sizeof(*p));
+	if (len < ETH_HLEN)
+		return -1;
+	proto = rd16(frame + 12);
+	for (int i = 0; i < MAX_VLANS && (proto == 0x8100 || proto == 0x88A8); i++) {
+		if (off + VLAN_HLEN > len)
+			return -1;
+		proto = rd16(frame + off + 2);
+		off += VLAN_HLEN;
+	}
+	p->l3_offset = off;
+	if (proto == 0x0800) {
+		const uint8_t *ip = frame + off;
+		size_t ihl;
+
+		if (off + 20 > len || (ip[0] >> 4) != 4)
+			return -1;
+		ihl = (size_t)(ip[0] & 0x0F) * 4;
+		p->l3_len = rd16(ip + 2);
+		if (ihl < 20 || p->l3_len < ihl || off + p->l3_len > len)
+			return -1;
+		if (rd16(ip + 6) & 0x1FFF)
+			return -1; /* non-first fragment: no L4 header */
+		p->ip_version = 4;
+		p->protocol = ip[9];
+		memcpy(p->saddr, ip + 12, 4);
+		memcpy(p->daddr, ip + 16, 4);
+		off += ihl;
+	} else if (proto == 0x86DD) {
+		const uint8_t *ip = frame + off;
+
+		if (off + 40 > len || (ip[0] >> 4) != 6)
+			return -1;
+		p->l3_len = 40 + (size_t)rd16(ip + 4);
+		if (off + p->l3_len > len)
+			return -1;
+		p->ip_version = 6;
+		memcpy(p->saddr, ip + 8, 16);
+		memcpy(p->daddr, ip + 24, 16);
+		next = ip[6];
+		off += 40;
+		for (int i = 0; i < MAX_EXT; i++) {
+			if (next != 0 && next != 43 && next != 60 && next != 44)
+				break;
+			if (off + 8 > len)
+				return -1;
+			p->has_ext_headers = 1;
+			if (next == 44 && (rd16(frame + off + 2) & 0xFFF8))
+				return -1; /* non-first fragment */
+			size_t ext = next == 44 ? 8 : ((size_t)frame[off + 1] + 1) * 8;
+
+			next = frame[off];
+			off += ext;
+		}
+		p->protocol = next;
+	} else {
+		return -1;
+	}
+	p->l4_offset = off;
+	size_t l3_end = p->l3_offset + p->l3_len;
+
+	if (p->protocol == 17) {
+		if (off + 8 > l3_end || rd16(frame + off + 4) < 8 || off + rd16(frame + off + 4) > l3_end)
+			return -1;
+		p->payload_offset = off + 8;
+		p->payload_len = rd16(frame + off + 4) - 8;
+	} else if (p->protocol == 6) {
+		size_t doff;
+
+		if (off + 20 > l3_end)
+			return -1;
+		doff = (size_t)(frame[off + 12] >> 4) * 4;
+		if (doff < 20 || off + doff > l3_end)
+			return -1;
+		p->payload_offset = off + doff;
+		p->payload_len = l3_end - p->payload_offset;
+	} else {
+		return -1;
+	}
+	p->src_port = rd16(frame + off);
+	p->dst_port = rd16(frame + off + 2);
+	return 0;
+}
+
+/* One's-complement sum, folded later. */
+static uint32_t csum_add(uint32_t sum, const uint8_t *data, size_t len)
+{
+	for (size_t i = 0; i + 1 < len; i += 2)
+		sum += (uint32_t)(data[i] << 8 | data[i + 1]);
+	if (len & 1)
+		sum += (uint32_t)data[len - 1] << 8;
+	return sum;
+}
+
+static uint16_t csum_fold(uint32_t sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xFFFF) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
+static void swap_bytes(uint8_t *a, uint8_t *b, size_t len)
+{
+	uint8_t tmp[16];
+
+	memcpy(tmp, a, len);
+	memcpy(a, b, len);
+	memcpy(b, tmp, len);
+}
+
+size_t sp_build_dns_answer(uint8_t *frame, size_t len, const struct sp_packet *p,
+			   const struct dns_question *q, uint8_t rcode)
+{
+	uint8_t *ip = frame + p->l3_offset, *udp = frame + p->l4_offset, *dns = frame + p->payload_offset;
+	size_t dns_len = q->question_end, udp_len = 8 + dns_len, ip_hlen = p->l4_offset - p->l3_offset;
+	uint32_t sum;
+
+	if (p->protocol != 17 || p->has_ext_headers || p->payload_offset + dns_len > len)
+		return 0;
+	swap_bytes(frame, frame + 6, 6);
+	/* DNS: a response with the question only; RD copied, RA set. */
+	dns[2] = (uint8_t)(0x80 | (dns[2] & 0x79)); /* QR, opcode kept, AA/TC cleared, RD kept */
+	dns[3] = (uint8_t)(0x80 | (rcode & 0x0F));
+	wr16(dns + 4, 1);
+	memset(dns + 6, 0, 6);
+	/* UDP */
+	swap_bytes(udp, udp + 2, 2);
+	wr16(udp + 4, (uint16_t)udp_len);
+	wr16(udp + 6, 0);
+	if (p->ip_version == 4) {
+		swap_bytes(ip + 12, ip + 16, 4);
+		wr16(ip + 2, (uint16_t)(ip_hlen + udp_len));
+		wr16(ip + 6, 0x4000); /* DF, no fragment offset */
+		ip[8] = 64;
+		wr16(ip + 10, 0);
+		wr16(ip + 10, csum_fold(csum_add(0, ip, ip_hlen)));
+		sum = csum_add(0, ip + 12, 8) + 17 + (uint32_t)udp_len;
+	} else {
+		swap_bytes(ip + 8, ip + 24, 16);
+		wr16(ip + 4, (uint16_t)udp_len);
+		ip[7] = 64;
+		sum = csum_add(0, ip + 8, 32) + 17 + (uint32_t)udp_len;
+	}
+	uint16_t check = csum_fold(csum_add(sum, udp, udp_len));
+
+	wr16(udp + 6, check ? check : 0xFFFF); /* 0 means "no checksum" in UDP */
+	return p->payload_offset + dns_len;
+}

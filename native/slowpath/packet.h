@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Frame parsing for the slow path and in-place DNS answers. The fast path has
+ * already rejected malformed headers; these checks are kept anyway, since a
+ * frame is attacker-controlled memory. */
+#ifndef HYP_SLOWPATH_PACKET_H
+#define HYP_SLOWPATH_PACKET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dns.h"
+
+struct sp_packet {
+	size_t l3_offset;
+	size_t l3_len;        /* as the IP header claims */
+	size_t l4_offset;
+	size_t payload_offset;
+	size_t payload_len;
+	uint8_t ip_version;
+	uint8_t protocol;
+	uint8_t has_ext_headers; /* IPv6 extension headers before L4 */
+	uint16_t src_port;
+	uint16_t dst_port;
+	uint8_t saddr[16];
+	uint8_t daddr[16];
+};
+
+/* 0 on success, -1 if the frame is not IP/UDP-or-TCP with a whole header. */
+int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p);
+
+/* Rewrites a DNS query frame into an answer with rcode (3 NXDOMAIN, 5 REFUSED)
+ * addressed back to the sender: the question is kept, other sections dropped,
+ * IP and UDP checksums recomputed. Returns the new frame length, or 0 when the
+ * frame cannot be answered in place. */
+size_t sp_build_dns_answer(uint8_t *frame, size_t len, const struct sp_packet *p,
+			   const struct dns_question *q, uint8_t rcode);
+
+#endif

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * Slow-path rule sets. DNS names: exact and "*.suffix" names in one hash
+ * table (a lookup per label suffix of the query name, so the cost depends on
+ * the name, not on the rule count) and regexes in one Hyperscan database.
+ * Payload signatures: one Hyperscan database per redirect class.
+ * Among all matching rules the one first in the policy wins.
+ */
+#ifndef HYP_SLOWPATH_RULES_H
+#define HYP_SLOWPATH_RULES_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <hs/hs.h>
+
+#include "dns.h"
+
+enum sp_action {
+	SP_DROP = 0,
+	SP_PASS = 1,
+	SP_ALERT = 2,
+	SP_NXDOMAIN = 3,
+	SP_REFUSE = 4,
+	SP_BLOCK_SOURCE = 5,
+	SP_ACTION_COUNT,
+};
+
+enum sp_name_kind {
+	SP_EXACT = 0,
+	SP_SUFFIX = 1, /* "*.evil.com": strict subdomains; the apex does not match */
+};
+
+#define SP_NO_RULE UINT32_MAX
+
+struct sp_rule {
+	uint8_t action;
+	uint16_t qtype;      /* 0 = any */
+	uint64_t ttl_ns;     /* block_source */
+	uint32_t next;       /* next rule for the same name, in policy order */
+};
+
+struct sp_name_slot {
+	uint64_t hash;
+	char *name;          /* NULL = empty slot */
+	uint16_t len;
+	uint8_t kind;
+	uint32_t first_rule;
+};
+
+struct sp_class_db {
+	uint8_t protocol;
+	uint16_t port;
+	hs_database_t *db;
+	uint32_t *rule_ids;  /* Hyperscan id -> rule index */
+};
+
+struct sp_rules {
+	struct sp_rule *rules;         /* every rule, DNS and signatures, by index */
+	uint32_t rule_count;
+	struct sp_name_slot *names;    /* open addressing, power-of-two size */
+	uint32_t name_mask;
+	hs_database_t *dns_regex;      /* NULL if no regex rules */
+	uint32_t *dns_regex_rules;     /* Hyperscan id -> rule index */
+	struct sp_class_db *classes;
+	uint32_t class_count;
+	hs_scratch_t *scratch_proto;   /* sized for every database; cloned per worker */
+	uint8_t malformed_action;
+	uint64_t *hits;                /* per rule, updated atomically by all workers */
+};
+
+struct sp_rules *sp_rules_new(uint32_t rule_count, uint32_t name_capacity);
+void sp_rules_free(struct sp_rules *r);
+/* Each returns 0 or -1 with *error set (static or allocated in err_buf). */
+int sp_rules_add_name(struct sp_rules *r, uint32_t index, uint8_t kind, const char *name);
+int sp_rules_compile_dns_regex(struct sp_rules *r, const char **patterns, const uint32_t *rule_ids,
+			       uint32_t count, char *err_buf, size_t err_len);
+int sp_rules_add_class(struct sp_rules *r, uint8_t protocol, uint16_t port, const char **patterns,
+		       const uint32_t *rule_ids, uint32_t count, char *err_buf, size_t err_len);
+int sp_rules_finish(struct sp_rules *r, char *err_buf, size_t err_len);
+
+/* Best (lowest-index) rule for a question, or SP_NO_RULE. */
+uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const struct dns_question *q);
+/* Best signature rule for a payload of the class, or SP_NO_RULE. */
+uint32_t sp_match_payload(const struct sp_rules *r, hs_scratch_t *scratch, uint8_t protocol, uint16_t port,
+			  const uint8_t *payload, size_t len);
+int sp_has_class(const struct sp_rules *r, uint8_t protocol, uint16_t port);
+
+#endif

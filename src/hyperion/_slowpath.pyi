@@ -1,0 +1,49 @@
+"""Type stub of the C extension (native/slowpath/module.c)."""
+
+from typing import Any
+
+DROP: int
+PASS: int
+ALERT: int
+NXDOMAIN: int
+REFUSE: int
+BLOCK_SOURCE: int
+EXACT: int
+SUFFIX: int
+
+def parse_dns(message: bytes, /) -> tuple[str, int] | None: ...
+
+class Rules:
+    def __init__(
+        self,
+        rules: list[tuple[int, int, float]],
+        names: list[tuple[int, int, str]],
+        dns_regex: list[tuple[int, str]],
+        classes: list[tuple[int, int, list[tuple[int, str]]]],
+        malformed_action: int = ...,
+    ) -> None: ...
+    def inspect(self, frame: bytes, /) -> dict[str, Any]: ...
+    def hits(self) -> list[int]: ...
+
+class Queue:
+    def __init__(
+        self,
+        ifname: str,
+        queue_id: int,
+        xsk_map_fd: int,
+        rules: Rules,
+        dyn4_fd: int = ...,
+        dyn6_fd: int = ...,
+        deliver_fd: int = ...,
+        frames: int = ...,
+        ring_size: int = ...,
+        zerocopy: bool = ...,
+        events: bool = ...,
+    ) -> None: ...
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+    def set_rules(self, rules: Rules, /) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def drain_events(self) -> list[tuple[int | None, int, int, int, int, int, int, int, bytes, bytes, str]]: ...
+    def fileno(self) -> int: ...
