@@ -13,7 +13,7 @@ from typing import Any
 from hyperion.sandbox import HOST_V4, Sandbox
 
 HYPERION = [sys.executable, "-m", "hyperion.cli"]
-UDPTOOL = [sys.executable, "-m", "hyperion.udpprobe"]
+UDPTOOL = [sys.executable, "-m", "hyperion.probe"]
 PORT = 5000
 
 def hyperion(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -32,8 +32,8 @@ def counter(st: dict[str, Any], verdict: str, reason: str) -> int:
 
 
 class Receiver:
-    def __init__(self, sb: Sandbox, duration: float = 60.0) -> None:
-        self.proc = sb.popen(sb.host_ns, [*UDPTOOL, "recv", "--port", str(PORT), "--duration", str(duration)],
+    def __init__(self, sb: Sandbox, duration: float = 60.0, port: int = PORT) -> None:
+        self.proc = sb.popen(sb.host_ns, [*UDPTOOL, "recv", "--port", str(port), "--duration", str(duration)],
                              stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == "ready"
@@ -45,9 +45,10 @@ class Receiver:
 
 
 def send(sb: Sandbox, src: str, dst: str = HOST_V4, count: int = 20, interval: float = 0.0,
-         tag: str = "t", port: int = PORT) -> int:
-    proc = sb.exec(sb.client_ns, [*UDPTOOL, "send", "--src", src, "--dst", dst, "--port", str(port),
-                                  "--count", str(count), "--interval", str(interval), "--tag", tag])
+         tag: str = "t", port: int = PORT, payload: str = "", tcp: bool = False) -> int:
+    argv = [*UDPTOOL, "send", "--src", src, "--dst", dst, "--port", str(port), "--count", str(count),
+            "--interval", str(interval), "--tag", tag, "--payload", payload]
+    proc = sb.exec(sb.client_ns, [*argv, "--tcp"] if tcp else argv)
     return int(json.loads(proc.stdout)["sent"])
 
 

@@ -159,7 +159,7 @@ def test_large_reload_loses_no_allowed_packet(sandbox: Sandbox) -> None:
         first, second = compiler.compile(blocklist(0)), compiler.compile(blocklist(500_000))
         fastpath.apply(first)
         receiver = Receiver(sb)
-        stream = sb.popen(sb.client_ns, [sys.executable, "-m", "hyperion.udpprobe", "send", "--src",
+        stream = sb.popen(sb.client_ns, [sys.executable, "-m", "hyperion.probe", "send", "--src",
                                          "198.51.100.10", "--dst", HOST_V4, "--port", "5000", "--count", "1500",
                                          "--interval", "0.001", "--tag", "steady"], stdout=subprocess.PIPE)
         timings = []

@@ -8,13 +8,15 @@ static uint16_t read16(const uint8_t *p)
 
 static enum dns_parse_result malformed(struct dns_question *q, const char *why)
 {
+	q->name[0] = '\0'; /* never leave a half-copied name behind */
+	q->name_len = 0;
 	q->error = why;
 	return DNS_MALFORMED;
 }
 
 enum dns_parse_result dns_parse_query(const uint8_t *msg, size_t len, struct dns_question *q)
 {
-	size_t pos = DNS_HEADER_LEN, resume = 0, wire_len = 0, out = 0;
+	size_t pos = DNS_HEADER_LEN, resume = 0, wire_len = 0, out = 0, floor = DNS_HEADER_LEN;
 	unsigned labels = 0, jumps = 0;
 
 	q->name[0] = '\0';
@@ -35,19 +37,21 @@ enum dns_parse_result dns_parse_query(const uint8_t *msg, size_t len, struct dns
 		uint8_t c = msg[pos];
 
 		if ((c & 0xC0) == 0xC0) {
-			/* Compression pointer: unusual in a query. Only backwards jumps, and
-			 * only so many, so a loop cannot spin. */
+			/* Compression pointer: unusual in a query. Each jump must land before
+			 * everything read so far (strictly decreasing), so no loop is possible,
+			 * and jumps are counted as well. In the first question this rejects
+			 * every pointer, which is what a well-formed query never needs. */
 			if (pos + 1 >= len)
 				return malformed(q, "truncated compression pointer");
 			size_t target = (size_t)(c & 0x3F) << 8 | msg[pos + 1];
 
 			if (++jumps > DNS_MAX_POINTERS)
 				return malformed(q, "too many compression pointers");
-			if (target >= pos || target < DNS_HEADER_LEN)
+			if (target >= floor || target < DNS_HEADER_LEN)
 				return malformed(q, "compression pointer not backwards");
 			if (!resume)
 				resume = pos + 2;
-			pos = target;
+			pos = floor = target;
 			continue;
 		}
 		if (c & 0xC0)

@@ -30,6 +30,10 @@
 #include "rules.h"
 
 #define BATCH 64
+/* Per-packet inspection latency buckets (ns), upper bounds; a batch's time is
+ * divided evenly among its packets. The last bucket is +Inf. */
+static const uint64_t latency_bounds_ns[] = {250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000};
+#define LATENCY_BUCKETS (sizeof(latency_bounds_ns) / sizeof(latency_bounds_ns[0]) + 1)
 #define EVENT_RING 1024
 #define POLL_MS 100
 
@@ -217,6 +221,12 @@ fail:
 	return -1;
 }
 
+/* Names are bytes off the wire: Latin-1 maps each to one character, so decoding never fails. */
+static PyObject *qname_str(const char *name, size_t len)
+{
+	return PyUnicode_DecodeLatin1(name, (Py_ssize_t)len, NULL);
+}
+
 static PyObject *Rules_inspect(RulesObject *self, PyObject *arg)
 {
 	Py_buffer frame;
@@ -228,10 +238,11 @@ static PyObject *Rules_inspect(RulesObject *self, PyObject *arg)
 	PyBuffer_Release(&frame);
 	PyObject *rule = d.rule == SP_NO_RULE ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(d.rule);
 
-	return Py_BuildValue("{s:i,s:N,s:O,s:O,s:O,s:s,s:i}", "action", d.action, "rule", rule, "dns",
+	return Py_BuildValue("{s:i,s:N,s:O,s:O,s:O,s:N,s:i}", "action", d.action, "rule", rule, "dns",
 			     (d.flags & SP_INSPECTED_DNS) ? Py_True : Py_False, "malformed_dns",
 			     (d.flags & SP_MALFORMED_DNS) ? Py_True : Py_False, "parsed",
-			     (d.flags & SP_NOT_PARSED) ? Py_False : Py_True, "qname", d.q.name, "qtype", d.q.qtype);
+			     (d.flags & SP_NOT_PARSED) ? Py_False : Py_True, "qname", qname_str(d.q.name, d.q.name_len),
+			     "qtype", d.q.qtype);
 }
 
 static PyObject *Rules_hits(RulesObject *self, PyObject *unused)
@@ -309,6 +320,7 @@ typedef struct {
 	int running;
 	uint64_t stats[ST_COUNT];
 	uint32_t rx_ring_level;      /* RX descriptors waiting after the last batch */
+	uint64_t latency[LATENCY_BUCKETS];
 	struct sp_event events[EVENT_RING];
 	uint32_t event_head, event_count;
 	int events_enabled;
@@ -482,8 +494,14 @@ static uint32_t process_batch(QueueObject *q)
 		sendto(xsk_socket__fd(q->xsk), NULL, 0, MSG_DONTWAIT, NULL, 0);
 	}
 	q->rx_ring_level = xsk_cons_nb_avail(&q->rx, q->ring_size);
+	uint64_t elapsed = now_ns() - start, per_packet = elapsed / rcvd;
+	size_t bucket = 0;
+
+	while (bucket < LATENCY_BUCKETS - 1 && per_packet > latency_bounds_ns[bucket])
+		bucket++;
+	q->latency[bucket] += rcvd;
 	q->stats[ST_BATCHES]++;
-	q->stats[ST_BUSY_NS] += now_ns() - start;
+	q->stats[ST_BUSY_NS] += elapsed;
 	return rcvd;
 }
 
@@ -680,6 +698,13 @@ static PyObject *Queue_stats(QueueObject *self, PyObject *unused)
 		PyDict_SetItemString(d, "xdp_tx_ring_empty_descs",
 				     PyLong_FromUnsignedLongLong(xs.tx_ring_empty_descs));
 	}
+	PyObject *buckets = PyList_New(LATENCY_BUCKETS);
+
+	for (size_t i = 0; buckets && i < LATENCY_BUCKETS; i++)
+		PyList_SET_ITEM(buckets, i, Py_BuildValue("(dK)", i < LATENCY_BUCKETS - 1 ?
+					  (double)latency_bounds_ns[i] / 1e9 : Py_HUGE_VAL,
+					  (unsigned long long)self->latency[i]));
+	PyDict_SetItemString(d, "latency_buckets", buckets);
 	PyDict_SetItemString(d, "rx_ring_level", PyLong_FromUnsignedLong(self->rx_ring_level));
 	PyDict_SetItemString(d, "ring_size", PyLong_FromUnsignedLong(self->ring_size));
 	PyDict_SetItemString(d, "free_frames", PyLong_FromUnsignedLong(self->free_count));
@@ -719,10 +744,10 @@ static PyObject *Queue_drain_events(QueueObject *self, PyObject *unused)
 		size_t alen = e->ip_version == 6 ? 16 : 4;
 
 		PyList_SET_ITEM(list, i, Py_BuildValue(
-			"(NiiiiiiHy#y#s)",
+			"(NiiiiiiHy#y#N)",
 			e->rule == SP_NO_RULE ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(e->rule),
 			e->action, e->malformed, e->ip_version, e->protocol, e->src_port, e->dst_port, e->qtype,
-			e->saddr, (Py_ssize_t)alen, e->daddr, (Py_ssize_t)alen, e->qname));
+			e->saddr, (Py_ssize_t)alen, e->daddr, (Py_ssize_t)alen, qname_str(e->qname, strlen(e->qname))));
 	}
 	free(copy);
 	return list;
@@ -773,7 +798,7 @@ static PyObject *parse_dns(PyObject *module, PyObject *arg)
 	}
 	if (res == DNS_NOT_QUERY)
 		Py_RETURN_NONE;
-	return Py_BuildValue("(s#H)", q.name, (Py_ssize_t)q.name_len, q.qtype);
+	return Py_BuildValue("(NH)", qname_str(q.name, q.name_len), q.qtype);
 }
 
 static PyMethodDef module_methods[] = {

@@ -21,6 +21,7 @@ from hyperion.errors import HyperionError
 from hyperion.fastpath import PIN_ROOT, FastPath, netns_inode, object_capacities
 from hyperion.metrics import class_label
 from hyperion.policy import load_policy, parse_policy, policy_diff, read_policy
+from hyperion.slowpath import SlowPathOptions
 from hyperion.top import Snapshot, run_top
 
 EXIT_ERROR = 2
@@ -107,9 +108,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         ifname=args.iface, policy_path=Path(args.policy), attach_mode=args.mode,
         keep_on_exit=args.keep_on_exit, metrics_addr=None if args.no_metrics else args.metrics_addr,
         events_path=args.events, events_per_sec=args.events_rate, watch_policy=not args.no_watch,
+        slowpath=not args.no_slowpath, slowpath_options=SlowPathOptions(zerocopy=args.zerocopy, cpus=_cpus(args.cpus)),
     ))
     daemon.serve()
     return 0
+
+
+def _cpus(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise HyperionError(f"--cpus {text!r}: expected a comma-separated list of CPU numbers") from None
 
 
 def snapshot_of(fastpath: FastPath) -> Snapshot:
@@ -258,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events-rate", type=int, default=DEFAULT_EVENTS_PER_SEC,
                    help=f"drop events per second per CPU at most (default {DEFAULT_EVENTS_PER_SEC})")
     p.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
+    p.add_argument("--no-slowpath", action="store_true",
+                   help="no AF_XDP workers: redirect classes take their on_failure fallback")
+    p.add_argument("--zerocopy", choices=["auto", "on", "off"], default="off",
+                   help="AF_XDP zero-copy (default off: copy mode works on every driver)")
+    p.add_argument("--cpus", help="pin queue workers to these CPUs, e.g. 0,1 (worker i -> i-th CPU, cycling)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("top", help="live rates per verdict/reason, queue and class of a running fast path")

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -29,6 +29,7 @@ from hyperion.events import EventDecoder, EventReader, json_lines_sink
 from hyperion.fastpath import FastPath, object_capacities
 from hyperion.metrics import FastPathCollector, ReloadStats, serve_metrics
 from hyperion.policy import Policy, read_policy
+from hyperion.slowpath import SlowPath, SlowPathOptions, compile_rules
 from hyperion.watch import PolicyWatcher
 
 log = logging.getLogger("hyperion.daemon")
@@ -59,6 +60,8 @@ class DaemonOptions:
     events_path: str | None = None  # a file, "-" for stdout, None for no events
     events_per_sec: int = DEFAULT_EVENTS_PER_SEC
     watch_policy: bool = True
+    slowpath: bool = True  # AF_XDP workers for the redirect classes
+    slowpath_options: SlowPathOptions = field(default_factory=SlowPathOptions)
 
 
 class Daemon:
@@ -74,17 +77,37 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._metrics_server: Any = None
         self._events_out: IO[str] | None = None
+        self._event_sink: Callable[[dict[str, Any]], None] | None = None
+        self.slowpath: SlowPath | None = None
 
     # ---- policy -------------------------------------------------------------------------
 
     def apply_policy(self, policy: Policy, text: str, compiled: CompiledPolicy | None = None) -> int:
+        """Fast path and slow path switch to a new policy; everything is compiled before either changes.
+
+        Sockets come up before the fast path starts redirecting to them, and go away only
+        after it has stopped, so no class takes its fallback because of the daemon itself.
+        """
         assert self.fastpath is not None
         if compiled is None:
             compiled = PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy)
+        rules = compile_rules(policy) if self._wants_slowpath(policy) else None
+        if rules is not None and self.slowpath is None:
+            self.slowpath = SlowPath(self.fastpath, self.options.ifname, policy, self.options.slowpath_options,
+                                     event_sink=self._event_sink, compiled=rules)
+            self.slowpath.start()
+        elif rules is not None and self.slowpath is not None:
+            self.slowpath.update(policy, rules)
         generation = self.fastpath.apply(compiled)
+        if rules is None and self.slowpath is not None:
+            self.slowpath.stop()
+            self.slowpath = None
         self.policy = policy
         self.fastpath.record_applied_policy(text)
         return generation
+
+    def _wants_slowpath(self, policy: Policy) -> bool:
+        return self.options.slowpath and bool(policy.fast_path.redirect_ports)
 
     def reload(self) -> bool:
         """Validates and applies the policy file again; a bad file leaves the running policy in place."""
@@ -119,16 +142,22 @@ class Daemon:
         # must not disturb a fast path left running by an earlier daemon.
         abi = load_abi(opts.object_path)
         compiled = PolicyCompiler(abi, object_capacities(abi.object_path)).compile(policy)
+        if self._wants_slowpath(policy):
+            compile_rules(policy)  # a slow-path rule Hyperscan refuses must not attach anything either
         self.fastpath = FastPath.attach(opts.ifname, opts.attach_mode, opts.object_path)
         try:
+            if opts.events_path:
+                self._events_out = sys.stdout if opts.events_path == "-" else open(  # noqa: SIM115
+                    opts.events_path, "a", encoding="utf-8")
+                self._event_sink = json_lines_sink(self._events_out)
             generation = self.apply_policy(policy, text, compiled)
             self.fastpath.set_event_rate(opts.events_per_sec if opts.events_path else 0)
             if opts.metrics_addr:
-                self._metrics_server = serve_metrics(FastPathCollector(self.fastpath, self.reloads),
-                                                     opts.metrics_addr)
+                collector = FastPathCollector(self.fastpath, self.reloads, slowpath=lambda: self.slowpath)
+                self._metrics_server = serve_metrics(collector, opts.metrics_addr)
                 log.info("metrics on http://%s/metrics", opts.metrics_addr)
             if opts.events_path:
-                self._start_events(opts.events_path)
+                self._start_events()
             if opts.watch_policy:
                 self._start_thread("policy-watch", self._watch_policy)
         except BaseException:
@@ -142,16 +171,18 @@ class Daemon:
         thread.start()
         self._threads.append(thread)
 
-    def _start_events(self, path: str) -> None:
-        assert self.fastpath is not None
-        self._events_out = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+    def _start_events(self) -> None:
+        assert self.fastpath is not None and self._event_sink is not None
         reader = EventReader(self.fastpath.maps["hyp_events"].fd, EventDecoder(self.fastpath.abi, self.rule_name),
-                             json_lines_sink(self._events_out))
+                             self._event_sink)
 
         def pump() -> None:
             try:
                 while not self._stopping.is_set():
                     reader.poll(200)
+                    slowpath = self.slowpath
+                    if slowpath is not None:
+                        slowpath.pump_events()
                 reader.poll(0)  # what arrived before the stop
             finally:
                 reader.close()
@@ -167,6 +198,10 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.slowpath is not None:
+            # Fences its queues first, so the fast path takes each class's fallback at once.
+            self.slowpath.stop()
+            self.slowpath = None
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()

@@ -37,7 +37,7 @@ def hyperion(sb: Sandbox, *args: str) -> str:
 
 
 def send(sb: Sandbox, src: str, count: int, tag: str, port: int = PORT) -> None:
-    sb.exec(sb.client_ns, [sys.executable, "-m", "hyperion.udpprobe", "send", "--src", src, "--dst", HOST_V4,
+    sb.exec(sb.client_ns, [sys.executable, "-m", "hyperion.probe", "send", "--src", src, "--dst", HOST_V4,
                            "--port", str(port), "--count", str(count), "--tag", tag])
 
 
@@ -62,7 +62,7 @@ def scene(sb: Sandbox) -> dict[str, Any]:
     console.print(f"sandbox {sb.prefix}: client {sb.client_ns} -> host {sb.host_ns} ({sb.host_if})")
     daemon = sb.popen(sb.host_ns, [sys.executable, "-m", "hyperion.cli", "run", "--iface", sb.host_if,
                                    "--policy", str(POLICY)])
-    receiver = sb.popen(sb.host_ns, [sys.executable, "-m", "hyperion.udpprobe", "recv", "--port", str(PORT)],
+    receiver = sb.popen(sb.host_ns, [sys.executable, "-m", "hyperion.probe", "recv", "--port", str(PORT)],
                         stdout=subprocess.PIPE)
     try:
         assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"

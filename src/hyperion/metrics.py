@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from hyperion import __version__
 from hyperion.errors import HyperionError
 from hyperion.fastpath import FastPath
+from hyperion.slowpath import SlowPath
 
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 log = logging.getLogger("hyperion.metrics")
@@ -45,10 +46,10 @@ def class_label(protocol: int, port: int) -> str:
 
 class FastPathCollector(Collector):
     def __init__(self, fastpath: FastPath, reloads: ReloadStats | None = None,
-                 slowpath_drops: Callable[[], dict[str, int]] | None = None) -> None:
+                 slowpath: Callable[[], SlowPath | None] | None = None) -> None:
         self.fastpath = fastpath
         self.reloads = reloads or ReloadStats()
-        self.slowpath_drops = slowpath_drops or dict
+        self.slowpath = slowpath or (lambda: None)
         # Serialises scrapes: map reads are not reentrant on one FastPath.
         self._lock = threading.Lock()
 
@@ -108,12 +109,7 @@ class FastPathCollector(Collector):
                 family.add_metric([str(queue)], c[name])
         yield from queue_families.values()
 
-        slow = CounterMetricFamily("hyperion_slowpath_drops", "Packets dropped by slow-path rules.", labels=["rule"])
-        for rule, n in self.slowpath_drops().items():
-            slow.add_metric([rule], n)
-        yield slow
-        yield GaugeMetricFamily("hyperion_afxdp_rx_queue_pressure",
-                                "AF_XDP RX ring occupancy fraction per queue.", labels=["queue"])
+        yield from _slowpath_families_of(self.slowpath())
 
         events = CounterMetricFamily("hyperion_events", "Drop events: emitted, or lost to the rate budget or a "
                                      "full ring.", labels=["outcome"])
@@ -148,6 +144,52 @@ class FastPathCollector(Collector):
         build = GaugeMetricFamily("hyperion_build_info", "Hyperion version and kernel.", labels=["version", "kernel"])
         build.add_metric([__version__, platform.release()], 1)
         yield build
+
+
+SLOWPATH_OUTCOMES = ("passed", "dropped", "alerted", "nxdomain", "refused", "blocked_sources", "malformed_dns",
+                     "not_parsed", "deliver_errors", "block_errors", "tx_failed", "events_lost")
+XDP_STATISTICS = ("rx_dropped", "rx_ring_full", "rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs")
+
+
+def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
+    """Slow-path families; registered (empty) when no slow path runs."""
+    drops = CounterMetricFamily("hyperion_slowpath_drops", "Packets a slow-path rule kept from their destination "
+                                "(drop, block_source).", labels=["rule"])
+    verdicts = CounterMetricFamily("hyperion_slowpath_rule_matches", "Slow-path rule matches, by action.",
+                                   labels=["rule", "action"])
+    pressure = GaugeMetricFamily("hyperion_afxdp_rx_queue_pressure", "AF_XDP RX ring occupancy fraction.",
+                                 labels=["queue"])
+    inspected = CounterMetricFamily("hyperion_slowpath_inspected", "Packets the slow path inspected.",
+                                    labels=["queue"])
+    outcomes = CounterMetricFamily("hyperion_slowpath_packets", "Slow-path outcomes per queue.",
+                                   labels=["queue", "outcome"])
+    free = GaugeMetricFamily("hyperion_afxdp_free_frames", "UMEM frames not posted to the fill ring.",
+                             labels=["queue"])
+    kernel = {name: CounterMetricFamily(f"hyperion_afxdp_{name}", f"XDP_STATISTICS {name} of the AF_XDP socket.",
+                                        labels=["queue"]) for name in XDP_STATISTICS}
+    latency = HistogramMetricFamily("hyperion_slowpath_inspection_latency_seconds",
+                                    "Per-packet inspection time (a batch's time divided among its packets).",
+                                    labels=["queue"])
+    if slowpath is not None:
+        for rule, (action, hits) in slowpath.rule_hits().items():
+            verdicts.add_metric([rule, action], hits)
+            if action in ("drop", "block_source"):
+                drops.add_metric([rule], hits)
+        for queue, st in slowpath.queue_stats().items():
+            label = [str(queue)]
+            pressure.add_metric(label, st["rx_ring_level"] / st["ring_size"])
+            inspected.add_metric(label, st["rx"])
+            free.add_metric(label, st["free_frames"])
+            for outcome in SLOWPATH_OUTCOMES:
+                outcomes.add_metric([str(queue), outcome], st[outcome])
+            for name, family in kernel.items():
+                family.add_metric(label, st.get(f"xdp_{name}", 0))
+            cumulative, buckets = 0, []
+            for bound, count in st["latency_buckets"]:
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric(label, buckets, sum_value=st["busy_ns"] / 1e9)
+    yield from (drops, verdicts, pressure, inspected, outcomes, free, *kernel.values(), latency)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:

@@ -217,14 +217,14 @@ class SlowPath:
     policy: Policy
     options: SlowPathOptions = field(default_factory=SlowPathOptions)
     event_sink: Callable[[dict[str, Any]], None] | None = None
+    compiled: CompiledRules | None = None
 
     def __post_init__(self) -> None:
-        self.compiled = compile_rules(self.policy)
+        self.rules: CompiledRules = self.compiled or compile_rules(self.policy)
         self.workers: list[Worker] = []
         self.tun: TunDevice | None = None
         # Hits of rule sets replaced by reloads, by rule label, so counters never go back.
         self._retired_hits: dict[str, int] = {}
-        self._retired_stats: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -243,7 +243,7 @@ class SlowPath:
     def _open_queue(self, queue_id: int, zerocopy: bool) -> Any:
         assert self.tun is not None
         return _slowpath.Queue(
-            self.ifname, queue_id, self.fastpath.maps["xsk_map"].fd, self.compiled.rules,
+            self.ifname, queue_id, self.fastpath.maps["xsk_map"].fd, self.rules.rules,
             dyn4_fd=self.fastpath.maps["hyp_dyn4"].fd, dyn6_fd=self.fastpath.maps["hyp_dyn6"].fd,
             deliver_fd=self.tun.fd, frames=self.options.frames, ring_size=self.options.ring_size,
             zerocopy=zerocopy, events=self.event_sink is not None,
@@ -272,17 +272,17 @@ class SlowPath:
             os.sched_setaffinity(0, {cpu})  # this thread only
         queue.run()
 
-    def update(self, policy: Policy) -> None:
+    def update(self, policy: Policy, compiled: CompiledRules | None = None) -> None:
         """Swaps in the rules of a new policy (compiled first: a bad one changes nothing)."""
-        compiled = compile_rules(policy)
+        compiled = compiled or compile_rules(policy)
         with self._lock:
             self._retire_hits()
             for worker in self.workers:
                 worker.queue.set_rules(compiled.rules)
-            self.compiled, self.policy = compiled, policy
+            self.rules, self.policy = compiled, policy
 
     def _retire_hits(self) -> None:
-        for label, hits in zip(self.compiled.labels, self.compiled.rules.hits(), strict=True):
+        for label, hits in zip(self.rules.labels, self.rules.rules.hits(), strict=True):
             self._retired_hits[label] = self._retired_hits.get(label, 0) + hits
 
     def stop(self) -> None:
@@ -294,7 +294,6 @@ class SlowPath:
         for worker in self.workers:
             worker.thread.join(timeout=5)
             self._drain(worker)
-            self._retired_stats[worker.queue_id] = worker.queue.stats()
             worker.queue.close()
         self.workers.clear()
         if self.tun is not None:
@@ -307,13 +306,13 @@ class SlowPath:
         """rule label -> (action, matches), across reloads."""
         with self._lock:
             totals = {label: (action, self._retired_hits.get(label, 0))
-                      for label, action in zip(self.compiled.labels, self.compiled.actions, strict=True)}
-            for label, action, hits in zip(self.compiled.labels, self.compiled.actions, self.compiled.rules.hits(),
+                      for label, action in zip(self.rules.labels, self.rules.actions, strict=True)}
+            for label, action, hits in zip(self.rules.labels, self.rules.actions, self.rules.rules.hits(),
                                            strict=True):
                 totals[label] = (action, totals[label][1] + hits)
         return totals
 
-    def queue_stats(self) -> dict[int, dict[str, int]]:
+    def queue_stats(self) -> dict[int, dict[str, Any]]:
         return {worker.queue_id: worker.queue.stats() for worker in self.workers}
 
     def pump_events(self) -> int:
@@ -328,7 +327,7 @@ class SlowPath:
             self.event_sink({
                 "source": "slowpath", "queue": worker.queue_id, "action": ACTION_NAMES.get(action, str(action)),
                 "reason": "malformed_dns" if malformed else "rule",
-                "rule": self.compiled.labels[rule] if rule is not None and rule < len(self.compiled.labels) else None,
+                "rule": self.rules.labels[rule] if rule is not None and rule < len(self.rules.labels) else None,
                 "src": str(ip_address(saddr)) if version else None, "dst": str(ip_address(daddr)) if version else None,
                 "protocol": PROTOCOLS.get(protocol, protocol), "src_port": sport, "dst_port": dport,
                 "qname": qname or None, "qtype": qtype or None,
