@@ -316,6 +316,7 @@ typedef struct {
 	pthread_mutex_t lock;        /* held while a batch runs; guards rules and events */
 	RulesObject *rules;
 	hs_scratch_t *scratch;
+	int inspect;                 /* 0: the minimal receive-and-drop loop, a benchmark baseline */
 	volatile int stop;
 	int running;
 	uint64_t stats[ST_COUNT];
@@ -425,6 +426,13 @@ static uint32_t process_batch(QueueObject *q)
 	if (!rcvd)
 		return 0;
 	pthread_mutex_lock(&q->lock);
+	if (!q->inspect) {
+		for (uint32_t i = 0; i < rcvd; i++)
+			free_frame(q, xsk_ring_cons__rx_desc(&q->rx, idx_rx + i)->addr);
+		q->stats[ST_RX] += rcvd;
+		q->stats[ST_DROPPED] += rcvd;
+		goto done;
+	}
 	for (uint32_t i = 0; i < rcvd; i++) {
 		const struct xdp_desc *desc = xsk_ring_cons__rx_desc(&q->rx, idx_rx + i);
 		uint8_t *frame = xsk_umem__get_data(q->buffer, desc->addr);
@@ -471,6 +479,7 @@ static uint32_t process_batch(QueueObject *q)
 			free_frame(q, desc->addr);
 		}
 	}
+done:
 	xsk_ring_cons__release(&q->rx, rcvd);
 	pthread_mutex_unlock(&q->lock);
 
@@ -534,19 +543,20 @@ static void Queue_dealloc(QueueObject *self)
 static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"ifname", "queue_id", "xsk_map_fd", "rules", "dyn4_fd", "dyn6_fd", "deliver_fd",
-				 "frames", "ring_size", "zerocopy", "events", NULL};
+				 "frames", "ring_size", "zerocopy", "events", "inspect", NULL};
 	const char *ifname;
-	int frames = 4096, ring = 2048, zerocopy = 0, events = 1, err;
+	int frames = 4096, ring = 2048, zerocopy = 0, events = 1, inspect = 1, err;
 	RulesObject *rules;
 	struct xsk_umem_config ucfg;
 	struct xsk_socket_config scfg;
 
 	self->dyn4_fd = self->dyn6_fd = self->deliver_fd = -1;
 	pthread_mutex_init(&self->lock, NULL);
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiipp", kwlist, &ifname, &self->queue_id,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiippp", kwlist, &ifname, &self->queue_id,
 					 &self->xsk_map_fd, &RulesType, &rules, &self->dyn4_fd, &self->dyn6_fd,
-					 &self->deliver_fd, &frames, &ring, &zerocopy, &events))
+					 &self->deliver_fd, &frames, &ring, &zerocopy, &events, &inspect))
 		return -1;
+	self->inspect = inspect;
 	if (frames < 2 * ring || (ring & (ring - 1))) {
 		PyErr_SetString(PyExc_ValueError, "ring_size must be a power of two and frames >= 2 * ring_size");
 		return -1;

@@ -26,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,13 +35,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from hyperion import libbpf
+from hyperion import _slowpath, libbpf
 from hyperion.compiler import PolicyCompiler
 from hyperion.fastpath import BpfObject, FastPath, ifindex_of
 from hyperion.generator import tool_object
 from hyperion.metrics import FastPathCollector
 from hyperion.policy import Policy
-from hyperion.sandbox import HOST_V6, Sandbox, entered_netns, in_netns
+from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox, entered_netns, in_netns
+from hyperion.slowpath import compile_rules
 
 GENERATOR_SOURCE = "2001:db8:ff00::7"
 
@@ -258,6 +260,67 @@ def reload_and_scrape(sizes: list[int]) -> list[dict[str, float]]:
     return rows
 
 
+SLOWPATH_QUERY = "bench.blocked.test"
+
+
+def _slowpath_rules(size: int) -> Any:
+    """size DNS drop rules; the benchmark's query name matches the last one."""
+    names = [f"n{i}.blocked.test" for i in range(size - 1)] + [SLOWPATH_QUERY]
+    policy = Policy.model_validate({"slow_path": {"dns_rules": [{"match": n, "action": "drop"} for n in names]}})
+    return compile_rules(policy).rules
+
+
+def slowpath_compare(sizes: list[int], rounds: int, count: int) -> list[dict[str, Any]]:
+    """Packets/s into AF_XDP: the minimal receive-and-drop loop vs Hyperion's inspection with N rules.
+
+    Same sandbox, same fast path (udp/53 redirected), same socket setup; only the
+    loop differs. Ground truth: the worker's own rx count over the generator's time.
+    """
+    configs: list[tuple[str, Any, bool]] = [("AF_XDP rxdrop (minimal)", _slowpath_rules(1), False)]
+    configs += [(f"hyperion slow path, {n:,} DNS rules", _slowpath_rules(n), True) for n in sizes]
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    with Sandbox() as sb:
+        policy = Policy.model_validate({"fast_path": {"redirect_ports": [
+            {"protocol": "udp", "port": 53, "on_failure": "drop"}]}})
+        with entered_netns(sb.host_ns):
+            fastpath = FastPath.attach(sb.host_if)
+        try:
+            fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy))
+            argv = in_netns(sb.client_ns, [sys.executable, "-m", "hyperion.generator", "--iface", sb.client_if,
+                                           "--src", "192.0.2.2", "--dst", HOST_V4, "--dst-mac",
+                                           sb.mac(sb.host_ns, sb.host_if), "--dport", "53", "--dns-name",
+                                           SLOWPATH_QUERY, "--count", str(count)])
+            for _ in range(rounds):
+                for name, rules, inspect in configs:
+                    with entered_netns(sb.host_ns):
+                        queue = _slowpath.Queue(sb.host_if, 0, fastpath.maps["xsk_map"].fd, rules,
+                                                events=False, inspect=inspect)
+                    worker = threading.Thread(target=queue.run)
+                    worker.start()
+                    try:
+                        gen = json.loads(subprocess.run(["taskset", "-c", "0", *argv], check=True,
+                                                        capture_output=True, text=True, timeout=300).stdout)
+                        time.sleep(0.2)
+                    finally:
+                        fastpath.maps["xsk_map"].delete(bytes(4))
+                        queue.stop()
+                        worker.join()
+                        received = queue.stats()["rx"]
+                        queue.close()
+                    samples[name].append(received / gen["seconds"])
+        finally:
+            fastpath.close()
+            with entered_netns(sb.host_ns):
+                FastPath.detach(sb.host_if)
+    baseline = statistics.median(samples[configs[0][0]])
+    return [{"config": name, "rx_pps": summarize_values(values),
+             "ratio_to_minimal": statistics.median(values) / baseline} for name, values in samples.items()]
+
+
+def summarize_values(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def print_report(report: dict[str, Any]) -> None:
     print(f"{'configuration':<32} {'rx Mpps (median, min-max)':>28} {'ns/pkt':>8} {'ratio':>7} {'agree':>6}")
     for row in report["results"]:
@@ -278,7 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, help="frames per sample")
     parser.add_argument("--out", type=Path, help="directory for results.json")
     parser.add_argument("--reload", action="store_true", help="only policy reload and /metrics scrape times")
+    parser.add_argument("--slowpath", action="store_true", help="only AF_XDP: minimal loop vs slow path")
     args = parser.parse_args(argv)
+    if args.slowpath:
+        sizes = [1, 1_000] if args.quick else [1, 1_000, 100_000]
+        rows = slowpath_compare(sizes, args.rounds or (1 if args.quick else 3), args.count or
+                                (50_000 if args.quick else 1_000_000))
+        print(f"{'configuration':<40} {'rx kpps (median, min-max)':>28} {'ratio':>7}")
+        for row in rows:
+            p = row["rx_pps"]
+            print(f"{row['config']:<40} {p['median'] / 1e3:>10.1f} ({p['min'] / 1e3:.1f}-{p['max'] / 1e3:.1f})"
+                  f"{row['ratio_to_minimal']:>12.2f}")
+        return 0
     if args.reload:
         sizes = [1_000, 100_000] if args.quick else [1_000, 100_000, 1_000_000]
         print(f"{'entries':>10} {'validate s':>11} {'compile s':>10} {'apply s':>8} {'reload s':>9} {'scrape ms':>10}")

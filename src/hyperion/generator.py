@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -50,6 +51,7 @@ class FrameSpec:
     sport: int = 40000
     dport: int = 9
     size: int = 64          # Ethernet frame size without FCS
+    dns_name: str | None = None  # UDP payload: a DNS query for this name
 
 
 def build_frame(spec: FrameSpec) -> bytes:
@@ -58,6 +60,8 @@ def build_frame(spec: FrameSpec) -> bytes:
     l4: Packet = TCP(sport=spec.sport, dport=spec.dport, flags="S") if spec.protocol == "tcp" \
         else UDP(sport=spec.sport, dport=spec.dport)
     frame = Ether(src=spec.src_mac, dst=spec.dst_mac) / ip / l4
+    if spec.dns_name:
+        frame = frame / DNS(id=0x4859, rd=1, qd=DNSQR(qname=spec.dns_name))
     pad = spec.size - len(frame)
     if pad > 0:
         frame = frame / Raw(b"\0" * pad)
@@ -101,13 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dport", type=int, default=9)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--dns-name", help="send DNS queries for this name (UDP payload)")
     args = parser.parse_args(argv)
     for address in (args.src, args.dst):
         if not any(ipaddress.ip_address(address) in net for net in DOC_NETWORKS):
             print(f"hyperion-generator: {address} is outside the documentation ranges", file=sys.stderr)
             return 2
     frame = build_frame(FrameSpec(args.src, args.dst, args.dst_mac, protocol=args.protocol,
-                                  dport=args.dport, size=args.size))
+                                  dport=args.dport, size=args.size, dns_name=args.dns_name))
     try:
         result = generate(args.iface, frame, args.count)
     except HyperionError as exc:

@@ -57,15 +57,15 @@ def recv(args: argparse.Namespace) -> None:
     listeners = []
     for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-            sock = socket.socket(family, kind)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener = socket.socket(family, kind)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, args.port))
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind((host, args.port))
             if kind == socket.SOCK_STREAM:
-                sock.listen(64)
-            sel.register(sock, selectors.EVENT_READ, kind)
-            listeners.append(sock)
+                listener.listen(64)
+            sel.register(listener, selectors.EVENT_READ, kind)
+            listeners.append(listener)
     stop = False
 
     def on_term(signum: int, frame: object) -> None:
@@ -85,13 +85,13 @@ def recv(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.duration
     while not stop and time.monotonic() < deadline:
         for key, _ in sel.select(timeout=0.1):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
             if key.data == socket.SOCK_DGRAM:
-                data, addr = sock.recvfrom(65535)
+                data, addr = ready.recvfrom(65535)
                 count(data, addr[0])
                 continue
-            conn, addr = sock.accept()
+            conn, addr = ready.accept()
             with conn:
                 conn.settimeout(2.0)
                 chunks = []
