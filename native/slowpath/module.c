@@ -598,8 +598,18 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 		.xdp_flags = 0,
 		.bind_flags = XDP_USE_NEED_WAKEUP | (zerocopy ? XDP_ZEROCOPY : XDP_COPY),
 	};
-	err = xsk_socket__create(&self->xsk, ifname, (uint32_t)self->queue_id, self->umem, &self->rx, &self->tx,
-				 &scfg);
+	/* The kernel releases a closed socket's hold on the queue asynchronously, so a
+	 * socket re-bound right after another closed can see EBUSY for a moment: retry
+	 * for up to a second rather than fail a queue-local restart. */
+	for (int attempt = 0; attempt < 20; attempt++) {
+		err = xsk_socket__create(&self->xsk, ifname, (uint32_t)self->queue_id, self->umem, &self->rx,
+					 &self->tx, &scfg);
+		if (err != -EBUSY)
+			break;
+		Py_BEGIN_ALLOW_THREADS
+		usleep(50000);
+		Py_END_ALLOW_THREADS
+	}
 	if (err) {
 		PyErr_Format(PyExc_OSError, "AF_XDP socket on %s queue %d (%s mode): %s", ifname, self->queue_id,
 			     zerocopy ? "zero-copy" : "copy", strerror(-err));
