@@ -28,9 +28,11 @@ demo: setup ## set up and run the demo scene (sandbox, attach, traffic, counters
 bench-quick: setup ## the drop-rate comparison at small sizes (smoke, < 2 min)
 	$(PY) -m hyperion.bench --quick
 
-bench: setup ## drop rate vs minimal XDP_DROP (1 / 10k / 1M blocked IPs); reload and scrape times
+bench: setup ## fast-path drop rate, reload/scrape times, AF_XDP slow path, dnsperf with and without
 	$(PY) -m hyperion.bench --out bench-out
 	$(PY) -m hyperion.bench --reload
+	$(PY) -m hyperion.bench --slowpath
+	$(PY) -m hyperion.bench --dns
 
 clean: ## remove build products (not .venv)
 	$(MAKE) --no-print-directory -C bpf clean

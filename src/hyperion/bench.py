@@ -26,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -317,6 +318,65 @@ def slowpath_compare(sizes: list[int], rounds: int, count: int) -> list[dict[str
              "ratio_to_minimal": statistics.median(values) / baseline} for name, values in samples.items()]
 
 
+DNS_SERVICE_POLICY = """
+fast_path:
+  redirect_ports: [{protocol: udp, port: 53, on_failure: drop}]
+slow_path:
+  dns_rules: [{match: "evil.test", action: drop}]
+"""
+
+
+def _dnsperf(sb: Sandbox, queries: Path, seconds: int) -> dict[str, float]:
+    out = sb.exec(sb.client_ns, ["dnsperf", "-s", HOST_V4, "-d", str(queries), "-l", str(seconds), "-v",
+                                 "-q", "64", "-t", "2"]).stdout
+    latencies = sorted(float(line.split()[-1]) for line in out.splitlines() if line.startswith("> "))
+    qps = next(float(line.split(":")[1]) for line in out.splitlines() if "Queries per second" in line)
+    lost = next(float(line.split(":")[1].split("(")[0]) for line in out.splitlines() if "Queries lost" in line)
+    if not latencies:
+        return {"qps": qps, "lost": lost, "p50_ms": 0.0, "p99_ms": 0.0}
+    return {"qps": qps, "lost": lost, "p50_ms": latencies[len(latencies) // 2] * 1e3,
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3}
+
+
+def dns_service_compare(rounds: int, seconds: int) -> list[dict[str, Any]]:
+    """dnsperf against dnsmasq, without Hyperion and through it (slow path inspecting every query)."""
+    results: dict[str, list[dict[str, float]]] = {"without hyperion": [], "through hyperion slow path": []}
+    with Sandbox() as sb, tempfile.TemporaryDirectory() as tmp:
+        queries = Path(tmp) / "queries.txt"
+        queries.write_text("good.test A\n")
+        policy = Path(tmp) / "policy.yaml"
+        policy.write_text(DNS_SERVICE_POLICY)
+        server = sb.popen(sb.host_ns, ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
+                                       f"--listen-address={HOST_V4}", "--pid-file", "--user=root",
+                                       "--address=/good.test/203.0.113.80", "--cache-size=1000"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            for _ in range(rounds):
+                results["without hyperion"].append(_dnsperf(sb, queries, seconds))
+                daemon = sb.popen(sb.host_ns, [sys.executable, "-m", "hyperion.cli", "run", "--iface", sb.host_if,
+                                               "--policy", str(policy), "--no-metrics"], stderr=subprocess.DEVNULL)
+                try:
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline and sb.exec(
+                            sb.client_ns, ["dig", "+time=1", "+tries=1", f"@{HOST_V4}", "good.test"],
+                            check=False).returncode != 0:
+                        time.sleep(0.2)
+                    results["through hyperion slow path"].append(_dnsperf(sb, queries, seconds))
+                finally:
+                    daemon.terminate()
+                    daemon.wait(timeout=20)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    baseline = statistics.median(r["qps"] for r in results["without hyperion"])
+    return [{"config": name, "qps": summarize_values([r["qps"] for r in runs]),
+             "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+             "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+             "lost": sum(r["lost"] for r in runs),
+             "ratio": statistics.median(r["qps"] for r in runs) / baseline} for name, runs in results.items()]
+
+
 def summarize_values(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -342,7 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="directory for results.json")
     parser.add_argument("--reload", action="store_true", help="only policy reload and /metrics scrape times")
     parser.add_argument("--slowpath", action="store_true", help="only AF_XDP: minimal loop vs slow path")
+    parser.add_argument("--dns", action="store_true", help="only dnsperf against dnsmasq, with and without")
     args = parser.parse_args(argv)
+    if args.dns:
+        print(f"{'configuration':<30} {'queries/s (median, min-max)':>30} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6}"
+              f" {'ratio':>6}")
+        for row in dns_service_compare(args.rounds or (1 if args.quick else 3), 3 if args.quick else 10):
+            q = row["qps"]
+            print(f"{row['config']:<30} {q['median']:>12.0f} ({q['min']:.0f}-{q['max']:.0f}) {row['p50_ms']:>8.3f}"
+                  f" {row['p99_ms']:>8.3f} {row['lost']:>6.0f} {row['ratio']:>6.2f}")
+        return 0
     if args.slowpath:
         sizes = [1, 1_000] if args.quick else [1, 1_000, 100_000]
         rows = slowpath_compare(sizes, args.rounds or (1 if args.quick else 3), args.count or
