@@ -226,6 +226,27 @@ def cmd_policy_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from hyperion.replay import Replayer, as_json, check_capture, summarize
+
+    capture = check_capture(args.capture)
+    verdicts = []
+    with Replayer(load_policy(args.policy)) as replayer:
+        for verdict in replayer.replay(capture):
+            verdicts.append(verdict)
+            if args.json:
+                print(json.dumps(as_json(verdict)))
+            elif not args.summary_only:
+                print(f"{verdict.index:>6}  {verdict.verdict:<14} {verdict.stage:<17} {verdict.reason:<18} "
+                      f"{verdict.rule or ''}")
+    if not args.json:
+        print(f"\n{len(verdicts)} packets from {capture}")
+        print(f"{'verdict':<14} {'stage':<17} {'reason':<18} {'packets':>8}")
+        for (outcome, stage, reason), n in sorted(summarize(verdicts).items(), key=lambda kv: -kv[1]):
+            print(f"{outcome:<14} {stage:<17} {reason:<18} {n:>8}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperion", description="XDP network enforcement and telemetry dataplane.")
@@ -281,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser("replay", help="run a capture through the real fast path and slow path (offline)")
+    p.add_argument("capture", help="pcap or pcapng file (Ethernet)")
+    p.add_argument("--policy", required=True, help="policy file to judge it by")
+    p.add_argument("--json", action="store_true", help="one JSON object per packet, no summary")
+    p.add_argument("--summary-only", action="store_true", help="only the summary table")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("block", help="dynamic blocklist of source addresses")
     block = p.add_subparsers(dest="block_command", required=True, metavar="ACTION")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hyperion.abi import Abi, packer
 from hyperion.errors import CapacityError
@@ -120,3 +120,26 @@ class PolicyCompiler:
             name: MapImage(name, b"".join(keys[version]), b"".join(values[version]), len(keys[version]), source)
             for version, name in ((4, name4), (6, name6))
         }
+
+
+# reason -> the policy list whose 1-based positions are the rule ids the program reports.
+RULE_LISTS: dict[str, tuple[str, Callable[[Policy], tuple[Any, ...]]]] = {
+    "allowlist": ("fast_path.allow_cidrs", lambda p: p.fast_path.allow_cidrs),
+    "blocklist_cidr": ("fast_path.drop_cidrs", lambda p: p.fast_path.drop_cidrs),
+    "blocklist_ip": ("fast_path.drop_ips", lambda p: p.fast_path.drop_ips),
+    "redirect_class": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
+    "redirect_failed": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
+}
+
+
+def fast_path_rule_name(policy: Policy, reason: str, rule_id: int) -> str | None:
+    """'fast_path.drop_ips[0] 198.51.100.42' for a (reason, rule id) the program reported."""
+    target = RULE_LISTS.get(reason)
+    if target is None:
+        return None
+    path, entries = target
+    items = entries(policy)
+    if not 0 < rule_id <= len(items):
+        return None
+    item = items[rule_id - 1]
+    return f"{path}[{rule_id - 1}] {item.describe() if hasattr(item, 'describe') else item}"

@@ -23,7 +23,7 @@ from types import FrameType
 from typing import IO, Any
 
 from hyperion.abi import load_abi
-from hyperion.compiler import CompiledPolicy, PolicyCompiler
+from hyperion.compiler import CompiledPolicy, PolicyCompiler, fast_path_rule_name
 from hyperion.errors import HyperionError
 from hyperion.events import EventDecoder, EventReader, json_lines_sink
 from hyperion.fastpath import FastPath, object_capacities
@@ -38,16 +38,6 @@ log = logging.getLogger("hyperion.daemon")
 SWEEP_INTERVAL_SECONDS = 5.0
 DEFAULT_METRICS_ADDR = "127.0.0.1:2112"
 DEFAULT_EVENTS_PER_SEC = 200
-
-# reason -> the policy list its rule ids index (1-based).
-RULE_LISTS: dict[str, tuple[str, Callable[[Policy], tuple[Any, ...]]]] = {
-    "allowlist": ("fast_path.allow_cidrs", lambda p: p.fast_path.allow_cidrs),
-    "blocklist_cidr": ("fast_path.drop_cidrs", lambda p: p.fast_path.drop_cidrs),
-    "blocklist_ip": ("fast_path.drop_ips", lambda p: p.fast_path.drop_ips),
-    "redirect_class": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
-    "redirect_failed": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
-}
-
 
 @dataclass
 class DaemonOptions:
@@ -122,15 +112,7 @@ class Daemon:
         return True
 
     def rule_name(self, reason: str, rule_id: int) -> str | None:
-        policy, target = self.policy, RULE_LISTS.get(reason)
-        if policy is None or target is None:
-            return None
-        path, entries = target
-        items = entries(policy)
-        if not 0 < rule_id <= len(items):
-            return None
-        item = items[rule_id - 1]
-        return f"{path}[{rule_id - 1}] {item.describe() if hasattr(item, 'describe') else item}"
+        return fast_path_rule_name(self.policy, reason, rule_id) if self.policy else None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
