@@ -16,6 +16,7 @@ delivers are routed through the real interface.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import fcntl
 import json
 import logging
@@ -153,6 +154,11 @@ class TunDevice:
         if self.fd >= 0:
             os.close(self.fd)  # the device goes away with its last fd
             self.fd = -1
+
+
+def _utc_now() -> str:
+    """When the event was taken from the worker (within 200 ms of the packet)."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _ipv4_addresses(ifname: str) -> list[str]:
@@ -325,7 +331,7 @@ class SlowPath:
         events = worker.queue.drain_events()
         for rule, action, malformed, version, protocol, sport, dport, qtype, saddr, daddr, qname in events:
             self.event_sink({
-                "source": "slowpath", "queue": worker.queue_id, "action": ACTION_NAMES.get(action, str(action)),
+                "time": _utc_now(), "source": "slowpath", "queue": worker.queue_id, "action": ACTION_NAMES.get(action, str(action)),
                 "reason": "malformed_dns" if malformed else "rule",
                 "rule": self.rules.labels[rule] if rule is not None and rule < len(self.rules.labels) else None,
                 "src": str(ip_address(saddr)) if version else None, "dst": str(ip_address(daddr)) if version else None,
