@@ -331,7 +331,8 @@ class SlowPath:
         events = worker.queue.drain_events()
         for rule, action, malformed, version, protocol, sport, dport, qtype, saddr, daddr, qname in events:
             self.event_sink({
-                "time": _utc_now(), "source": "slowpath", "queue": worker.queue_id, "action": ACTION_NAMES.get(action, str(action)),
+                "time": _utc_now(), "source": "slowpath", "queue": worker.queue_id,
+                "action": ACTION_NAMES.get(action, str(action)),
                 "reason": "malformed_dns" if malformed else "rule",
                 "rule": self.rules.labels[rule] if rule is not None and rule < len(self.rules.labels) else None,
                 "src": str(ip_address(saddr)) if version else None, "dst": str(ip_address(daddr)) if version else None,
