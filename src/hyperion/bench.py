@@ -101,6 +101,26 @@ def prog_counters(prog_fd: int) -> tuple[int, int]:
     return int(info.run_cnt), int(info.run_time_ns)
 
 
+class BaselineProgram:
+    """A minimal tool program (bpf/tools/) attached natively to an interface; close() detaches it."""
+
+    def __init__(self, ifname: str, tool: str, program: str) -> None:
+        self._obj = BpfObject(tool_object(tool))
+        try:
+            self._obj.load(None)
+            self.prog_fd = self._obj.program_fd(program)
+            opts = libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(libbpf.BpfLinkCreateOpts), flags=libbpf.XDP_FLAGS_DRV_MODE)
+            self._link_fd = libbpf.check(libbpf.lib().bpf_link_create(
+                self.prog_fd, ifindex_of(ifname), libbpf.BPF_XDP, ctypes.byref(opts)), f"attach {tool}")
+        except BaseException:
+            self._obj.close()
+            raise
+
+    def close(self) -> None:
+        os.close(self._link_fd)  # an unpinned link detaches when its last fd closes
+        self._obj.close()
+
+
 class Receiver:
     """The program under test, attached to the host's veth for one measurement."""
 
@@ -108,20 +128,14 @@ class Receiver:
         self.sb = sb
         self.config = config
         self.fastpath: FastPath | None = None
-        self._obj: BpfObject | None = None
-        self._link_fd = -1
+        self._baseline: BaselineProgram | None = None
         self.prog_fd = -1
 
     def __enter__(self) -> Receiver:
         with entered_netns(self.sb.host_ns):
             if self.config.blocked is None:
-                self._obj = BpfObject(tool_object("xdp_drop"))
-                self._obj.load(None)
-                self.prog_fd = self._obj.program_fd("baseline_drop")
-                opts = libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(libbpf.BpfLinkCreateOpts),
-                                                flags=libbpf.XDP_FLAGS_DRV_MODE)
-                self._link_fd = libbpf.check(libbpf.lib().bpf_link_create(
-                    self.prog_fd, ifindex_of(self.sb.host_if), libbpf.BPF_XDP, ctypes.byref(opts)), "attach baseline")
+                self._baseline = BaselineProgram(self.sb.host_if, "xdp_drop", "baseline_drop")
+                self.prog_fd = self._baseline.prog_fd
             else:
                 self.fastpath = FastPath.attach(self.sb.host_if)
                 addresses = blocklist_addresses(self.config.blocked)
@@ -149,10 +163,8 @@ class Receiver:
             self.fastpath.close()
             with entered_netns(self.sb.host_ns):
                 FastPath.detach(self.sb.host_if)
-        if self._link_fd >= 0:
-            os.close(self._link_fd)  # an unpinned link detaches when its last fd closes
-        if self._obj is not None:
-            self._obj.close()
+        if self._baseline is not None:
+            self._baseline.close()
 
 
 def run_generator(sb: Sandbox, count: int) -> dict[str, Any]:
