@@ -20,7 +20,7 @@ from scapy.utils import wrpcap
 from hyperion.bench import BaselineProgram
 from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox, entered_netns, stale_namespaces
 from tests.conftest import IN_CI
-from tests.netutil import Daemon, hyperion, settle, status, wait_for
+from tests.netutil import Daemon, hyperion, send, settle, status, wait_for
 from tests.test_slowpath import dig, dnsmasq
 
 
@@ -147,3 +147,28 @@ def test_tcpreplay_counters_equal_the_replay_predictions(sandbox: Sandbox, tmp_p
     observed = Counter({key: n - before.get(key, 0) for key, n in after.items() if n != before.get(key, 0)})
     assert sum(predicted.values()) == len(packets)
     assert observed == predicted
+
+
+def test_replay_of_a_tcpdump_capture_made_in_the_sandbox(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Capture real traffic with tcpdump (nothing attached), then ask what a policy would have done."""
+    need("tcpdump")
+    sb = sandbox
+    for address in ("198.51.100.42", "198.51.100.10"):
+        sb.add_client_address(address)
+    capture = tmp_path / "live.pcap"
+    dump = sb.popen(sb.host_ns, ["tcpdump", "-i", sb.host_if, "-w", str(capture), "-c", "15", "udp port 5000"],
+                    stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: dump.stderr is not None and "listening" in (dump.stderr.readline() or ""), 10)
+        send(sb, "198.51.100.42", count=5)
+        send(sb, "198.51.100.10", count=10)
+        assert dump.wait(timeout=20) == 0
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('fast_path:\n  drop_ips: ["198.51.100.42"]\n')
+    out = subprocess.run([sys.executable, "-m", "hyperion.cli", "replay", "--json", "--policy", str(policy),
+                          str(capture)], capture_output=True, text=True, check=True).stdout
+    verdicts = Counter((json.loads(line)["verdict"], json.loads(line)["reason"]) for line in out.splitlines())
+    assert verdicts == Counter({("drop", "blocklist_ip"): 5, ("pass", "no_match"): 10})
