@@ -72,15 +72,12 @@ def iperf3_bits_per_second(sb: Sandbox) -> float:
     server = sb.popen(sb.host_ns, ["iperf3", "-s", "-1", "-B", HOST_V4], stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
     try:
-        out = ""
-        for _ in range(20):  # the server needs a moment to listen
-            proc = sb.exec(sb.client_ns, ["iperf3", "-c", HOST_V4, "-t", "2", "-J"], check=False)
-            out = proc.stdout
-            if proc.returncode == 0:
-                break
-            settle()
+        wait_for(lambda: ":5201" in sb.exec(sb.host_ns, ["ss", "-ltnH"]).stdout, 10)
+        out = sb.exec(sb.client_ns, ["iperf3", "-c", HOST_V4, "-t", "2", "-J"]).stdout
         return float(json.loads(out)["end"]["sum_received"]["bits_per_second"])
     finally:
+        if server.poll() is None:
+            server.kill()
         server.wait(timeout=10)
 
 
