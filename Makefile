@@ -34,8 +34,24 @@ bench: setup ## fast-path drop rate, reload/scrape times, AF_XDP slow path, dnsp
 	$(PY) -m hyperion.bench --slowpath
 	$(PY) -m hyperion.bench --dns
 
+FUZZ_BIN := build/fuzz/fuzz_dns
+FUZZ_SECONDS ?= 600
+FUZZ_SOURCES := native/fuzz/fuzz_dns.c native/slowpath/dns.c native/slowpath/packet.c native/slowpath/rules.c
+
+$(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard native/slowpath/*.h)
+	@mkdir -p $(dir $@)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		-Inative/slowpath -Ibpf/include $(FUZZ_SOURCES) -lhs -o $@
+
+fuzz-build: setup $(FUZZ_BIN) ## build the libFuzzer harness of the slow path's parsers (ASan + UBSan)
+
+fuzz: fuzz-build ## fuzz the slow path's DNS and frame parsers for FUZZ_SECONDS (default 600)
+	@mkdir -p build/fuzz/corpus
+	$(PY) -m hyperion.fuzzseeds build/fuzz/corpus ../shared/captures
+	$(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus native/fuzz/corpus
+
 clean: ## remove build products (not .venv)
 	$(MAKE) --no-print-directory -C bpf clean
 	rm -rf build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help setup build lint test demo bench bench-quick clean
+.PHONY: help setup build lint test demo bench bench-quick fuzz fuzz-build clean

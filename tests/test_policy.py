@@ -706,3 +706,14 @@ def test_json_policy_is_accepted_and_checked() -> None:
         parse_policy('{"fast_path": {"drop_ips": ["nope"]}}')
     # YAML flow style is not JSON and still parses as YAML.
     assert parse_policy("{mode: monitor}").mode == "monitor"
+
+
+@pytest.mark.parametrize("mode,who", [(0o664, "group"), (0o646, "others"), (0o666, "group and others")])
+def test_policy_writable_by_others_is_refused(tmp_path: Path, mode: int, who: str) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("mode: enforce\n")
+    policy_file.chmod(mode)
+    with pytest.raises(PolicyError, match=rf"writable by {who}, not only its owner \(mode 0{mode:o}; chmod go-w"):
+        load_policy(policy_file)
+    policy_file.chmod(0o644)
+    assert load_policy(policy_file).mode == "enforce"

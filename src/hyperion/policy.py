@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import stat
 from collections.abc import Hashable, Iterable, Mapping
 from ipaddress import (
     IPv4Address,
@@ -769,10 +770,20 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise _invalid(source, ["document is nested too deeply"]) from None
 
 
+def _refuse_shared_write(source: str) -> None:
+    """A policy others can write is a policy others can set: refused (through symlinks, as read)."""
+    mode = os.stat(source).st_mode
+    if stat.S_ISREG(mode) and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if mode & bit)
+        raise PolicyError(f"{source}: refusing a policy file writable by {who}, not only its owner "
+                          f"(mode {stat.S_IMODE(mode):04o}; chmod go-w {source})")
+
+
 def read_policy(path: str | os.PathLike[str]) -> tuple[Policy, str]:
     """Read and validate a policy file; returns it with its text (kept to diff against later)."""
     source = os.fspath(path)
     try:
+        _refuse_shared_write(source)
         text = Path(source).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(
