@@ -229,9 +229,9 @@ BAD_POLICIES: list[tuple[str, str | None, str, str]] = [
     ),
     (
         "prefix-33",
-        'fast_path:\n  allow_cidrs: ["10.0.0.0/33"]\n',
+        'fast_path:\n  allow_cidrs: ["192.0.2.0/33"]\n',
         "fast_path.allow_cidrs[0]:",
-        "'10.0.0.0/33' has an invalid prefix length",
+        "'192.0.2.0/33' has an invalid prefix length",
     ),
     (
         "prefix-129",
