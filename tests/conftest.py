@@ -3,6 +3,7 @@ a missing capability fails the run; elsewhere those tests are skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from hyperion.abi import Abi, load_abi
+from hyperion.compiler import PolicyCompiler
 from hyperion.fastpath import FastPath
+from hyperion.policy import parse_policy
 from hyperion.sandbox import Sandbox
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -46,6 +49,17 @@ def detached(kernel: None) -> Iterator[tuple[FastPath, int]]:
     """A freshly loaded, unattached program and its maps, for BPF_PROG_TEST_RUN."""
     fastpath, prog_fd = FastPath.load_detached()
     try:
+        yield fastpath, prog_fd
+    finally:
+        fastpath.close()
+
+
+@contextlib.contextmanager
+def program_with_policy(policy_text: str) -> Iterator[tuple[FastPath, int]]:
+    """A freshly loaded, unattached program with a policy applied, for BPF_PROG_TEST_RUN."""
+    fastpath, prog_fd = FastPath.load_detached()
+    try:
+        fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(parse_policy(policy_text)))
         yield fastpath, prog_fd
     finally:
         fastpath.close()

@@ -20,11 +20,9 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from hyperion.compiler import PolicyCompiler
 from hyperion.fastpath import FastPath
-from hyperion.policy import parse_policy
 from hyperion.testrun import MIN_FRAME, run_xdp
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, program_with_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = """
@@ -58,12 +56,8 @@ def base_packets() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def program(kernel: None) -> Iterator[tuple[FastPath, int]]:
-    fastpath, prog_fd = FastPath.load_detached()
-    try:
-        fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(parse_policy(POLICY)))
-        yield fastpath, prog_fd
-    finally:
-        fastpath.close()
+    with program_with_policy(POLICY) as loaded_program:
+        yield loaded_program
 
 
 def total_packets(fastpath: FastPath) -> int:

@@ -30,6 +30,7 @@ from hyperion.errors import BpfError
 from hyperion.fastpath import FastPath
 from hyperion.policy import parse_policy
 from hyperion.testrun import run_xdp
+from tests.conftest import program_with_policy
 
 POLICY = """
 fast_path:
@@ -186,12 +187,8 @@ CASES = [
 @pytest.fixture(scope="module")
 def loaded(kernel: None) -> Iterator[tuple[FastPath, int]]:
     """One program for the module: each case asserts its own counter delta."""
-    fastpath, prog_fd = FastPath.load_detached()
-    try:
-        fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(parse_policy(POLICY)))
-        yield fastpath, prog_fd
-    finally:
-        fastpath.close()
+    with program_with_policy(POLICY) as loaded_program:
+        yield loaded_program
 
 
 def counter_delta(before: dict[tuple[str, str], tuple[int, int]],
