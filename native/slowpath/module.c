@@ -81,7 +81,7 @@ static void decide(const struct sp_rules *r, hs_scratch_t *scratch, const uint8_
 			d->rule = sp_match_dns(r, scratch, &d->q);
 		}
 	}
-	if (d->rule == SP_NO_RULE && sp_has_class(r, d->pkt.protocol, d->pkt.dst_port))
+	if (d->rule == SP_NO_RULE)  /* SP_NO_RULE too when the class has no signatures */
 		d->rule = sp_match_payload(r, scratch, d->pkt.protocol, d->pkt.dst_port, payload, d->pkt.payload_len);
 	if (d->rule != SP_NO_RULE) {
 		d->action = r->rules[d->rule].action;

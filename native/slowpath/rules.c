@@ -234,14 +234,6 @@ uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const str
 	return best;
 }
 
-int sp_has_class(const struct sp_rules *r, uint8_t protocol, uint16_t port)
-{
-	for (uint32_t i = 0; i < r->class_count; i++)
-		if (r->classes[i].protocol == protocol && r->classes[i].port == port)
-			return 1;
-	return 0;
-}
-
 uint32_t sp_match_payload(const struct sp_rules *r, hs_scratch_t *scratch, uint8_t protocol, uint16_t port,
 			  const uint8_t *payload, size_t len)
 {

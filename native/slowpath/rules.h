@@ -83,6 +83,5 @@ uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const str
 /* Best signature rule for a payload of the class, or SP_NO_RULE. */
 uint32_t sp_match_payload(const struct sp_rules *r, hs_scratch_t *scratch, uint8_t protocol, uint16_t port,
 			  const uint8_t *payload, size_t len);
-int sp_has_class(const struct sp_rules *r, uint8_t protocol, uint16_t port);
 
 #endif

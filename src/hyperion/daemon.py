@@ -29,7 +29,7 @@ from hyperion.events import EventDecoder, EventReader, json_lines_sink
 from hyperion.fastpath import FastPath, object_capacities
 from hyperion.metrics import FastPathCollector, ReloadStats, serve_metrics
 from hyperion.policy import Policy, read_policy
-from hyperion.slowpath import SlowPath, SlowPathOptions, compile_rules
+from hyperion.slowpath import CompiledRules, SlowPath, SlowPathOptions, compile_rules
 from hyperion.watch import PolicyWatcher
 
 log = logging.getLogger("hyperion.daemon")
@@ -72,7 +72,8 @@ class Daemon:
 
     # ---- policy -------------------------------------------------------------------------
 
-    def apply_policy(self, policy: Policy, text: str, compiled: CompiledPolicy | None = None) -> int:
+    def apply_policy(self, policy: Policy, text: str, compiled: CompiledPolicy | None = None,
+                     rules: CompiledRules | None = None) -> int:
         """Fast path and slow path switch to a new policy; everything is compiled before either changes.
 
         Sockets come up before the fast path starts redirecting to them, and go away only
@@ -81,7 +82,8 @@ class Daemon:
         assert self.fastpath is not None
         if compiled is None:
             compiled = PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy)
-        rules = compile_rules(policy) if self._wants_slowpath(policy) else None
+        if rules is None and self._wants_slowpath(policy):
+            rules = compile_rules(policy)
         if rules is not None and self.slowpath is None:
             self.slowpath = SlowPath(self.fastpath, self.options.ifname, policy, self.options.slowpath_options,
                                      event_sink=self._event_sink, compiled=rules)
@@ -124,15 +126,15 @@ class Daemon:
         # must not disturb a fast path left running by an earlier daemon.
         abi = load_abi(opts.object_path)
         compiled = PolicyCompiler(abi, object_capacities(abi.object_path)).compile(policy)
-        if self._wants_slowpath(policy):
-            compile_rules(policy)  # a slow-path rule Hyperscan refuses must not attach anything either
+        # A slow-path rule Hyperscan refuses must not attach anything either.
+        rules = compile_rules(policy) if self._wants_slowpath(policy) else None
         self.fastpath = FastPath.attach(opts.ifname, opts.attach_mode, opts.object_path)
         try:
             if opts.events_path:
                 self._events_out = sys.stdout if opts.events_path == "-" else open(  # noqa: SIM115
                     opts.events_path, "a", encoding="utf-8")
                 self._event_sink = json_lines_sink(self._events_out)
-            generation = self.apply_policy(policy, text, compiled)
+            generation = self.apply_policy(policy, text, compiled, rules)
             self.fastpath.set_event_rate(opts.events_per_sec if opts.events_path else 0)
             if opts.metrics_addr:
                 collector = FastPathCollector(self.fastpath, self.reloads, slowpath=lambda: self.slowpath)

@@ -311,12 +311,9 @@ class SlowPath:
     def rule_hits(self) -> dict[str, tuple[str, int]]:
         """rule label -> (action, matches), across reloads."""
         with self._lock:
-            totals = {label: (action, self._retired_hits.get(label, 0))
-                      for label, action in zip(self.rules.labels, self.rules.actions, strict=True)}
-            for label, action, hits in zip(self.rules.labels, self.rules.actions, self.rules.rules.hits(),
-                                           strict=True):
-                totals[label] = (action, totals[label][1] + hits)
-        return totals
+            return {label: (action, self._retired_hits.get(label, 0) + hits)
+                    for label, action, hits in zip(self.rules.labels, self.rules.actions,
+                                                   self.rules.rules.hits(), strict=True)}
 
     def queue_stats(self) -> dict[int, dict[str, Any]]:
         return {worker.queue_id: worker.queue.stats() for worker in self.workers}
