@@ -25,14 +25,13 @@ test: setup ## set up, lint, run the whole test suite (kernel tests need root)
 demo: setup ## set up and run the demo scene (sandbox, attach, traffic, counters)
 	$(PY) -m hyperion.demo
 
-bench-quick: setup ## the drop-rate comparison at small sizes (smoke, < 2 min)
-	$(PY) -m hyperion.bench --quick
+BENCH_OUT ?= bench-out
 
-bench: setup ## fast-path drop rate, reload/scrape times, AF_XDP slow path, dnsperf with and without
-	$(PY) -m hyperion.bench --out bench-out
-	$(PY) -m hyperion.bench --reload
-	$(PY) -m hyperion.bench --slowpath
-	$(PY) -m hyperion.bench --dns
+bench-quick: setup ## every benchmark section, small (smoke, < 2 min): report in BENCH_OUT/quick
+	$(PY) -m hyperion.bench --quick --out $(BENCH_OUT)/quick
+
+bench: setup ## drop, pass-through, slow path, DNS, scale, reload: REPORT.md, results.json, plots in BENCH_OUT (bench-out)
+	$(PY) -m hyperion.bench --out $(BENCH_OUT)
 
 FUZZ_BIN := build/fuzz/fuzz_dns
 FUZZ_SECONDS ?= 600
@@ -50,8 +49,13 @@ fuzz: fuzz-build ## fuzz the slow path's DNS and frame parsers for FUZZ_SECONDS 
 	$(PY) -m hyperion.fuzzseeds build/fuzz/corpus ../shared/captures
 	$(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus native/fuzz/corpus
 
+FUZZ_PACKETS ?= 1000000
+fuzz-xdp: setup ## XDP program vs the Python reference classifier on FUZZ_PACKETS hypothesis frames (default 1M)
+	HYPERION_FUZZ_PACKETS=$(FUZZ_PACKETS) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_xdp_hypothesis.py \
+		-k test_program_agrees_with_the_reference_classifier
+
 clean: ## remove build products (not .venv)
 	$(MAKE) --no-print-directory -C bpf clean
 	rm -rf build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help setup build lint test demo bench bench-quick fuzz fuzz-build clean
+.PHONY: help setup build lint test demo bench bench-quick fuzz fuzz-build fuzz-xdp clean

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev libxdp-dev bpftool linux-libc-dev libelf-dev zlib1g-dev pkg-config
   iproute2 ethtool make gcc python3-venv python3-dev
   tcpdump dnsutils prometheus libhyperscan-dev dnsmasq dnsperf iperf3 tcpreplay libclang-rt-14-dev
+  iptables nftables
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -45,7 +46,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
    || [ -n "$(find native bpf/include -newer "$stamp" -print -quit)" ]; then
   log "installing Python dependencies and the package (editable)"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,bench]'
   touch "$stamp"
 fi
 # The XDP object is rebuilt whenever its sources change (make is incremental).

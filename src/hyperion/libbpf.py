@@ -204,6 +204,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
     "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_update_batch": (c_int, [c_int, c_void_p, c_void_p, ctypes.POINTER(c_u32), c_void_p]),
+    "bpf_map_lookup_batch": (c_int, [c_int, c_void_p, c_void_p, c_void_p, c_void_p, ctypes.POINTER(c_u32),
+                                     c_void_p]),
     "bpf_map_get_fd_by_id": (c_int, [c_u32]),
     "bpf_prog_get_fd_by_id": (c_int, [c_u32]),
     "bpf_obj_pin": (c_int, [c_int, c_char_p]),
@@ -356,6 +358,33 @@ class MapFd:
         done = c_u32(count)
         rc = lib().bpf_map_update_batch(self.fd, keys, values, ctypes.byref(done), ctypes.byref(opts))
         check(rc, f"batch update of map {self.name} ({done.value}/{count} written)")
+
+    def lookup_batch(self, max_count: int, value_size: int | None = None) -> tuple[bytes, bytes, int]:
+        """Up to max_count entries as packed key and value arrays, in as few syscalls as the kernel
+        allows (BPF_MAP_LOOKUP_BATCH); returns (keys, values, count). value_size: per-CPU maps'
+        values are the rounded-up value size times the possible CPUs."""
+        vsize = value_size or self.value_size
+        keys = ctypes.create_string_buffer(max(1, self.key_size * max_count))
+        values = ctypes.create_string_buffer(max(1, vsize * max_count))
+        # The batch token is a key for arrays and a bucket index for hashes: room for either.
+        token_in = ctypes.create_string_buffer(max(8, self.key_size))
+        token_out = ctypes.create_string_buffer(max(8, self.key_size))
+        opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
+        total, first = 0, True
+        while total < max_count:
+            count = c_u32(max_count - total)
+            rc = lib().bpf_map_lookup_batch(
+                self.fd, None if first else token_in, token_out,
+                ctypes.byref(keys, total * self.key_size), ctypes.byref(values, total * vsize),
+                ctypes.byref(count), ctypes.byref(opts))
+            if rc < 0 and -rc != 2:  # ENOENT: no more entries (count says how many came with it)
+                raise _fail(f"batch lookup in map {self.name}", rc)
+            total += count.value
+            if rc < 0:
+                break
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+        return keys.raw[: total * self.key_size], values.raw[: total * vsize], total
 
     def close(self) -> None:
         if self.fd >= 0:
