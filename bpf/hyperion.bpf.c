@@ -24,6 +24,8 @@ struct hyp_abi_types {
 	enum hyp_fallback fallback;
 	enum hyp_capacity capacity;
 	enum hyp_policy_map policy_map;
+	enum hyp_queue_state_id queue_state_id;
+	enum hyp_queue_reason queue_reason;
 	struct hyp_counter counter;
 	struct hyp_config config;
 	struct hyp_settings settings;
@@ -39,6 +41,7 @@ struct hyp_abi_types {
 	struct hyp_class_counter class_counter;
 	struct hyp_event_state event_state;
 	struct hyp_event event;
+	struct hyp_queue_state queue_state;
 };
 const volatile struct hyp_abi_types hyp_abi __attribute__((used));
 
@@ -54,7 +57,7 @@ static __always_inline __u32 judge(struct xdp_md *ctx, struct packet_info *pkt,
 	struct hyp_settings *settings;
 	struct hyp_dyn_block *block;
 	struct hyp_config *config;
-	__u32 zero = 0, slot;
+	__u32 zero = 0, slot, reason;
 	int rc;
 
 	*verdict = HYP_VERDICT_PASS;
@@ -105,14 +108,18 @@ static __always_inline __u32 judge(struct xdp_md *ctx, struct packet_info *pkt,
 	*verdict = HYP_VERDICT_REDIRECT;
 	if (cfg->mode == HYP_MODE_MONITOR)
 		return HYP_REASON_REDIRECT_CLASS;
-	/* Flags 0: XDP_ABORTED (0) comes back when the queue has no socket. */
-	if (bpf_redirect_map(&xsk_map, ctx->rx_queue_index, 0) == XDP_REDIRECT) {
+	if (queue_fenced(ctx->rx_queue_index)) {
+		reason = HYP_REASON_QUEUE_FENCED;
+	} else if (bpf_redirect_map(&xsk_map, ctx->rx_queue_index, 0) == XDP_REDIRECT) {
+		/* Flags 0: XDP_ABORTED (0) comes back when the queue has no socket. */
 		count_class(&class_key, 0);
 		return HYP_REASON_REDIRECT_CLASS;
+	} else {
+		reason = HYP_REASON_REDIRECT_FAILED;
 	}
 	count_class(&class_key, 1);
 	*verdict = class->on_failure == HYP_FALLBACK_DROP ? HYP_VERDICT_DROP : HYP_VERDICT_PASS;
-	return HYP_REASON_REDIRECT_FAILED;
+	return reason;
 }
 
 SEC("xdp")

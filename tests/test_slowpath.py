@@ -184,9 +184,9 @@ def test_two_queues_are_both_served(sandbox: Sandbox, tmp_path: Path) -> None:
 
 
 def test_after_the_workers_stop_each_class_takes_its_fallback(sandbox: Sandbox, tmp_path: Path) -> None:
-    """Daemon stopped with --keep-on-exit: the workers fence their queues (xsk_map entries removed)
-    and close; the fast path stays. udp/53 is fail-closed (dropped, counted), tcp/8080 fail-open
-    (delivered by the kernel)."""
+    """Daemon stopped with --keep-on-exit: it fences the queues (state 'fenced', reason shutdown, and
+    xsk_map entries removed) and stops the workers; the fast path stays. udp/53 is fail-closed
+    (dropped, counted as queue_fenced), tcp/8080 fail-open (delivered by the kernel)."""
     sb = sandbox
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
@@ -195,15 +195,18 @@ def test_after_the_workers_stop_each_class_takes_its_fallback(sandbox: Sandbox, 
     try:
         wait_for(lambda: dig(sb, "good.test") == "NOERROR 203.0.113.80", 10)
         assert daemon.stop()[0] == 0
-        before = counter(status(sb), "drop", "redirect_failed")
+        before = counter(status(sb), "drop", "queue_fenced")
         assert dig(sb, "good.test") == "TIMEOUT"
-        assert counter(status(sb), "drop", "redirect_failed") - before == 1
+        assert counter(status(sb), "drop", "queue_fenced") - before == 1
+        queues = json.loads(hyperion(sb, "queues", "--iface", sb.host_if, "--json").stdout)
+        assert queues["source"] == "fast path (no daemon running)"
+        assert [(q["queue"], q["state"], q["reason"]) for q in queues["queues"]] == [(0, "fenced", "shutdown")]
         tcp_receiver = Receiver(sb, duration=20, port=8080)
         send(sb, "192.0.2.2", count=2, port=8080, tag="root", payload="root", tcp=True)
         settle()
         # Fail-open: uninspected, so even the signature's payload arrives.
         assert tcp_receiver.result()["by_tag"] == {"root": 2}
-        assert counter(status(sb), "pass", "redirect_failed") >= 2
+        assert counter(status(sb), "pass", "queue_fenced") >= 2
     finally:
         if daemon.proc and daemon.proc.poll() is None:
             daemon.stop()

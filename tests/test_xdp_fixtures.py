@@ -222,7 +222,7 @@ def test_every_reason_has_a_case(abi: object) -> None:
     from hyperion.abi import load_abi
 
     covered = {c.reason for c in CASES}
-    tested_elsewhere = {"truncated_eth", "blocklist_dynamic", "no_config", "redirect_class"}
+    tested_elsewhere = {"truncated_eth", "blocklist_dynamic", "no_config", "redirect_class", "queue_fenced"}
     assert set(load_abi().reasons.values()) - covered == tested_elsewhere
 
 
@@ -333,3 +333,25 @@ def test_reapply_switches_generation_and_keeps_counters(loaded: tuple[FastPath, 
     assert fastpath.settings().generation == generation + 1
     assert fastpath.counters() == before
     assert run_and_count(fastpath, prog_fd, pkt) == ("pass", {("pass", "no_match"): (1, len(pkt))})
+
+
+@pytest.mark.parametrize("state,fenced", [("active", False), ("pressured", False), ("degraded", False),
+                                          ("fenced", True), ("recovering", True), ("failed", True)])
+def test_fenced_queue_takes_the_class_fallback(detached: tuple[FastPath, int], state: str, fenced: bool) -> None:
+    """The watchdog's state alone decides, before xsk_map is consulted (no socket here: unfenced
+    states fail over as redirect_failed, fenced ones as queue_fenced)."""
+    fastpath, prog_fd = detached
+    fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(parse_policy(POLICY)))
+    closed = raw_bytes(v4() / UDP(dport=53))    # fail-closed class
+    opened = raw_bytes(v4() / TCP(dport=8080))  # fail-open class
+    reason = "queue_fenced" if fenced else "redirect_failed"
+    fastpath.set_queue_state(0, state, "operator")
+    try:
+        assert fastpath.queue_state(0)["state"] == state
+        field = "fenced" if fenced else "redirect_failures"
+        before = fastpath.queue_counters().get(0, {}).get(field, 0)
+        assert run_and_count(fastpath, prog_fd, closed) == ("drop", {("drop", reason): (1, len(closed))})
+        assert run_and_count(fastpath, prog_fd, opened) == ("pass", {("pass", reason): (1, len(opened))})
+        assert fastpath.queue_counters()[0][field] - before == 2
+    finally:
+        fastpath.set_queue_state(0, "unmanaged", "none")

@@ -52,6 +52,7 @@ enum hyp_reason {
 	HYP_REASON_REDIRECT_CLASS = 22,  /* sent to the AF_XDP socket of the rx queue */
 	HYP_REASON_REDIRECT_FAILED = 23, /* no socket for the queue: class fallback taken */
 	HYP_REASON_NO_CONFIG = 24,       /* policy not applied yet: pass */
+	HYP_REASON_QUEUE_FENCED = 25,    /* queue fenced by the watchdog: class fallback taken */
 	HYP_REASON__MAX,
 };
 
@@ -64,6 +65,41 @@ enum hyp_mode {
 enum hyp_fallback {
 	HYP_FALLBACK_PASS = 0, /* fail-open */
 	HYP_FALLBACK_DROP = 1, /* fail-closed */
+};
+
+/* Lifecycle state of one RX queue's AF_XDP worker (hyp_queue_state), set by
+ * the control plane's watchdog. The program redirects only when the state is
+ * below HYP_QSTATE_FENCED; fenced queues take their class's fallback at once,
+ * whatever the socket's state. UNMANAGED: no slow path owns the queue, the
+ * xsk_map entry alone decides. */
+enum hyp_queue_state_id {
+	HYP_QSTATE_UNMANAGED = 0,
+	HYP_QSTATE_ACTIVE = 1,
+	HYP_QSTATE_PRESSURED = 2,  /* rings under pressure: still served */
+	HYP_QSTATE_DEGRADED = 3,   /* pressure sustained past the deadline: still served */
+	HYP_QSTATE_FENCED = 4,     /* not redirected: fallback */
+	HYP_QSTATE_RECOVERING = 5, /* fenced while a fresh worker and socket come up */
+	HYP_QSTATE_FAILED = 6,     /* fenced, recovery given up */
+	HYP_QSTATE__MAX,
+};
+
+/* Why a queue entered its state (the watchdog's detection, or the operator). */
+enum hyp_queue_reason {
+	HYP_QREASON_NONE = 0,
+	HYP_QREASON_STARTING = 1,
+	HYP_QREASON_READY = 2,
+	HYP_QREASON_WORKER_EXITED = 3,
+	HYP_QREASON_HEARTBEAT_STALE = 4,
+	HYP_QREASON_FILL_RING_STARVED = 5,
+	HYP_QREASON_RX_RING_OVERFLOW = 6,
+	HYP_QREASON_SATURATED = 7,
+	HYP_QREASON_XSK_MAP_ENTRY_MISSING = 8,
+	HYP_QREASON_NOT_STEERED = 9,
+	HYP_QREASON_OPERATOR = 10,
+	HYP_QREASON_SHUTDOWN = 11,
+	HYP_QREASON_PRESSURE_CLEARED = 12,
+	HYP_QREASON_RECOVERY_FAILED = 13,
+	HYP_QREASON__MAX,
 };
 
 /* Map capacities; the policy compiler refuses a policy that does not fit
@@ -185,7 +221,8 @@ struct hyp_queue_counter {
 	__u64 packets;
 	__u64 drops;
 	__u64 redirects;
-	__u64 redirect_failures;
+	__u64 redirect_failures; /* no socket in xsk_map: class fallback */
+	__u64 fenced;            /* queue fenced by the watchdog: class fallback */
 };
 
 /* Per-CPU counters of one redirect class (hyp_class_stats, keyed by hyp_class_key).
@@ -202,6 +239,15 @@ struct hyp_event_state {
 	__u64 emitted;
 	__u64 suppressed;      /* over the per-second budget */
 	__u64 ring_full;       /* budget allowed it, the ring buffer had no room */
+};
+
+/* One RX queue's lifecycle state (hyp_queue_state, an array indexed by queue). */
+struct hyp_queue_state {
+	__u32 state;       /* enum hyp_queue_state_id */
+	__u32 reason;      /* enum hyp_queue_reason */
+	__u64 since_ns;    /* CLOCK_REALTIME of the transition */
+	__u32 worker_pid;  /* 0 when no worker */
+	__u32 restarts;    /* queue-local recoveries so far */
 };
 
 /* One sampled drop (or redirect failure), sent through the hyp_events ring buffer. */

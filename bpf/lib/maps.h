@@ -90,6 +90,14 @@ struct {
 	__type(value, __u32);
 } xsk_map SEC(".maps");
 
+/* Written by the control plane only; the program reads it per redirect. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HYP_CAP_QUEUES);
+	__type(key, __u32);
+	__type(value, struct hyp_queue_state);
+} hyp_queue_state SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, HYP_CAP_QUEUES);

@@ -114,6 +114,15 @@ static __always_inline struct hyp_class_value *redirect_class(__u32 slot,
 	return bpf_map_lookup_elem(classes, key);
 }
 
+/* The watchdog's fence: a queue whose worker is gone, stalled or starved gets
+ * no redirects, even while its socket is still in xsk_map. */
+static __always_inline int queue_fenced(__u32 queue)
+{
+	struct hyp_queue_state *state = bpf_map_lookup_elem(&hyp_queue_state, &queue);
+
+	return state && state->state >= HYP_QSTATE_FENCED;
+}
+
 /* Counted here, not in finish(): only redirect-class packets pay the lookup. */
 static __always_inline void count_class(const struct hyp_class_key *key, int failed)
 {

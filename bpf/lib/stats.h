@@ -36,6 +36,8 @@ static __always_inline void count_queue(struct xdp_md *ctx, __u32 verdict, __u32
 		counter->redirects++;
 	if (reason == HYP_REASON_REDIRECT_FAILED)
 		counter->redirect_failures++;
+	else if (reason == HYP_REASON_QUEUE_FENCED)
+		counter->fenced++;
 }
 
 /* In monitor mode every would-be drop or redirect is counted as such and passed. */
@@ -51,7 +53,7 @@ static __always_inline int finish(struct xdp_md *ctx, const struct packet_info *
 	count_verdict(ctx, verdict, reason);
 	count_queue(ctx, verdict, reason);
 	if (verdict == HYP_VERDICT_DROP || verdict == HYP_VERDICT_WOULD_DROP ||
-	    reason == HYP_REASON_REDIRECT_FAILED)
+	    reason == HYP_REASON_REDIRECT_FAILED || reason == HYP_REASON_QUEUE_FENCED)
 		emit_event(ctx, pkt, cfg, verdict, reason);
 	switch (verdict) {
 	case HYP_VERDICT_DROP:

@@ -35,7 +35,17 @@
 static const uint64_t latency_bounds_ns[] = {250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000};
 #define LATENCY_BUCKETS (sizeof(latency_bounds_ns) / sizeof(latency_bounds_ns[0]) + 1)
 #define EVENT_RING 1024
-#define POLL_MS 100
+/* Idle wake-up period: bounds how stale the heartbeat gets on an idle queue. */
+#define POLL_MS 20
+
+/* The control block a supervisor may share with the worker (u64 words). */
+enum sp_control_word {
+	CTL_HEARTBEAT_NS, /* CLOCK_MONOTONIC, written every loop iteration */
+	CTL_FLAGS,        /* fault injection, set by the supervisor */
+	CTL_LOOPS,
+	CTL_WORDS,
+};
+#define CTL_FLAG_STARVE_FILL 1ULL /* stop refilling the fill ring */
 
 /* ------------------------------------------------------------------ decision */
 
@@ -325,6 +335,8 @@ typedef struct {
 	struct sp_event events[EVENT_RING];
 	uint32_t event_head, event_count;
 	int events_enabled;
+	Py_buffer control;           /* optional shared control block (enum sp_control_word) */
+	volatile uint64_t *ctl;
 } QueueObject;
 
 static void free_frame(QueueObject *q, uint64_t addr)
@@ -533,6 +545,8 @@ static void Queue_close_socket(QueueObject *q)
 static void Queue_dealloc(QueueObject *self)
 {
 	Queue_close_socket(self);
+	if (self->ctl)
+		PyBuffer_Release(&self->control);
 	free(self->free_frames);
 	hs_free_scratch(self->scratch);
 	Py_XDECREF(self->rules);
@@ -543,8 +557,9 @@ static void Queue_dealloc(QueueObject *self)
 static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"ifname", "queue_id", "xsk_map_fd", "rules", "dyn4_fd", "dyn6_fd", "deliver_fd",
-				 "frames", "ring_size", "zerocopy", "events", "inspect", NULL};
+				 "frames", "ring_size", "zerocopy", "events", "inspect", "control", NULL};
 	const char *ifname;
+	PyObject *control = Py_None;
 	int frames = 4096, ring = 2048, zerocopy = 0, events = 1, inspect = 1, err;
 	RulesObject *rules;
 	struct xsk_umem_config ucfg;
@@ -552,10 +567,20 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 
 	self->dyn4_fd = self->dyn6_fd = self->deliver_fd = -1;
 	pthread_mutex_init(&self->lock, NULL);
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiippp", kwlist, &ifname, &self->queue_id,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiipppO", kwlist, &ifname, &self->queue_id,
 					 &self->xsk_map_fd, &RulesType, &rules, &self->dyn4_fd, &self->dyn6_fd,
-					 &self->deliver_fd, &frames, &ring, &zerocopy, &events, &inspect))
+					 &self->deliver_fd, &frames, &ring, &zerocopy, &events, &inspect, &control))
 		return -1;
+	if (control != Py_None) {
+		if (PyObject_GetBuffer(control, &self->control, PyBUF_WRITABLE))
+			return -1;
+		if (self->control.len < (Py_ssize_t)(CTL_WORDS * sizeof(uint64_t))) {
+			PyBuffer_Release(&self->control);
+			PyErr_SetString(PyExc_ValueError, "control block too small");
+			return -1;
+		}
+		self->ctl = self->control.buf;
+	}
 	self->inspect = inspect;
 	if (frames < 2 * ring || (ring & (ring - 1))) {
 		PyErr_SetString(PyExc_ValueError, "ring_size must be a power of two and frames >= 2 * ring_size");
@@ -638,14 +663,23 @@ static PyObject *Queue_run(QueueObject *self, PyObject *unused)
 	struct pollfd pfd = {.fd = xsk_socket__fd(self->xsk), .events = POLLIN};
 
 	while (!self->stop) {
+		if (self->ctl) {
+			__atomic_store_n(&self->ctl[CTL_HEARTBEAT_NS], now_ns(), __ATOMIC_RELAXED);
+			self->ctl[CTL_LOOPS]++;
+		}
 		reap_completions(self);
-		refill(self);
+		if (!self->ctl || !(__atomic_load_n(&self->ctl[CTL_FLAGS], __ATOMIC_RELAXED) & CTL_FLAG_STARVE_FILL))
+			refill(self);
 		if (process_batch(self))
 			continue;
 		if (xsk_ring_prod__needs_wakeup(&self->fill))
 			recvfrom(pfd.fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
 		poll(&pfd, 1, POLL_MS);
 	}
+	/* Drain: the queue is fenced before a worker is stopped, so nothing new arrives and
+	 * what is already in the RX ring is finished rather than lost (bounded by the ring). */
+	for (uint32_t i = 0; i <= self->ring_size / BATCH && process_batch(self); i++)
+		;
 	reap_completions(self);
 	Py_END_ALLOW_THREADS
 	self->running = 0;
@@ -728,6 +762,9 @@ static PyObject *Queue_stats(QueueObject *self, PyObject *unused)
 	PyDict_SetItemString(d, "rx_ring_level", PyLong_FromUnsignedLong(self->rx_ring_level));
 	PyDict_SetItemString(d, "ring_size", PyLong_FromUnsignedLong(self->ring_size));
 	PyDict_SetItemString(d, "free_frames", PyLong_FromUnsignedLong(self->free_count));
+	PyDict_SetItemString(d, "fill_ring_level", PyLong_FromUnsignedLong(
+		/* Read-only on the ring words: stats() runs beside the loop. */
+		self->xsk ? *self->fill.producer - __atomic_load_n(self->fill.consumer, __ATOMIC_ACQUIRE) : 0));
 	PyDict_SetItemString(d, "tx_outstanding", PyLong_FromUnsignedLong(self->tx_outstanding));
 	/* The dict holds its own references. */
 	PyObject *key, *value;
@@ -773,6 +810,22 @@ static PyObject *Queue_drain_events(QueueObject *self, PyObject *unused)
 	return list;
 }
 
+static PyObject *Queue_register(QueueObject *self, PyObject *unused)
+{
+	int err;
+
+	if (!self->xsk) {
+		PyErr_SetString(PyExc_RuntimeError, "queue is closed");
+		return NULL;
+	}
+	err = xsk_socket__update_xskmap(self->xsk, self->xsk_map_fd);
+	if (err) {
+		errno = -err;
+		return PyErr_SetFromErrno(PyExc_OSError);
+	}
+	Py_RETURN_NONE;
+}
+
 static PyObject *Queue_fileno(QueueObject *self, PyObject *unused)
 {
 	return PyLong_FromLong(self->xsk ? xsk_socket__fd(self->xsk) : -1);
@@ -780,11 +833,13 @@ static PyObject *Queue_fileno(QueueObject *self, PyObject *unused)
 
 static PyMethodDef Queue_methods[] = {
 	{"run", (PyCFunction)Queue_run, METH_NOARGS, "Process packets, GIL released, until stop()."},
-	{"stop", (PyCFunction)Queue_stop, METH_NOARGS, "Ask run() to return (within 100 ms)."},
+	{"stop", (PyCFunction)Queue_stop, METH_NOARGS,
+	 "Ask run() to return (within 20 ms, after draining the RX ring)."},
 	{"close", (PyCFunction)Queue_close, METH_NOARGS, "Close the socket and release the UMEM."},
 	{"set_rules", (PyCFunction)Queue_set_rules, METH_O, "Swap the rule set between two batches."},
 	{"stats", (PyCFunction)Queue_stats, METH_NOARGS, "Counters, ring levels and XDP_STATISTICS."},
 	{"drain_events", (PyCFunction)Queue_drain_events, METH_NOARGS, "Take the pending events."},
+	{"register", (PyCFunction)Queue_register, METH_NOARGS, "(Re)write this socket's xsk_map entry."},
 	{"fileno", (PyCFunction)Queue_fileno, METH_NOARGS, "The AF_XDP socket's fd."},
 	{NULL},
 };

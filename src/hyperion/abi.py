@@ -210,6 +210,8 @@ class Abi:
             value: f"hyp_{label}"
             for value, label in _labels(self.btf.enum("hyp_policy_map"), "HYP_PMAP_").items()
         }
+        self.queue_states = _labels(self.btf.enum("hyp_queue_state_id"), "HYP_QSTATE_")
+        self.queue_reasons = _labels(self.btf.enum("hyp_queue_reason"), "HYP_QREASON_")
         self.Counter = self.btf.struct("hyp_counter")
         self.Config = self.btf.struct("hyp_config")
         self.Settings = self.btf.struct("hyp_settings")
@@ -225,6 +227,7 @@ class Abi:
         self.ClassCounter = self.btf.struct("hyp_class_counter")
         self.EventState = self.btf.struct("hyp_event_state")
         self.Event = self.btf.struct("hyp_event")
+        self.QueueState = self.btf.struct("hyp_queue_state")
 
     def verdict_value(self, label: str) -> int:
         return {v: k for k, v in self.verdicts.items()}[label]

@@ -19,6 +19,8 @@ from hyperion.daemon import DEFAULT_EVENTS_PER_SEC, DEFAULT_METRICS_ADDR
 from hyperion.durations import format_duration, parse_duration
 from hyperion.errors import HyperionError
 from hyperion.fastpath import PIN_ROOT, FastPath, netns_inode, object_capacities
+from hyperion.labcli import add_commands as add_lab_commands
+from hyperion.lifecycle import DEFAULT_DEADLINE
 from hyperion.metrics import class_label
 from hyperion.policy import load_policy, parse_policy, policy_diff, read_policy
 from hyperion.slowpath import SlowPathOptions
@@ -108,9 +110,62 @@ def cmd_run(args: argparse.Namespace) -> int:
         ifname=args.iface, policy_path=Path(args.policy), attach_mode=args.mode,
         keep_on_exit=args.keep_on_exit, metrics_addr=None if args.no_metrics else args.metrics_addr,
         events_path=args.events, events_per_sec=args.events_rate, watch_policy=not args.no_watch,
-        slowpath=not args.no_slowpath, slowpath_options=SlowPathOptions(zerocopy=args.zerocopy, cpus=_cpus(args.cpus)),
+        slowpath=not args.no_slowpath,
+        slowpath_options=SlowPathOptions(
+            zerocopy=args.zerocopy, cpus=_cpus(args.cpus), deadline=args.watchdog_deadline,
+            max_queue_restarts=args.max_queue_restarts, escalate=args.escalate,
+            fault_injection=args.fault_injection),
     ))
     daemon.serve()
+    return 0
+
+
+def _seconds(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    return seconds
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    from hyperion import control
+
+    ifname = _iface(args)
+    if args.action in ("restart", "withdraw") and args.queue is None:
+        raise HyperionError(f"queues {args.action}: give --queue")
+    if args.action != "show":
+        answer = control.request(ifname, {"cmd": args.action, "queue": args.queue})
+        answer.pop("ok", None)
+        print(json.dumps(answer) if args.json else f"{args.action}: {answer}")
+        return 0
+    try:
+        answer = control.request(ifname, {"cmd": "queues"})
+        queues, source = answer["queues"], "daemon"
+    except control.ControlError:
+        # No daemon: what the fast path itself knows (states survive in the pinned map).
+        with FastPath.open(ifname) as fastpath:
+            counters = fastpath.queue_counters()
+            queues = [{"queue": q, "state": st["state"], "reason": st["reason"], "restarts": st["restarts"],
+                       "redirect": {"bpf_state": st["state"], **counters.get(q, {})}}
+                      for q, st in sorted(fastpath.queue_states().items())]
+        source = "fast path (no daemon running)"
+    if args.json:
+        print(json.dumps({"interface": ifname, "source": source, "queues": queues}, indent=2))
+        return 0
+    print(f"{ifname}: queues as seen by the {source}")
+    if not queues:
+        print("  (no managed queues)")
+    for q in queues:
+        print(f"queue {q['queue']}: {q['state'].upper()} ({q['reason']}), restarts {q.get('restarts', 0)}")
+        for plane in ("steering", "redirect", "descriptors", "driver", "convergence"):
+            if q.get(plane) is not None:
+                value = q[plane]
+                text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+                print(f"  {plane:<12} {text}")
+        for t in q.get("transitions", [])[-5:]:
+            when = time.strftime("%H:%M:%S", time.localtime(t["time"]))
+            detected = "" if t["detection_seconds"] is None else f" detected in {t['detection_seconds'] * 1000:.0f} ms"
+            print(f"  {when} {t['from_state']} -> {t['to_state']} ({t['reason']}){detected} {t['detail']}")
     return 0
 
 
@@ -295,7 +350,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zerocopy", choices=["auto", "on", "off"], default="off",
                    help="AF_XDP zero-copy (default off: copy mode works on every driver)")
     p.add_argument("--cpus", help="pin queue workers to these CPUs, e.g. 0,1 (worker i -> i-th CPU, cycling)")
+    p.add_argument("--watchdog-deadline", type=_seconds, default=DEFAULT_DEADLINE, metavar="DURATION",
+                   help="detect a dead, stalled or starved worker within this (default 200ms)")
+    p.add_argument("--max-queue-restarts", type=int, default=3, metavar="N",
+                   help="failed queue-local recoveries in a row before escalating (default 3)")
+    p.add_argument("--escalate", choices=["none", "interface"], default="none",
+                   help="after N failures: none (queue stays fenced: 'failed') or interface "
+                        "(link down/up, interrupts all traffic)")
+    p.add_argument("--fault-injection", action="store_true",
+                   help="workers accept SIGUSR1 to stop refilling their fill ring (for hyperion chaos)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chaos", help="inject a queue fault under steady traffic in a sandbox and measure the outcome")
+    from hyperion import chaos
+
+    chaos.add_arguments(p)
+    p.set_defaults(func=chaos.run_from_args)
+
+    p = sub.add_parser("queues", help="lifecycle of the AF_XDP queues (planes, state, transitions) and actions")
+    p.add_argument("action", nargs="?", choices=["show", "restart", "withdraw", "restore"], default="show",
+                   help="show (default); restart a queue with a fresh worker, socket and UMEM; withdraw a "
+                        "queue (and those above it) from steering; restore all channels")
+    p.add_argument("--queue", "-q", type=int, help="queue for restart/withdraw")
+    iface_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_queues)
 
     p = sub.add_parser("top", help="live rates per verdict/reason, queue and class of a running fast path")
     iface_arg(p)
@@ -340,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     iface_arg(c)
     c.set_defaults(func=cmd_policy_apply)
+    add_lab_commands(sub)  # sandbox, generate, bench
     return parser
 
 

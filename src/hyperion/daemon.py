@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from hyperion.abi import load_abi
 from hyperion.compiler import CompiledPolicy, PolicyCompiler, fast_path_rule_name
+from hyperion.control import ControlServer, socket_path
 from hyperion.errors import HyperionError
 from hyperion.events import EventDecoder, EventReader, json_lines_sink
 from hyperion.fastpath import FastPath, object_capacities
@@ -69,6 +70,7 @@ class Daemon:
         self._events_out: IO[str] | None = None
         self._event_sink: Callable[[dict[str, Any]], None] | None = None
         self.slowpath: SlowPath | None = None
+        self._control: ControlServer | None = None
 
     # ---- policy -------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Daemon:
                 self._start_events()
             if opts.watch_policy:
                 self._start_thread("policy-watch", self._watch_policy)
+            self._control = ControlServer(socket_path(opts.ifname), self.control)
         except BaseException:
             self.stop()
             raise
@@ -180,8 +183,25 @@ class Daemon:
                     log.info("policy file %s changed", self.options.policy_path)
                     self.request_reload()
 
+    def control(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A control-socket request (hyperion.control): queue status and queue actions."""
+        slowpath = self.slowpath
+        command = message.get("cmd")
+        if command == "queues":
+            return {"queues": slowpath.queue_status() if slowpath is not None else [],
+                    "slowpath": slowpath is not None}
+        if command in ("restart", "withdraw", "restore"):
+            if slowpath is None:
+                raise HyperionError("no slow path is running (the policy has no redirect_ports, or --no-slowpath)")
+            queue = message.get("queue")
+            return slowpath.request(command, None if queue is None else int(queue))
+        raise HyperionError(f"unknown control command {command!r}")
+
     def stop(self) -> None:
         self._stopping.set()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self.slowpath is not None:
             # Fences its queues first, so the fast path takes each class's fallback at once.
             self.slowpath.stop()

@@ -394,6 +394,30 @@ class FastPath:
         config.events_per_sec = events_per_sec
         self.maps["hyp_config"].update(bytes(4), bytes(config))
 
+    # ---- queue lifecycle ----------------------------------------------------------------
+
+    def set_queue_state(self, queue: int, state: str, reason: str, worker_pid: int = 0, restarts: int = 0) -> None:
+        """One write the program sees at once: states from 'fenced' on take the class fallback."""
+        value = self.abi.QueueState()
+        value.state = {v: k for k, v in self.abi.queue_states.items()}[state]
+        value.reason = {v: k for k, v in self.abi.queue_reasons.items()}[reason]
+        value.since_ns = time.time_ns()
+        value.worker_pid = worker_pid
+        value.restarts = restarts
+        self.maps["hyp_queue_state"].update(queue.to_bytes(4, "little"), bytes(value))
+
+    def queue_state(self, queue: int) -> dict[str, Any]:
+        raw = self.maps["hyp_queue_state"].lookup(queue.to_bytes(4, "little"))
+        value = self.abi.QueueState.from_buffer_copy(raw) if raw else self.abi.QueueState()
+        return {"state": self.abi.queue_states.get(value.state, str(value.state)),
+                "reason": self.abi.queue_reasons.get(value.reason, str(value.reason)),
+                "since_ns": value.since_ns, "worker_pid": value.worker_pid, "restarts": value.restarts}
+
+    def queue_states(self) -> dict[int, dict[str, Any]]:
+        """Queues whose state is not 'unmanaged'."""
+        states = {queue: self.queue_state(queue) for queue in range(self.abi.capacity["queues"])}
+        return {queue: st for queue, st in states.items() if st["state"] != "unmanaged"}
+
     # ---- dynamic blocklist --------------------------------------------------------------
 
     def _dyn_map(self, address: IPAddress) -> libbpf.MapFd:

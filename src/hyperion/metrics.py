@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from hyperion import __version__
 from hyperion.errors import HyperionError
 from hyperion.fastpath import FastPath
+from hyperion.lifecycle import STATES
 from hyperion.slowpath import SlowPath
 
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
@@ -102,7 +103,7 @@ class FastPathCollector(Collector):
         queue_families = {
             name: CounterMetricFamily(f"hyperion_rx_queue_{name}", f"Fast-path {name.replace('_', ' ')} per rx queue.",
                                       labels=["queue"])
-            for name in ("packets", "drops", "redirects", "redirect_failures")
+            for name in ("packets", "drops", "redirects", "redirect_failures", "fenced")
         }
         for queue, c in sorted(fp.queue_counters().items()):
             for name, family in queue_families.items():
@@ -190,6 +191,45 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric(label, buckets, sum_value=st["busy_ns"] / 1e9)
     yield from (drops, verdicts, pressure, inspected, outcomes, free, *kernel.values(), latency)
+    yield from _lifecycle_families_of(slowpath)
+
+
+def _lifecycle_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
+    """The queues' lifecycle (hyperion.lifecycle): state, transitions, dwell, detection, recoveries."""
+    state = GaugeMetricFamily("hyperion_queue_state", "1 for the queue's current lifecycle state, 0 for the others.",
+                              labels=["queue", "state"])
+    transitions = CounterMetricFamily("hyperion_queue_transitions", "Lifecycle transitions of a queue.",
+                                      labels=["queue", "from", "to"])
+    dwell = HistogramMetricFamily("hyperion_queue_state_dwell_seconds",
+                                  "Time a queue spent in a state, observed when it left it.", labels=["queue", "state"])
+    detection = HistogramMetricFamily("hyperion_watchdog_detection_seconds",
+                                      "From a fault's onset (last good heartbeat or sample) to its detection.",
+                                      labels=["detection"])
+    recoveries = CounterMetricFamily("hyperion_queue_recoveries", "Recoveries of a queue by kind and result.",
+                                     labels=["queue", "kind", "result"])
+    interface = CounterMetricFamily("hyperion_interface_recoveries",
+                                    "Interface-wide recoveries (escalations: link down/up).", labels=["result"])
+    heartbeat = GaugeMetricFamily("hyperion_worker_heartbeat_age_seconds",
+                                  "Time since the queue worker's loop last ran.", labels=["queue"])
+    if slowpath is not None:
+        data = slowpath.lifecycle_metrics()
+        for queue, q in sorted(data["queues"].items()):
+            label = str(queue)
+            for name in STATES:
+                state.add_metric([label, name], 1.0 if q["state"] == name else 0.0)
+            for (src, dst), count in sorted(q["transitions"].items()):
+                transitions.add_metric([label, src, dst], count)
+            for name, histogram in sorted(q["dwell"].items()):
+                dwell.add_metric([label, name], histogram.buckets(), sum_value=histogram.total)
+            for (kind, result), count in sorted(q["recoveries"].items()):
+                recoveries.add_metric([label, kind, result], count)
+            if q["heartbeat_age"] is not None:
+                heartbeat.add_metric([label], q["heartbeat_age"])
+        for reason, histogram in sorted(data["detections"].items()):
+            detection.add_metric([reason], histogram.buckets(), sum_value=histogram.total)
+        for result, count in sorted(data["interface_recoveries"].items()):
+            interface.add_metric([result], count)
+    yield from (state, transitions, dwell, detection, recoveries, interface, heartbeat)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:

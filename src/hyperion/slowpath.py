@@ -1,10 +1,11 @@
-"""The AF_XDP slow path: one socket and worker thread per RX queue.
+"""The AF_XDP slow path: one worker process, socket and UMEM per RX queue, and their supervisor.
 
-The per-packet loop is native (hyperion._slowpath): each worker thread calls
-Queue.run(), which releases the GIL and processes batches until stopped.
-This module compiles the policy's slow_path section into a Rules object,
-sets up the delivery device, starts and stops the workers in a safe order,
-and turns their counters and events into telemetry.
+The per-packet loop is native (hyperion._slowpath), run by `hyperion.worker`
+processes. This module compiles the policy's slow_path section into a Rules
+object, sets up the delivery device, and supervises the workers: it starts and
+stops them in a safe order, runs the watchdog that fences a queue whose worker
+died, stalled or starved and recovers it (hyperion.lifecycle has the state
+machine), and turns their counters and events into telemetry.
 
 Delivery: packets that pass inspection are written to a TUN device owned by
 Hyperion, so the local stack receives them as if they had come off the wire
@@ -15,17 +16,22 @@ delivers are routed through the real interface.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
 import fcntl
 import json
 import logging
+import mmap
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -34,7 +40,20 @@ from typing import Any
 from hyperion import _slowpath
 from hyperion.errors import HyperionError, PolicyError
 from hyperion.fastpath import FastPath
+from hyperion.lifecycle import (
+    DEFAULT_DEADLINE,
+    DETECTION_BOUNDS,
+    FENCED_STATES,
+    SERVING_STATES,
+    Detection,
+    Histogram,
+    Observation,
+    QueueHealth,
+    QueueStateMachine,
+)
 from hyperion.policy import Policy
+from hyperion.policy import SlowPath as SlowPathSection
+from hyperion.worker import CONTROL_BYTES
 
 log = logging.getLogger("hyperion.slowpath")
 
@@ -75,7 +94,10 @@ def _hyperscan_regex(pattern: str) -> str:
 
 def compile_rules(policy: Policy) -> CompiledRules:
     """slow_path -> Rules. Hyperscan refusals become PolicyErrors naming the rule."""
-    slow = policy.slow_path
+    return compile_slow_path_rules(policy.slow_path)
+
+
+def compile_slow_path_rules(slow: SlowPathSection) -> CompiledRules:
     rules: list[tuple[int, int, float]] = []
     labels: list[str] = []
     actions: list[str] = []
@@ -199,14 +221,6 @@ def rx_queue_count(ifname: str) -> int:
 
 
 @dataclass
-class Worker:
-    queue_id: int
-    queue: Any                     # _slowpath.Queue
-    thread: threading.Thread
-    cpu: int | None = None
-
-
-@dataclass
 class SlowPathOptions:
     queues: list[int] | None = None      # default: every RX queue
     cpus: list[int] | None = None        # worker i pinned to cpus[i % len(cpus)]
@@ -214,126 +228,668 @@ class SlowPathOptions:
     frames: int = 4096
     ring_size: int = 2048
     tun_name: str | None = None
+    deadline: float = DEFAULT_DEADLINE   # watchdog detection deadline, seconds
+    max_queue_restarts: int = 3          # failed queue-local recoveries in a row before escalating
+    escalate: str = "none"               # none | interface (link down/up: interrupts all traffic)
+    start_timeout: float = 15.0          # a fresh worker must be ready within this
+    stable_after: float = 10.0           # an active worker this old resets the failure count
+    fault_injection: bool = False        # workers accept SIGUSR1 (starve the fill ring), for `hyperion chaos`
+
+
+# Worker stats that are levels, not counters: not summed across a queue's successive workers.
+LEVELS = frozenset({"rx_ring_level", "ring_size", "free_frames", "tx_outstanding", "fill_ring_level"})
 
 
 @dataclass
-class SlowPath:
-    fastpath: FastPath
-    ifname: str
-    policy: Policy
-    options: SlowPathOptions = field(default_factory=SlowPathOptions)
-    event_sink: Callable[[dict[str, Any]], None] | None = None
-    compiled: CompiledRules | None = None
+class WorkerProcess:
+    """One worker process and what the supervisor knows of it."""
+    proc: subprocess.Popen[str]
+    control: mmap.mmap
+    started: float
+    ready: threading.Event = field(default_factory=threading.Event)
+    exited: threading.Event = field(default_factory=threading.Event)  # its stdout closed
+    report: dict[str, Any] | None = None
+    live_hits: dict[int, list[int]] = field(default_factory=dict)     # generation -> hits
+    error: str | None = None
+    exiting: str | None = None        # the worker said it is exiting on this signal
+    zerocopy: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __post_init__(self) -> None:
-        self.rules: CompiledRules = self.compiled or compile_rules(self.policy)
-        self.workers: list[Worker] = []
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def heartbeat(self) -> float | None:
+        """Monotonic time of the native loop's last iteration (None before the first)."""
+        ns = int.from_bytes(self.control[0:8], "little")
+        return ns / 1e9 if ns else None
+
+    def send(self, message: dict[str, Any]) -> bool:
+        try:
+            with self.lock:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
+                self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+
+@dataclass
+class ManagedQueue:
+    queue_id: int
+    position: int
+    machine: QueueStateMachine
+    worker: WorkerProcess | None = None
+    health: QueueHealth | None = None
+    restarts: int = 0                 # queue-local recoveries started
+    failures: int = 0                 # failed recoveries in a row
+    next_attempt: float = 0.0
+    failure_baseline: int = 0         # fast-path redirect failures when the worker went active
+    retired_stats: dict[str, Any] = field(default_factory=dict)
+    recoveries: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, result) -> count
+    convergence: str = ""
+
+
+class SlowPath:
+    """Supervises one worker process per RX queue, with the watchdog that fences and recovers them.
+
+    Threads: the watchdog thread makes every lifecycle change once start() returned;
+    reader threads (one per worker) only record what workers report; other threads
+    ask for changes through request().
+    """
+
+    def __init__(self, fastpath: FastPath, ifname: str, policy: Policy, options: SlowPathOptions | None = None,
+                 event_sink: Callable[[dict[str, Any]], None] | None = None,
+                 compiled: CompiledRules | None = None) -> None:
+        self.fastpath = fastpath
+        self.ifname = ifname
+        self.policy = policy
+        self.options = options or SlowPathOptions()
+        self.event_sink = event_sink
+        self.rules: CompiledRules = compiled or compile_rules(policy)
+        self.generation = 1
+        self._labels: dict[int, CompiledRules] = {1: self.rules}
+        self.queues: dict[int, ManagedQueue] = {}
         self.tun: TunDevice | None = None
-        # Hits of rule sets replaced by reloads, by rule label, so counters never go back.
         self._retired_hits: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()     # lifecycle: held by the watchdog while it acts
+        self._data = threading.Lock()      # telemetry from the workers: never held while waiting on one
+        self._requests: list[tuple[str, int | None, threading.Event, dict[str, Any]]] = []
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._pending_events: list[dict[str, Any]] = []
+        self.detection_times: dict[str, Histogram] = {}  # detection reason -> seconds from fault to detection
+        self._channels: int | None = None
+        self._last_steering_check = 0.0
+        self.interface_recoveries: dict[str, int] = {}
+
+    # ---- start and stop -------------------------------------------------------------------
 
     def start(self) -> None:
+        """Starts a worker per queue and waits until each is ready, then the watchdog."""
         queues = self.options.queues if self.options.queues is not None else list(range(rx_queue_count(self.ifname)))
-        self.tun = TunDevice(self.options.tun_name or f"hyp{os.getpid() % 100000}t{len(self.workers)}",
-                             mirror_addresses_of=self.ifname)
+        self.tun = TunDevice(self.options.tun_name or f"hyp{os.getpid() % 100000}t", mirror_addresses_of=self.ifname)
         try:
             for position, queue_id in enumerate(queues):
-                self._start_worker(queue_id, position)
+                mq = ManagedQueue(queue_id, position, QueueStateMachine(queue_id))
+                self.queues[queue_id] = mq
+                self._begin_recovery(mq, "starting")
+            deadline = time.monotonic() + self.options.start_timeout
+            for mq in self.queues.values():
+                assert mq.worker is not None
+                if not self._wait_ready(mq.worker, deadline - time.monotonic()):
+                    raise SlowPathError(f"queue {mq.queue_id}: worker not ready: {mq.worker.error or 'timed out'}")
+                self._activate(mq)
         except BaseException:
             self.stop()
             raise
-        log.info("slow path on %s: %d AF_XDP socket(s), delivery through %s", self.ifname, len(self.workers),
-                 self.tun.name)
-
-    def _open_queue(self, queue_id: int, zerocopy: bool) -> Any:
-        assert self.tun is not None
-        return _slowpath.Queue(
-            self.ifname, queue_id, self.fastpath.maps["xsk_map"].fd, self.rules.rules,
-            dyn4_fd=self.fastpath.maps["hyp_dyn4"].fd, dyn6_fd=self.fastpath.maps["hyp_dyn6"].fd,
-            deliver_fd=self.tun.fd, frames=self.options.frames, ring_size=self.options.ring_size,
-            zerocopy=zerocopy, events=self.event_sink is not None,
-        )
-
-    def _start_worker(self, queue_id: int, position: int) -> None:
-        mode = self.options.zerocopy
-        try:
-            queue = self._open_queue(queue_id, zerocopy=mode in ("on", "auto"))
-        except OSError as exc:
-            if mode != "auto":
-                raise SlowPathError(str(exc)) from None
-            log.info("queue %d: zero-copy unavailable (%s); using copy mode", queue_id, exc.strerror or exc)
-            try:
-                queue = self._open_queue(queue_id, zerocopy=False)
-            except OSError as exc2:
-                raise SlowPathError(str(exc2)) from None
-        cpu = self.options.cpus[position % len(self.options.cpus)] if self.options.cpus else None
-        thread = threading.Thread(target=self._work, args=(queue, cpu), name=f"xsk-q{queue_id}", daemon=True)
-        self.workers.append(Worker(queue_id, queue, thread, cpu))
-        thread.start()
-
-    @staticmethod
-    def _work(queue: Any, cpu: int | None) -> None:
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})  # this thread only
-        queue.run()
-
-    def update(self, policy: Policy, compiled: CompiledRules | None = None) -> None:
-        """Swaps in the rules of a new policy (compiled first: a bad one changes nothing)."""
-        compiled = compiled or compile_rules(policy)
-        with self._lock:
-            self._retire_hits()
-            for worker in self.workers:
-                worker.queue.set_rules(compiled.rules)
-            self.rules, self.policy = compiled, policy
-
-    def _retire_hits(self) -> None:
-        for label, hits in zip(self.rules.labels, self.rules.rules.hits(), strict=True):
-            self._retired_hits[label] = self._retired_hits.get(label, 0) + hits
+        self._watchdog = threading.Thread(target=self._watch, name="queue-watchdog", daemon=True)
+        self._watchdog.start()
+        log.info("slow path on %s: %d worker process(es), delivery through %s, watchdog deadline %.0f ms",
+                 self.ifname, len(self.queues), self.tun.name, self.options.deadline * 1000)
 
     def stop(self) -> None:
-        """Ordered teardown: fence the redirect plane (xsk_map entry) first, then stop the
-        worker, then close the socket and its UMEM; the TUN device last."""
-        for worker in self.workers:
-            self.fastpath.maps["xsk_map"].delete(worker.queue_id.to_bytes(4, "little"))
-            worker.queue.stop()
-        for worker in self.workers:
-            worker.thread.join(timeout=5)
-            self._drain(worker)
-            worker.queue.close()
-        self.workers.clear()
+        """Ordered teardown per queue: fence (state, then xsk_map entry), stop the worker, which closes
+        its socket and then its UMEM; the TUN device last."""
+        self._stopping.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
+            self._watchdog = None
+        with self._lock:
+            for mq in self.queues.values():
+                if mq.machine.state != "fenced" or mq.worker is not None:
+                    self._fence(mq, "shutdown", graceful=True)
+            self.queues.clear()
         if self.tun is not None:
             self.tun.close()
             self.tun = None
 
+    # ---- workers --------------------------------------------------------------------------
+
+    def _spawn(self, mq: ManagedQueue) -> WorkerProcess:
+        assert self.tun is not None
+        control_fd = os.memfd_create(f"hyp-q{mq.queue_id}-control")
+        try:
+            os.ftruncate(control_fd, CONTROL_BYTES)
+            control = mmap.mmap(control_fd, CONTROL_BYTES)
+            maps = self.fastpath.maps
+            fds = {"xsk-map-fd": maps["xsk_map"].fd, "dyn4-fd": maps["hyp_dyn4"].fd, "dyn6-fd": maps["hyp_dyn6"].fd,
+                   "deliver-fd": self.tun.fd, "control-fd": control_fd}
+            argv = [sys.executable, "-m", "hyperion.worker", "--ifname", self.ifname, "--queue", str(mq.queue_id),
+                    "--frames", str(self.options.frames), "--ring-size", str(self.options.ring_size),
+                    "--zerocopy", self.options.zerocopy]
+            argv += [arg for name, fd in fds.items() for arg in (f"--{name}", str(fd))]
+            if self.event_sink is not None:
+                argv.append("--events")
+            if self.options.fault_injection:
+                argv.append("--fault-injection")
+            if self.options.cpus:
+                argv += ["--cpu", str(self.options.cpus[mq.position % len(self.options.cpus)])]
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    pass_fds=tuple(fds.values()), bufsize=1)
+        finally:
+            os.close(control_fd)
+        worker = WorkerProcess(proc, control, time.monotonic())
+        worker.send({"cmd": "rules", "generation": self.generation,
+                     "slow_path": self.policy.slow_path.model_dump(mode="json", by_alias=True)})
+        threading.Thread(target=self._read, args=(mq.queue_id, worker), name=f"worker-q{mq.queue_id}",
+                         daemon=True).start()
+        return worker
+
+    @staticmethod
+    def _wait_ready(worker: WorkerProcess, timeout: float) -> bool:
+        end = time.monotonic() + max(timeout, 0.0)
+        while not worker.ready.is_set():
+            if worker.exited.is_set() or time.monotonic() > end:
+                return False
+            worker.ready.wait(0.05)
+        return True
+
+    def _read(self, queue_id: int, worker: WorkerProcess) -> None:
+        """A worker's messages, until its stdout closes."""
+        assert worker.proc.stdout is not None
+        try:
+            for line in worker.proc.stdout:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                kind = message.get("type")
+                if kind == "ready":
+                    worker.zerocopy = bool(message.get("zerocopy"))
+                    worker.ready.set()
+                elif kind == "report":
+                    with self._data:
+                        worker.report = message["stats"]
+                        worker.live_hits[message["generation"]] = message["hits"]
+                        self._queue_events(queue_id, message["generation"], message.get("events", []))
+                elif kind == "retired":
+                    with self._data:
+                        self._retire(message["generation"], message["hits"])
+                        worker.live_hits.pop(message["generation"], None)
+                elif kind == "exiting":
+                    worker.exiting = f"exiting on {message.get('signal')}"
+                elif kind == "error":
+                    worker.error = message.get("message")
+                    log.error("queue %d worker: %s", queue_id, worker.error)
+        except (OSError, ValueError):
+            pass
+        finally:
+            worker.exited.set()
+
+    def _end_worker(self, mq: ManagedQueue, graceful: bool) -> None:
+        """Stops the worker (SIGTERM when it can still act, SIGKILL otherwise) and folds its counts in."""
+        worker, mq.worker = mq.worker, None
+        if worker is None:
+            return
+        proc = worker.proc
+        if proc.poll() is None:
+            if graceful:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            else:
+                proc.kill()  # stalled or untrusted: it cannot drain anything
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("queue %d: worker %d did not exit", mq.queue_id, proc.pid)
+        worker.exited.wait(1)
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        with self._data:
+            for generation, hits in worker.live_hits.items():
+                self._retire(generation, hits)
+            for name, value in (worker.report or {}).items():
+                if name == "latency_buckets":
+                    old = mq.retired_stats.get(name) or [(bound, 0) for bound, _ in value]
+                    mq.retired_stats[name] = [(b, c + o) for (b, c), (_, o) in zip(value, old, strict=True)]
+                elif isinstance(value, int) and name not in LEVELS:
+                    mq.retired_stats[name] = mq.retired_stats.get(name, 0) + value
+        worker.control.close()
+
+    # ---- transitions ----------------------------------------------------------------------
+
+    def _move(self, mq: ManagedQueue, to_state: str, reason: str, detail: str = "",
+              detection_seconds: float | None = None) -> None:
+        """The one place a queue changes state: the BPF map first, so the program acts on it at once."""
+        pid = mq.worker.pid if mq.worker is not None else 0
+        transition = mq.machine.move(to_state, reason, detail, detection_seconds)
+        self.fastpath.set_queue_state(mq.queue_id, to_state, reason, pid, mq.restarts)
+        if detection_seconds is not None and to_state in ("fenced", "pressured", "degraded"):
+            self.detection_times.setdefault(reason, Histogram(DETECTION_BOUNDS)).observe(detection_seconds)
+        log_at = logging.WARNING if to_state in ("fenced", "degraded", "failed") else logging.INFO
+        log.log(log_at, "queue %d: %s -> %s (%s%s)%s", mq.queue_id, transition.from_state, to_state, reason,
+                f": {detail}" if detail else "",
+                "" if detection_seconds is None else f", detected in {detection_seconds * 1000:.0f} ms")
+        if self.event_sink is not None:
+            with self._data:
+                self._pending_events.append({**transition.as_dict(), "time": _utc_now(), "source": "lifecycle"})
+
+    def _fence(self, mq: ManagedQueue, reason: str, detail: str = "", detection_seconds: float | None = None,
+               graceful: bool = False) -> None:
+        """Fence first (queue state, then the xsk_map entry), then the worker and its socket, then its UMEM."""
+        self._move(mq, "fenced", reason, detail, detection_seconds)
+        self.fastpath.maps["xsk_map"].delete(mq.queue_id.to_bytes(4, "little"))
+        self._end_worker(mq, graceful)
+        mq.health = None
+        mq.convergence = descriptor_convergence(self.ifname, mq.queue_id, self.options.deadline)
+
+    def _begin_recovery(self, mq: ManagedQueue, reason: str) -> None:
+        self._move(mq, "recovering", reason)
+        mq.worker = self._spawn(mq)
+        self.fastpath.set_queue_state(mq.queue_id, "recovering", reason, mq.worker.pid, mq.restarts)
+
+    def _activate(self, mq: ManagedQueue) -> None:
+        """The worker's socket is in xsk_map (it registers itself last): unfence."""
+        mq.failure_baseline = self._redirect_failures(mq.queue_id)
+        mq.health = QueueHealth(self.options.deadline)
+        self._move(mq, "active", "ready")
+
+    def _recovery_failed(self, mq: ManagedQueue, kind: str, detail: str) -> None:
+        mq.failures += 1
+        mq.recoveries[(kind, "failed")] = mq.recoveries.get((kind, "failed"), 0) + 1
+        self._fence(mq, "recovery_failed", detail)
+        if mq.failures >= self.options.max_queue_restarts:
+            if self.options.escalate == "interface":
+                self._recover_interface(f"queue {mq.queue_id}: {mq.failures} queue-local recoveries failed")
+                return
+            self._move(mq, "failed", "recovery_failed",
+                       f"{mq.failures} queue-local recoveries failed; escalation not allowed (--escalate none)")
+            return
+        mq.next_attempt = time.monotonic() + min(0.1 * 2 ** mq.failures, 2.0)
+
+    def _recover_interface(self, why: str) -> None:
+        """Escalation: every queue fenced and its worker stopped, the link bounced, workers started again."""
+        log.warning("interface-wide recovery of %s: %s", self.ifname, why)
+        for mq in self.queues.values():
+            if mq.machine.state != "fenced" or mq.worker is not None:
+                self._fence(mq, "recovery_failed", "interface-wide recovery")
+        result = "ok"
+        try:
+            _run(["ip", "link", "set", "dev", self.ifname, "down"])
+            _run(["ip", "link", "set", "dev", self.ifname, "up"])
+        except SlowPathError as exc:
+            log.error("interface-wide recovery: %s", exc)
+            result = "failed"
+        self.interface_recoveries[result] = self.interface_recoveries.get(result, 0) + 1
+        for mq in self.queues.values():
+            mq.failures = 0
+            mq.next_attempt = 0.0
+            mq.restarts += 1
+            self._begin_recovery(mq, "starting")
+
+    # ---- the watchdog ---------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        interval = self.options.deadline / 4
+        while not self._stopping.wait(interval):
+            try:
+                with self._lock:
+                    self._serve_requests()
+                    self._check_steering()
+                    for mq in list(self.queues.values()):
+                        self._check(mq)
+            except Exception:  # the watchdog must outlive any one bad sample
+                log.exception("queue watchdog")
+
+    def _check(self, mq: ManagedQueue) -> None:
+        now = time.monotonic()
+        state = mq.machine.state
+        worker = mq.worker
+        if state == "recovering":
+            assert worker is not None
+            if worker.ready.is_set():
+                mq.recoveries[("queue_local", "ok")] = mq.recoveries.get(("queue_local", "ok"), 0) + 1
+                self._activate(mq)
+            elif worker.exited.is_set() or worker.proc.poll() is not None:
+                self._recovery_failed(mq, "queue_local", f"worker exited: {worker.error or _exit_detail(worker)}")
+            elif now - worker.started > self.options.start_timeout:
+                self._recovery_failed(mq, "queue_local", "worker not ready in time")
+            return
+        if state == "fenced":
+            if mq.machine.reason != "not_steered" and now >= mq.next_attempt and not self._stopping.is_set():
+                mq.restarts += 1
+                self._begin_recovery(mq, "starting")
+            return
+        if state not in SERVING_STATES or worker is None or mq.health is None:
+            return
+        if mq.failures and now - mq.machine.since > self.options.stable_after:
+            mq.failures = 0
+        stats = worker.report or {}
+        alive = worker.proc.poll() is None and not worker.exited.is_set() and worker.exiting is None
+        observation = Observation(
+            now=now, alive=alive, heartbeat=worker.heartbeat(),
+            fill_ring_empty=stats.get("xdp_rx_fill_ring_empty_descs", 0),
+            fill_ring_level=stats.get("fill_ring_level", 0),
+            rx_overflow=stats.get("xdp_rx_ring_full", 0) + stats.get("xdp_rx_dropped", 0),
+            redirect_failures=self._redirect_failures(mq.queue_id) - mq.failure_baseline,
+            steered=self._channels is None or mq.queue_id < self._channels,
+            exit_detail="" if alive else worker.exiting or _exit_detail(worker),
+        )
+        detection = mq.health.observe(observation, state)
+        if detection is None:
+            return
+        if detection.reason == "xsk_map_entry_missing":
+            # A dying worker's socket leaves xsk_map before the process is reaped: tell them apart.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=0.05)
+                detection = Detection("fenced", "worker_exited", _exit_detail(worker), detection.detection_seconds)
+        if detection.to_state == "fenced":
+            self._fence(mq, detection.reason, detection.detail, detection.detection_seconds)
+            mq.next_attempt = now
+        else:
+            self._move(mq, detection.to_state, detection.reason, detection.detail, detection.detection_seconds)
+
+    def _check_steering(self) -> None:
+        now = time.monotonic()
+        if now - self._last_steering_check < 1.0:
+            return
+        self._last_steering_check = now
+        try:
+            self._channels = rx_queue_count(self.ifname)
+        except SlowPathError:
+            return
+        for mq in self.queues.values():
+            if mq.machine.state == "fenced" and mq.machine.reason == "not_steered" and mq.queue_id < self._channels:
+                mq.restarts += 1
+                self._begin_recovery(mq, "starting")
+
+    def _redirect_failures(self, queue_id: int) -> int:
+        return int(self.fastpath.queue_counters().get(queue_id, {}).get("redirect_failures", 0))
+
+    # ---- operator requests ----------------------------------------------------------------
+
+    def request(self, action: str, queue_id: int | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """Asks the watchdog thread to act: restart (queue-local recovery with a fresh socket and UMEM),
+        withdraw (fence and take the queue out of steering), restore (all channels back)."""
+        if action not in ("restart", "withdraw", "restore"):
+            raise SlowPathError(f"unknown queue action {action!r}")
+        if action != "restore" and queue_id not in self.queues:
+            raise SlowPathError(f"queue {queue_id} is not managed by the slow path (managed: {sorted(self.queues)})")
+        done = threading.Event()
+        result: dict[str, Any] = {}
+        with self._lock:
+            self._requests.append((action, queue_id, done, result))
+        if not done.wait(timeout):
+            raise SlowPathError(f"{action}: no answer from the watchdog in {timeout:.0f} s")
+        if "error" in result:
+            raise SlowPathError(result["error"])
+        return result
+
+    def _serve_requests(self) -> None:
+        requests, self._requests = self._requests, []
+        for action, queue_id, done, result in requests:
+            try:
+                if action == "restart":
+                    assert queue_id is not None
+                    mq = self.queues[queue_id]
+                    self._fence(mq, "operator", "restart requested", graceful=True)
+                    mq.next_attempt = 0.0
+                    mq.failures = 0
+                    result["state"] = mq.machine.state
+                elif action == "withdraw":
+                    assert queue_id is not None
+                    result.update(self._withdraw(queue_id))
+                else:
+                    result.update(self._restore())
+            except HyperionError as exc:
+                result["error"] = str(exc)
+            finally:
+                done.set()
+
+    def _withdraw(self, queue_id: int) -> dict[str, Any]:
+        """Steering plane: fences queue_id and every queue above it, then sets the channel count to queue_id
+        (channels are counted, so a queue can only leave steering with the ones above it)."""
+        total = rx_queue_count(self.ifname)
+        if queue_id == 0:
+            raise SlowPathError("queue 0 cannot be withdrawn: an interface keeps at least one channel")
+        for mq in self.queues.values():
+            if mq.queue_id >= queue_id and mq.machine.state not in FENCED_STATES:
+                self._fence(mq, "not_steered", "withdrawn by the operator", graceful=True)
+            elif mq.queue_id >= queue_id:
+                self._move(mq, "fenced", "not_steered", "withdrawn by the operator")
+        set_channels(self.ifname, queue_id)
+        self._channels = queue_id
+        return {"channels": queue_id, "was": total}
+
+    def _restore(self) -> dict[str, Any]:
+        wanted = max(self.queues) + 1 if self.queues else 1
+        set_channels(self.ifname, wanted)
+        self._last_steering_check = 0.0  # recovers the withdrawn queues on this tick
+        self._check_steering()
+        return {"channels": wanted}
+
+    # ---- policy ---------------------------------------------------------------------------
+
+    def update(self, policy: Policy, compiled: CompiledRules | None = None) -> None:
+        """New rules for every worker (compiled here first, so a bad set changes nothing)."""
+        compiled = compiled or compile_rules(policy)
+        with self._lock, self._data:
+            self.generation += 1
+            self._labels[self.generation] = compiled
+            self.rules, self.policy = compiled, policy
+            command = {"cmd": "rules", "generation": self.generation,
+                       "slow_path": policy.slow_path.model_dump(mode="json", by_alias=True)}
+            for mq in self.queues.values():
+                if mq.worker is not None:
+                    mq.worker.send(command)
+
+    def _retire(self, generation: int, hits: list[int]) -> None:
+        compiled = self._labels.get(generation)
+        if compiled is None:
+            return
+        for label, count in zip(compiled.labels, hits, strict=False):
+            self._retired_hits[label] = self._retired_hits.get(label, 0) + count
+
     # ---- telemetry ------------------------------------------------------------------------
 
     def rule_hits(self) -> dict[str, tuple[str, int]]:
-        """rule label -> (action, matches), across reloads."""
-        with self._lock:
-            return {label: (action, self._retired_hits.get(label, 0) + hits)
-                    for label, action, hits in zip(self.rules.labels, self.rules.actions,
-                                                   self.rules.rules.hits(), strict=True)}
+        """rule label -> (action, matches), across reloads and worker restarts."""
+        with self._data:
+            totals = dict(self._retired_hits)
+            for mq in self.queues.values():
+                if mq.worker is None:
+                    continue
+                for generation, hits in mq.worker.live_hits.items():
+                    compiled = self._labels.get(generation)
+                    for label, count in zip(compiled.labels if compiled else [], hits, strict=False):
+                        totals[label] = totals.get(label, 0) + count
+            return {label: (action, totals.get(label, 0))
+                    for label, action in zip(self.rules.labels, self.rules.actions, strict=True)}
 
     def queue_stats(self) -> dict[int, dict[str, Any]]:
-        return {worker.queue_id: worker.queue.stats() for worker in self.workers}
+        """queue -> worker counters (summed over the queue's successive workers) and current levels."""
+        result = {}
+        with self._data:
+            for queue_id, mq in self.queues.items():
+                current = (mq.worker.report if mq.worker is not None else None) or {}
+                if not current and not mq.retired_stats:
+                    continue
+                merged: dict[str, Any] = {"rx_ring_level": 0, "ring_size": self.options.ring_size,
+                                          "free_frames": 0, "fill_ring_level": 0, "tx_outstanding": 0}
+                merged.update(mq.retired_stats)
+                for name, value in current.items():
+                    if name == "latency_buckets" and "latency_buckets" in mq.retired_stats:
+                        merged[name] = [(b, c + o) for (b, c), (_, o) in
+                                        zip(value, mq.retired_stats[name], strict=True)]
+                    elif isinstance(value, int) and name not in LEVELS:
+                        merged[name] = mq.retired_stats.get(name, 0) + value
+                    else:
+                        merged[name] = value
+                result[queue_id] = merged
+        return result
+
+    def lifecycle(self) -> dict[int, ManagedQueue]:
+        return dict(self.queues)
+
+    def lifecycle_metrics(self) -> dict[str, Any]:
+        """What the metrics collector exports of the queues' lifecycle, copied under the lock."""
+        with self._lock:
+            now = time.monotonic()
+            return {
+                "queues": {q: {"state": mq.machine.state, "transitions": dict(mq.machine.transition_counts),
+                               "dwell": {s: Histogram(h.bounds, list(h.counts), h.total)
+                                         for s, h in mq.machine.dwell.items()},
+                               "recoveries": dict(mq.recoveries), "restarts": mq.restarts,
+                               "heartbeat_age": None if mq.worker is None or mq.worker.heartbeat() is None
+                               else now - (mq.worker.heartbeat() or now)}
+                           for q, mq in self.queues.items()},
+                "detections": {r: Histogram(h.bounds, list(h.counts), h.total)
+                               for r, h in self.detection_times.items()},
+                "interface_recoveries": dict(self.interface_recoveries),
+            }
+
+    def queue_status(self) -> list[dict[str, Any]]:
+        """Every plane of every queue, for `hyperion queues` (JSON-ready)."""
+        with self._lock:
+            channels = self._channels
+            fast = self.fastpath.queue_counters()
+            stats = self.queue_stats()
+            result = []
+            for queue_id, mq in sorted(self.queues.items()):
+                worker = mq.worker
+                beat = worker.heartbeat() if worker is not None else None
+                st = stats.get(queue_id, {})
+                redirect_plane: dict[str, Any] = {
+                    "bpf_state": self.fastpath.queue_state(queue_id)["state"],
+                    "xsk_map_entry": worker is not None and worker.ready.is_set() and not mq.machine.fenced}
+                redirect_plane.update(fast.get(queue_id, {}))
+                descriptors: dict[str, Any] = {
+                    "worker_pid": worker.pid if worker is not None else None,
+                    "umem_bound": worker is not None and worker.ready.is_set(),
+                    "zerocopy": worker.zerocopy if worker is not None else None,
+                    "heartbeat_age_ms": None if beat is None else round((time.monotonic() - beat) * 1000, 1),
+                    "umem_frames": self.options.frames}
+                descriptors.update({k: st[k] for k in ("free_frames", "fill_ring_level", "rx_ring_level",
+                                                       "tx_outstanding", "xdp_rx_dropped", "xdp_rx_ring_full",
+                                                       "xdp_rx_fill_ring_empty_descs") if k in st})
+                result.append({
+                    "queue": queue_id,
+                    "state": mq.machine.state,
+                    "reason": mq.machine.reason,
+                    "in_state_seconds": round(time.monotonic() - mq.machine.since, 3),
+                    "restarts": mq.restarts,
+                    "failures_in_a_row": mq.failures,
+                    "steering": {"active_channels": channels,
+                                 "steered": channels is None or queue_id < channels,
+                                 "rss": rss_indirection(self.ifname)},
+                    "redirect": redirect_plane,
+                    "descriptors": descriptors,
+                    "driver": driver_queue_counters(self.ifname, queue_id) or "no driver counters",
+                    "convergence": mq.convergence or None,
+                    "transitions": [t.as_dict() for t in list(mq.machine.history)[-10:]],
+                })
+            return result
 
     def pump_events(self) -> int:
-        """Moves pending worker events to the sink; returns how many."""
-        return sum(self._drain(worker) for worker in self.workers)
-
-    def _drain(self, worker: Worker) -> int:
+        """Moves pending worker and lifecycle events to the sink; returns how many."""
         if self.event_sink is None:
             return 0
-        events = worker.queue.drain_events()
+        with self._data:
+            events, self._pending_events = self._pending_events, []
+        for event in events:
+            self.event_sink(event)
+        return len(events)
+
+    def _queue_events(self, queue_id: int, generation: int, events: list[list[Any]]) -> None:
+        if self.event_sink is None:
+            return
+        labels = self._labels.get(generation, self.rules).labels
         for rule, action, malformed, version, protocol, sport, dport, qtype, saddr, daddr, qname in events:
-            self.event_sink({
-                "time": _utc_now(), "source": "slowpath", "queue": worker.queue_id,
+            self._pending_events.append({
+                "time": _utc_now(), "source": "slowpath", "queue": queue_id,
                 "action": ACTION_NAMES.get(action, str(action)),
                 "reason": "malformed_dns" if malformed else "rule",
-                "rule": self.rules.labels[rule] if rule is not None and rule < len(self.rules.labels) else None,
-                "src": str(ip_address(saddr)) if version else None, "dst": str(ip_address(daddr)) if version else None,
+                "rule": labels[rule] if rule is not None and rule < len(labels) else None,
+                "src": str(ip_address(bytes.fromhex(saddr))) if version else None,
+                "dst": str(ip_address(bytes.fromhex(daddr))) if version else None,
                 "protocol": PROTOCOLS.get(protocol, protocol), "src_port": sport, "dst_port": dport,
                 "qname": qname or None, "qtype": qtype or None,
             })
-        return len(events)
+
+
+def _exit_detail(worker: WorkerProcess) -> str:
+    code = worker.proc.poll()
+    if code is None:
+        return "stdout closed"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def set_channels(ifname: str, count: int) -> None:
+    """Active RX/TX channels (`ethtool -L`); drivers name them rx/tx or combined."""
+    errors = []
+    for kind in (["rx", str(count), "tx", str(count)], ["rx", str(count)], ["combined", str(count)]):
+        proc = subprocess.run(["ethtool", "-L", ifname, *kind], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        errors.append(f"{' '.join(kind)}: {' '.join(proc.stderr.split()) or 'refused'}")
+    raise SlowPathError(f"ethtool -L {ifname} to {count} channels refused ({'; '.join(errors)})")
+
+
+def rss_indirection(ifname: str) -> str | list[int]:
+    """The RSS indirection table, or why there is none."""
+    proc = subprocess.run(["ethtool", "-x", ifname], capture_output=True, text=True)
+    if proc.returncode:
+        return "not supported by the driver"
+    table = [int(n) for line in proc.stdout.splitlines() if ":" in line and line.strip()[0].isdigit()
+             for n in line.split(":", 1)[1].split()]
+    return table or "not supported by the driver"
+
+
+def driver_queue_counters(ifname: str, queue_id: int) -> dict[str, int]:
+    """`ethtool -S` counters that concern AF_XDP on this queue (e.g. mlx5's rx<N>_xsk_buff_alloc_err);
+    empty where the driver has none (veth)."""
+    proc = subprocess.run(["ethtool", "-S", ifname], capture_output=True, text=True)
+    if proc.returncode:
+        return {}
+    found = {}
+    for line in proc.stdout.splitlines():
+        name, sep, value = line.strip().partition(":")
+        if sep and "xsk" in name and re.search(rf"(^|\D){queue_id}(\D|$)", name) and value.strip().isdigit():
+            found[name] = int(value)
+    return found
+
+
+def descriptor_convergence(ifname: str, queue_id: int, deadline: float) -> str:
+    """After a fence: do the queue's driver AF_XDP counters stop moving within the deadline?"""
+    before = driver_queue_counters(ifname, queue_id)
+    if not before:
+        return "no driver counters"
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        time.sleep(deadline / 4)
+        after = driver_queue_counters(ifname, queue_id)
+        if after == before:
+            return "converged"
+        before = after
+    return "not converged"

@@ -1,0 +1,211 @@
+"""Queue lifecycle: the state machine of one RX queue's AF_XDP worker and the watchdog's detections.
+
+Pure logic, no kernel: the supervisor (hyperion.slowpath.SlowPath) feeds one
+Observation per queue per watchdog tick into QueueHealth.observe(), gets back
+at most one Detection, and carries it out (fence, recover, ...). The state
+names are the ABI's enum hyp_queue_state_id, which the XDP program reads: from
+"fenced" on, a queue's classes take their fallback at once.
+
+    unmanaged -> recovering -> active <-> pressured <-> degraded
+                     ^            \\           |           /
+                     |             +---------> fenced <--+
+                     +-------------------------'  |
+                                 failed <---------+ (recovery given up)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATES = ("unmanaged", "active", "pressured", "degraded", "fenced", "recovering", "failed")
+FENCED_STATES = frozenset({"fenced", "recovering", "failed"})
+SERVING_STATES = frozenset({"active", "pressured", "degraded"})
+
+# Allowed transitions. Fencing is allowed from every state: shutdown, the operator and a
+# dead worker can happen at any time.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "unmanaged": frozenset({"recovering", "fenced"}),
+    "active": frozenset({"pressured", "fenced"}),
+    "pressured": frozenset({"active", "degraded", "fenced"}),
+    "degraded": frozenset({"active", "pressured", "fenced"}),
+    "fenced": frozenset({"recovering", "failed", "fenced"}),
+    "recovering": frozenset({"active", "fenced", "failed"}),
+    "failed": frozenset({"recovering", "fenced"}),
+}
+
+DEFAULT_DEADLINE = 0.2
+
+
+DWELL_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0, 3600.0)
+DETECTION_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class Histogram:
+    """Cumulative counts for a Prometheus histogram family."""
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+        index = next((i for i, bound in enumerate(self.bounds) if value <= bound), len(self.bounds))
+        self.counts[index] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, int]]:
+        counts = self.counts or [0] * (len(self.bounds) + 1)
+        cumulative, result = 0, []
+        for bound, count in zip([*map(repr, self.bounds), "+Inf"], counts, strict=True):
+            cumulative += count
+            result.append((bound, cumulative))
+        return result
+
+
+class TransitionError(ValueError):
+    """A transition the state machine does not have (a supervisor bug, never input)."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    queue: int
+    from_state: str
+    to_state: str
+    reason: str
+    time: float                      # wall clock (time.time())
+    detection_seconds: float | None  # fault onset (last good heartbeat/sample) -> detection
+    dwell_seconds: float             # time spent in from_state
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QueueStateMachine:
+    """Current state of one queue, with its history and the figures metrics need."""
+    queue: int
+    state: str = "unmanaged"
+    reason: str = "none"
+    since: float = field(default_factory=time.monotonic)
+    history: deque[Transition] = field(default_factory=lambda: deque(maxlen=64))
+    transition_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    dwell: dict[str, Histogram] = field(default_factory=dict)  # time spent in a state, observed on leaving
+
+    def move(self, to_state: str, reason: str, detail: str = "", detection_seconds: float | None = None,
+             now: float | None = None) -> Transition:
+        if to_state not in TRANSITIONS.get(self.state, frozenset()):
+            raise TransitionError(f"queue {self.queue}: no transition {self.state} -> {to_state} ({reason})")
+        now = time.monotonic() if now is None else now
+        transition = Transition(self.queue, self.state, to_state, reason, time.time(), detection_seconds,
+                                now - self.since, detail)
+        self.history.append(transition)
+        key = (self.state, to_state)
+        self.transition_counts[key] = self.transition_counts.get(key, 0) + 1
+        self.dwell.setdefault(self.state, Histogram(DWELL_BOUNDS)).observe(transition.dwell_seconds)
+        self.state, self.reason, self.since = to_state, reason, now
+        return transition
+
+    @property
+    def fenced(self) -> bool:
+        return self.state in FENCED_STATES
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One watchdog sample of a serving queue. Counters are cumulative for the current socket."""
+    now: float                    # time.monotonic()
+    alive: bool
+    heartbeat: float | None       # monotonic time of the loop's last heartbeat; None before the first
+    fill_ring_empty: int = 0      # XDP_STATISTICS rx_fill_ring_empty_descs
+    fill_ring_level: int = 0      # descriptors posted to the fill ring
+    rx_overflow: int = 0          # XDP_STATISTICS rx_ring_full + rx_dropped
+    redirect_failures: int = 0    # the fast path's per-queue count (no socket in xsk_map)
+    steered: bool = True          # the queue is among the interface's active channels
+    exit_detail: str = ""
+
+
+@dataclass(frozen=True)
+class Detection:
+    to_state: str
+    reason: str
+    detail: str = ""
+    detection_seconds: float | None = None
+
+
+class QueueHealth:
+    """Turns observations of one worker into detections. One instance per worker (counters
+    restart with each socket): create it when the worker becomes active."""
+
+    def __init__(self, deadline: float = DEFAULT_DEADLINE) -> None:
+        self.deadline = deadline
+        self._previous: Observation | None = None
+        self._starving_since: float | None = None
+        self._starved_at: float | None = None
+        self._overflow_since: float | None = None
+        self._overflow_at: float | None = None
+
+    def observe(self, obs: Observation, state: str) -> Detection | None:
+        previous, self._previous = self._previous, obs
+        if state not in SERVING_STATES:
+            return None
+        last_beat = obs.heartbeat
+        if not obs.alive:
+            return Detection("fenced", "worker_exited", obs.exit_detail,
+                             None if last_beat is None else max(0.0, obs.now - last_beat))
+        if not obs.steered:
+            return Detection("fenced", "not_steered", "the queue is no longer among the active channels")
+        if last_beat is not None and obs.now - last_beat > self.deadline:
+            age = obs.now - last_beat
+            return Detection("fenced", "heartbeat_stale", f"no heartbeat for {age * 1000:.0f} ms", age)
+        if previous is None:
+            return None
+        since_sample = obs.now - previous.now
+        if obs.redirect_failures > previous.redirect_failures:
+            return Detection("fenced", "xsk_map_entry_missing",
+                             f"{obs.redirect_failures - previous.redirect_failures} redirects found no socket",
+                             since_sample)
+
+        starving = obs.fill_ring_empty > previous.fill_ring_empty and obs.fill_ring_level == 0
+        if starving:
+            self._starved_at = obs.now
+            if self._starving_since is None:
+                self._starving_since = previous.now
+        elif self._starved_at is not None and obs.now - self._starved_at >= self.deadline:
+            self._starving_since = self._starved_at = None
+        overflowing = obs.rx_overflow > previous.rx_overflow
+        if overflowing:
+            self._overflow_at = obs.now
+            if self._overflow_since is None:
+                self._overflow_since = previous.now
+        elif self._overflow_at is not None and obs.now - self._overflow_at >= self.deadline:
+            self._overflow_since = self._overflow_at = None
+
+        if self._starving_since is not None:
+            # Frames are not coming back: every redirected packet is lost until a fresh UMEM.
+            starved_for = obs.now - self._starving_since
+            if starved_for >= self.deadline:
+                return Detection("fenced", "fill_ring_starved", f"fill ring empty for {starved_for * 1000:.0f} ms",
+                                 starved_for)
+            if starved_for >= self.deadline / 2 and state != "degraded":
+                return Detection("degraded", "fill_ring_starved", "", starved_for)
+            if state == "active":
+                return Detection("pressured", "fill_ring_starved", "", since_sample)
+            return None
+        if self._overflow_since is not None:
+            # Saturation is not fenced: fencing would turn overload into bypass (fail-open) or
+            # total loss (fail-closed); the ring's own drops are bounded and counted.
+            overflowing_for = obs.now - self._overflow_since
+            if overflowing_for >= self.deadline and state != "degraded":
+                return Detection("degraded", "saturated", f"RX ring overflowing for {overflowing_for * 1000:.0f} ms",
+                                 overflowing_for)
+            if state == "active":
+                return Detection("pressured", "rx_ring_overflow", "", since_sample)
+            return None
+        if state in ("pressured", "degraded"):
+            return Detection("active", "pressure_cleared")
+        return None
