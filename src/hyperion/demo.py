@@ -12,6 +12,7 @@ metrics and a few events. Everything is removed at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -160,6 +161,23 @@ class Scene:
             time.sleep(0.3)
             outcome = self.dig("newly-bad.test")
         self.step("dig newly-bad.test after the reload", "1 query", outcome)
+
+        console.rule("[bold]7. A queue worker dies: the watchdog fences the queue and starts a fresh one")
+        queue = json.loads(self.hyperion("queues", "--json"))["queues"][0]
+        os.kill(queue["descriptors"]["worker_pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            queue = json.loads(self.hyperion("queues", "--json"))["queues"][0]
+            if queue["restarts"] >= 1 and queue["state"] == "active":
+                break
+            time.sleep(0.2)
+        fence = next((t for t in queue["transitions"] if t["to_state"] == "fenced"), None)
+        self.step("SIGKILL the worker of queue 0", "-",
+                  f"fenced ({fence['reason']}) in {fence['detection_seconds'] * 1000:.0f} ms, active again "
+                  f"{(queue['transitions'][-1]['time'] - fence['time']) * 1000:.0f} ms later"
+                  if fence and fence["detection_seconds"] is not None else f"state {queue['state']}")
+        self.step("dig good.test after the recovery", "1 query", self.dig("good.test"))
+        self.step("dig evil.com after the recovery (inspection resumed)", "1 query", self.dig("evil.com"))
         self.top()
 
     def finish(self) -> dict[str, Any]:
