@@ -80,6 +80,9 @@ class CompiledRules:
     rules: Any                  # _slowpath.Rules
     labels: list[str]           # rule index -> "slow_path.dns_rules[0] match=evil.com action=drop"
     actions: list[str]          # rule index -> action name
+    # The Rules constructor's arguments, plain JSON: what a worker process builds its own Rules
+    # from, so it needs neither the policy model nor its validation.
+    spec: list[Any] = field(default_factory=list)
 
 
 def _literal_pattern(literal: str) -> str:
@@ -125,10 +128,11 @@ def compile_slow_path_rules(slow: SlowPathSection) -> CompiledRules:
         by_class.setdefault((sig.class_.protocol, sig.class_.port), []).append((index, pattern))
     classes = [(protocol, port, patterns) for (protocol, port), patterns in by_class.items()]
     try:
-        compiled = _slowpath.Rules(rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action])
+        spec: list[Any] = [rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action]]
+        compiled = _slowpath.Rules(*spec)
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
-    return CompiledRules(compiled, labels, actions)
+    return CompiledRules(compiled, labels, actions, spec)
 
 
 def _name_failing_rule(message: str, dns_regex: list[tuple[int, str]],
@@ -391,8 +395,7 @@ class SlowPath:
         finally:
             os.close(control_fd)
         worker = WorkerProcess(proc, control, time.monotonic())
-        worker.send({"cmd": "rules", "generation": self.generation,
-                     "slow_path": self.policy.slow_path.model_dump(mode="json", by_alias=True)})
+        worker.send({"cmd": "rules", "generation": self.generation, "spec": self.rules.spec})
         threading.Thread(target=self._read, args=(mq.queue_id, worker), name=f"worker-q{mq.queue_id}",
                          daemon=True).start()
         return worker
@@ -696,8 +699,7 @@ class SlowPath:
             self.generation += 1
             self._labels[self.generation] = compiled
             self.rules, self.policy = compiled, policy
-            command = {"cmd": "rules", "generation": self.generation,
-                       "slow_path": policy.slow_path.model_dump(mode="json", by_alias=True)}
+            command = {"cmd": "rules", "generation": self.generation, "spec": compiled.spec}
             for mq in self.queues.values():
                 if mq.worker is not None:
                     mq.worker.send(command)

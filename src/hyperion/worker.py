@@ -9,7 +9,7 @@ Channels with the supervisor:
   and a shared control block (memfd) whose heartbeat word the native loop
   writes every iteration, so the watchdog sees a stalled loop, not just a
   stalled process;
-- stdin: JSON commands, one per line ({"cmd": "rules", ...}, {"cmd": "register"},
+- stdin: JSON commands, one per line ({"cmd": "rules", "spec": ...}, {"cmd": "register"},
   {"cmd": "stop"}); end of file (the supervisor died) stops the worker;
 - stdout: JSON messages, one per line: "ready", then a "report" (stats, rule
   hits, events) every REPORT_INTERVAL, and "retired" with the final hits of a
@@ -29,7 +29,6 @@ from types import FrameType
 from typing import IO, Any
 
 from hyperion import _slowpath
-from hyperion.policy import SlowPath as SlowPathSection
 
 REPORT_INTERVAL = 0.1
 CONTROL_BYTES = 4096
@@ -53,10 +52,14 @@ class Worker:
             self.out.write(json.dumps(message, separators=(",", ":")) + "\n")
             self.out.flush()
 
-    def compile(self, command: dict[str, Any]) -> Any:
-        from hyperion.slowpath import compile_slow_path_rules
-
-        return compile_slow_path_rules(SlowPathSection.model_validate(command["slow_path"])).rules
+    @staticmethod
+    def compile(command: dict[str, Any]) -> Any:
+        """The supervisor validated and compiled the policy once; this only builds the native
+        rule set from its arguments (tuples arrive as JSON lists)."""
+        rules, names, dns_regex, classes, malformed_action = command["spec"]
+        return _slowpath.Rules([tuple(r) for r in rules], [tuple(n) for n in names],
+                               [tuple(d) for d in dns_regex],
+                               [(p, port, [tuple(x) for x in pats]) for p, port, pats in classes], malformed_action)
 
     def open_queue(self, rules: Any, zerocopy: bool) -> Any:
         a = self.args
