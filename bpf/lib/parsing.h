@@ -140,7 +140,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 	nexthdr = ip6h->nexthdr;
 
 #pragma unroll
-	for (int i = 0; i < HYP_IPV6_EXT_MAX; i++) {
+	for (int i = 0; i <= HYP_IPV6_EXT_MAX; i++) { /* up to MAX headers, then the upper layer */
 		switch (nexthdr) {
 		case HYP_IPPROTO_HOPOPTS:
 		case HYP_IPPROTO_ROUTING:

@@ -104,11 +104,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hyperion.daemon import Daemon, DaemonOptions
+    from functools import partial
 
+    from hyperion.daemon import Daemon, DaemonOptions
+    from hyperion.privileges import daemon_capabilities, drop_privileges
+
+    metrics_addr = None if args.no_metrics else args.metrics_addr
+    privilege_drop = None if args.keep_privileges else partial(drop_privileges, daemon_capabilities(metrics_addr))
     daemon = Daemon(DaemonOptions(
         ifname=args.iface, policy_path=Path(args.policy), attach_mode=args.mode,
-        keep_on_exit=args.keep_on_exit, metrics_addr=None if args.no_metrics else args.metrics_addr,
+        keep_on_exit=args.keep_on_exit, metrics_addr=metrics_addr, privilege_drop=privilege_drop,
         events_path=args.events, events_per_sec=args.events_rate, watch_policy=not args.no_watch,
         slowpath=not args.no_slowpath,
         slowpath_options=SlowPathOptions(
@@ -359,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(link down/up, interrupts all traffic)")
     p.add_argument("--fault-injection", action="store_true",
                    help="workers accept SIGUSR1 to stop refilling their fill ring (for hyperion chaos)")
+    p.add_argument("--keep-privileges", action="store_true",
+                   help="keep every capability (default: once attached, keep only CAP_BPF, CAP_PERFMON, "
+                        "CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK; see docs/security.md)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chaos", help="inject a queue fault under steady traffic in a sandbox and measure the outcome")

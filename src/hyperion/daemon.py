@@ -53,6 +53,8 @@ class DaemonOptions:
     watch_policy: bool = True
     slowpath: bool = True  # AF_XDP workers for the redirect classes
     slowpath_options: SlowPathOptions = field(default_factory=SlowPathOptions)
+    # Called once attached, before any thread or worker starts (`run` drops capabilities here).
+    privilege_drop: Callable[[], object] | None = None
 
 
 class Daemon:
@@ -136,6 +138,8 @@ class Daemon:
                 self._events_out = sys.stdout if opts.events_path == "-" else open(  # noqa: SIM115
                     opts.events_path, "a", encoding="utf-8")
                 self._event_sink = json_lines_sink(self._events_out)
+            if opts.privilege_drop is not None:  # from here on only what hyperion.privileges keeps
+                opts.privilege_drop()
             generation = self.apply_policy(policy, text, compiled, rules)
             self.fastpath.set_event_rate(opts.events_per_sec if opts.events_path else 0)
             if opts.metrics_addr:

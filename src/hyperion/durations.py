@@ -9,7 +9,11 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["MAX_DURATION_SECONDS", "format_duration", "parse_duration"]
+
+# The longest duration accepted (100 years): expiries are u64 nanoseconds on CLOCK_BOOTTIME, and
+# the slow path converts a TTL to nanoseconds in C, where a larger double would not fit.
+MAX_DURATION_SECONDS = 100 * 365 * 86400.0
 
 _UNIT_SECONDS: dict[str, float] = {
     "ms": 0.001,
@@ -34,33 +38,47 @@ def parse_duration(value: str | int | float) -> float:
     Raises ValueError (never TypeError) so pydantic validators can use it directly.
     """
     if isinstance(value, bool):  # bool is an int subclass; `ttl: yes` is a mistake
-        raise ValueError(f"invalid duration {value!r}: {_HINT}")
+        raise ValueError(f"invalid duration {_shown(value)}: {_HINT}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float: too long (or too negative)
+            seconds = 2 * MAX_DURATION_SECONDS if value > 0 else -1.0
     elif isinstance(value, str):
         seconds = _parse_string(value)
+        if seconds == math.inf:  # digits beyond any float: too long
+            seconds = 2 * MAX_DURATION_SECONDS
     else:
-        raise ValueError(f"invalid duration {value!r}: {_HINT}")
+        raise ValueError(f"invalid duration {_shown(value)}: {_HINT}")
     if not math.isfinite(seconds):
-        raise ValueError(f"invalid duration {value!r}: must be a finite number of seconds")
+        raise ValueError(f"invalid duration {_shown(value)}: must be a finite number of seconds")
     if seconds <= 0:
-        raise ValueError(f"invalid duration {value!r}: must be greater than zero")
+        raise ValueError(f"invalid duration {_shown(value)}: must be greater than zero")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"invalid duration {_shown(value)}: longer than the longest allowed, "
+                         f"{format_duration(MAX_DURATION_SECONDS)} (100 years)")
     return seconds
+
+
+def _shown(value: object) -> str:
+    """repr() of the value, shortened: a 400-digit TTL should not make a 400-character error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _parse_string(value: str) -> float:
     text = value.strip()
     if not text:
-        raise ValueError(f"invalid duration {value!r}: empty; {_HINT}")
+        raise ValueError(f"invalid duration {_shown(value)}: empty; {_HINT}")
     if text.startswith("-"):
-        raise ValueError(f"invalid duration {value!r}: must be greater than zero")
+        raise ValueError(f"invalid duration {_shown(value)}: must be greater than zero")
     if _PLAIN.fullmatch(text):
         return float(text)
     if _COMPOUND.fullmatch(text):
         return sum(
             float(number) * _UNIT_SECONDS[unit.lower()] for number, unit in _COMPONENT.findall(text)
         )
-    raise ValueError(f"invalid duration {value!r}: {_HINT}")
+    raise ValueError(f"invalid duration {_shown(value)}: {_HINT}")
 
 
 def format_duration(seconds: float) -> str:

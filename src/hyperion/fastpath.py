@@ -9,13 +9,15 @@ plane (or the CLI) opens the same pins and sees the same counters.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import ipaddress
 import json
 import os
 import socket
+import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ PIN_ROOT = Path(os.environ.get("HYPERION_PIN_ROOT", "/sys/fs/bpf/hyperion"))
 # Beside the pins (bpffs holds only BPF objects): the source of the applied policy.
 STATE_ROOT = Path(os.environ.get("HYPERION_STATE_ROOT", "/run/hyperion"))
 APPLIED_POLICY = "applied-policy.yaml"
+# Beside it: the total of dynamic blocks evicted by a full table to make room (see block_add_many).
+DYN_EVICTIONS = "dynamic-block-evictions"
 PROGRAM_NAME = "hyperion_xdp"
 LINK_PIN = "link"
 # A packet's run of the program takes microseconds; waiting this long after a
@@ -156,6 +160,7 @@ class FastPath:
         self._object = owned_object
         self._ncpus = libbpf.num_possible_cpus()
         self._dyn_value = packer(abi.DynBlock)
+        self._evictions = 0  # without pins (a detached program): counted here
         self._class_key = packer(abi.ClassKey)
 
     # ---- construction -------------------------------------------------------------------
@@ -323,6 +328,7 @@ class FastPath:
         if self.pin_dir is None:
             return
         state = STATE_ROOT / self.pin_dir.name
+        _private_dir(STATE_ROOT, parents=True)
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = state / f".{APPLIED_POLICY}.tmp"
         tmp.write_text(source_text)
@@ -424,8 +430,63 @@ class FastPath:
         return self.maps["hyp_dyn4" if address.version == 4 else "hyp_dyn6"]
 
     def block_add(self, address: IPAddress, ttl_seconds: float | None, rule_id: int = 0) -> None:
+        self.block_add_many([address], ttl_seconds, rule_id)
+
+    def block_add_many(self, addresses: Iterable[IPAddress], ttl_seconds: float | None, rule_id: int = 0) -> int:
+        """Blocks sources; returns how many older blocks the full LRU tables evicted to make room,
+        which is also added to dynamic_block_evictions(). The kernel does not count evictions:
+        they are the table's entries before, plus the new keys, minus its entries after (exact
+        when nothing else writes the table meanwhile; the slow path's workers write it directly)."""
         expires = 0 if ttl_seconds is None else boottime_ns() + int(ttl_seconds * 1e9)
-        self._dyn_map(address).update(address.packed, self._dyn_value.pack(expires, rule_id))
+        value = self._dyn_value.pack(expires, rule_id)
+        by_map: dict[str, dict[bytes, None]] = {}
+        for address in addresses:
+            by_map.setdefault("hyp_dyn4" if address.version == 4 else "hyp_dyn6", {})[address.packed] = None
+        evicted = 0
+        for name, keys in by_map.items():
+            dyn = self.maps[name]
+            before = self.dynamic_block_count(name)
+            new = 0
+            for key in keys:
+                new += dyn.lookup(key) is None
+                dyn.update(key, value)
+            evicted += max(0, before + new - self.dynamic_block_count(name))
+        if evicted:
+            self._add_evictions(evicted)
+        return evicted
+
+    def dynamic_block_count(self, name: str) -> int:
+        """Entries in hyp_dyn4 or hyp_dyn6 (expired ones included), with batch lookups."""
+        dyn = self.maps[name]
+        return dyn.lookup_batch(libbpf.map_info(dyn.fd).max_entries)[2]
+
+    def dynamic_block_evictions(self) -> int:
+        """Blocks evicted by a full table when blocks were added through block_add(_many) (the CLI's
+        `block add` included): kept beside the pins, so every process adds to one total."""
+        path = self._evictions_path()
+        if path is None:
+            return self._evictions
+        try:
+            return int(path.read_text() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def _evictions_path(self) -> Path | None:
+        return None if self.pin_dir is None else STATE_ROOT / self.pin_dir.name / DYN_EVICTIONS
+
+    def _add_evictions(self, count: int) -> None:
+        path = self._evictions_path()
+        if path is None:
+            self._evictions += count
+            return
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(path, "a+", encoding="ascii") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # one read-modify-write at a time across processes
+            f.seek(0)
+            total = int(f.read() or 0) + count
+            f.seek(0)
+            f.truncate()
+            f.write(str(total))
 
     def block_delete(self, address: IPAddress) -> bool:
         return self._dyn_map(address).delete(address.packed)
@@ -461,7 +522,7 @@ class FastPath:
                 for index, name in self.abi.policy_maps.items()}
         for name in ("hyp_dyn4", "hyp_dyn6"):
             dyn = self.maps[name]
-            fill[name] = (sum(1 for _ in dyn.iter_keys()), libbpf.map_info(dyn.fd).max_entries)
+            fill[name] = (self.dynamic_block_count(name), libbpf.map_info(dyn.fd).max_entries)
         return fill
 
     def program_info(self) -> dict[str, Any]:
@@ -567,8 +628,17 @@ def _pinned_link_ifindex(pin_dir: Path) -> int:
 def _make_pin_dir(pin_dir: Path) -> None:
     if not Path("/sys/fs/bpf").is_mount() and pin_dir.is_relative_to("/sys/fs/bpf"):
         raise HyperionError("bpffs is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")
-    pin_dir.parent.mkdir(mode=0o700, exist_ok=True)
-    pin_dir.mkdir(mode=0o700, exist_ok=True)
+    _private_dir(pin_dir.parent)
+    _private_dir(pin_dir)
+
+
+def _private_dir(directory: Path, parents: bool = False) -> None:
+    """Creates the directory 0700, or makes an existing one 0700, unless it is shared (a mount
+    point such as /sys/fs/bpf itself, or a sticky directory such as /tmp)."""
+    directory.mkdir(mode=0o700, parents=parents, exist_ok=True)
+    mode = directory.stat().st_mode
+    if not (mode & stat.S_ISVTX or directory.is_mount()) and mode & 0o777 != 0o700:
+        os.chmod(directory, 0o700)
 
 
 def _remove_pins(pin_dir: Path) -> None:

@@ -117,6 +117,10 @@ class FastPathCollector(Collector):
         for outcome, n in fp.event_stats().items():
             events.add_metric([outcome], n)
         yield events
+        yield CounterMetricFamily(
+            "hyperion_dynamic_block_evictions", "Dynamic blocks a full table evicted to make room for blocks added "
+            "by `hyperion block add` or the FastPath API (not counted for the slow path's block_source).",
+            value=fp.dynamic_block_evictions())
 
         settings = fp.settings()
         modes = {v: k for k, v in fp.abi.modes.items()}

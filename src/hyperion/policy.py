@@ -19,6 +19,7 @@ import difflib
 import json
 import os
 import re
+import reprlib
 import socket
 import stat
 from collections.abc import Hashable, Iterable, Mapping
@@ -73,6 +74,13 @@ __all__ = [
 
 _MAX_SHOWN = 60  # longest repr of a bad value quoted in an error line
 _MAX_PROBLEMS = 50  # a policy with thousands of bad entries should not flood the terminal
+# YAML aliases may add at most this many nodes to a document (beyond its own): a "billion laughs"
+# document is a few hundred bytes that expand to 10^9 nodes.
+_MAX_ALIAS_EXPANSION = 1_000_000
+# Bounded repr for containers: an aliased value can be a DAG of 10^9 leaves.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = _MAX_SHOWN, _MAX_SHOWN, _MAX_SHOWN
 
 PROTOCOL_NUMBERS: dict[str, int] = {"tcp": 6, "udp": 17}
 _PORTLESS_PROTOCOLS: dict[str, int] = {
@@ -125,7 +133,7 @@ class _ProblemListError(ValueError):
 
 def _show(value: object) -> str:
     """repr() of a user value, truncated so one error line stays readable."""
-    text = repr(value)
+    text = _REPR.repr(value) if isinstance(value, list | tuple | dict | set | frozenset) else repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
@@ -156,6 +164,8 @@ def _parse_network(value: object) -> IPv4Network | IPv6Network:
     if not isinstance(value, str):
         raise ValueError(f"{_show(value)} is {_kind(value)}, expected a CIDR like 192.0.2.0/24")
     text = value.strip()
+    if "%" in text:
+        raise ValueError(f"{_show(value)} has a zone index (%...); the fast path matches addresses without zones")
     try:
         return ip_network(text, strict=True)
     except ValueError:
@@ -188,6 +198,8 @@ def _parse_address(value: object) -> IPv4Address | IPv6Address:
             f"{_show(value)} has a prefix length; drop_ips takes single addresses, "
             "put networks in drop_cidrs"
         )
+    if "%" in text:
+        raise ValueError(f"{_show(value)} has a zone index (%...); the fast path matches addresses without zones")
     try:
         # inet_pton is ~7x faster than ip_address and as strict; it matters for
         # million-entry blocklists. Anything it refuses gets ip_address's verdict.
@@ -299,11 +311,20 @@ def _parse_domain(value: object) -> str:
     return name
 
 
+def _check_unicode(value: str) -> None:
+    """A JSON escape such as \\ud800 gives a lone surrogate, which no UTF-8 consumer accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{_show(value)} is not valid Unicode text ({exc.reason} at {exc.start})") from None
+
+
 def _parse_regex(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{_show(value)} is {_kind(value)}, expected a regular expression")
     if not value:
         raise ValueError(f"{_show(value)}: regex must not be empty")
+    _check_unicode(value)
     try:
         re.compile(value)
     except re.error as exc:
@@ -316,6 +337,7 @@ def _parse_literal(value: object) -> str:
         raise ValueError(f"{_show(value)} is {_kind(value)}, expected a string")
     if not value:
         raise ValueError(f"{_show(value)}: literal must not be empty")
+    _check_unicode(value)
     return value
 
 
@@ -625,6 +647,63 @@ class _StrictLoader(_SafeLoader):  # type: ignore[valid-type,misc]
         mapping: dict[Hashable, Any] = super().construct_mapping(node, deep=deep)
         return mapping
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """An integer int() refuses (more digits than sys.get_int_max_str_digits()) is a YAML error."""
+        try:
+            return int(super().construct_yaml_int(node))
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer of {len(node.value)} characters is too long", node.start_mark
+            ) from None
+
+    def get_single_data(self) -> Any:
+        """Composes the document, refuses alias bombs and recursive aliases, then constructs it."""
+        node = self.get_single_node()
+        if node is None:
+            return None
+        if getattr(self, "has_anchors", True):  # no anchor, no alias: skip the walk (large policies)
+            _check_aliases(node)
+        return self.construct_document(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Counts the nodes of the document with every alias expanded (each distinct node once,
+    shared ones by reference): more than _MAX_ALIAS_EXPANSION beyond its distinct nodes, or an
+    alias inside its own anchor, is an error. Iterative: libyaml allows 1000 levels of nesting."""
+    expanded: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        if children_done:
+            open_nodes.discard(key)
+            expanded[key] = 1 + sum(expanded[id(child)] for child in children)
+            if expanded[key] - len(expanded) > _MAX_ALIAS_EXPANSION:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"aliases expand the document beyond {_MAX_ALIAS_EXPANSION:,} more nodes "
+                    "(an alias bomb?)", node.start_mark)
+            continue
+        if key in expanded:
+            continue
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "an alias refers to a node that contains it (recursive document)", child.start_mark)
+            if id(child) not in expanded:
+                stack.append((child, False))
+
 
 class _DuplicateJsonKeyError(ValueError):
     pass
@@ -654,6 +733,7 @@ def _load_yaml(text: str) -> object:
         except ValueError:
             pass  # YAML flow style such as {mode: monitor}: not JSON, parse as YAML
     loader = _StrictLoader(text)
+    loader.has_anchors = "&" in text
     try:
         return loader.get_single_data()
     finally:
@@ -750,6 +830,8 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise _invalid(source, [_yaml_problem(exc)]) from None
     except RecursionError:
         raise _invalid(source, ["document is nested too deeply"]) from None
+    except UnicodeEncodeError as exc:  # a str argument with a lone surrogate (never from a UTF-8 file)
+        raise _invalid(source, [f"not valid Unicode text ({exc.reason} at {exc.start})"]) from None
     if document is None:
         raise _invalid(source, ["policy file is empty (use {} for a policy that blocks nothing)"])
     if not isinstance(document, dict):

@@ -1,0 +1,390 @@
+"""Least privilege: the daemon keeps only the capabilities it needs (hyperion/privileges.py), and
+the rest of the privilege surface: pins and state 0700, /metrics on loopback, no shell.
+
+- drop_privileges asks the kernel for exactly this: every other capability out of the bounding
+  set, the ambient set cleared, effective = permitted = the kept set, inheritable empty,
+  no_new_privs; it refuses when threads exist or a name is unknown (a recorder, no root).
+- A process holding only the kept set can do what the running daemon does (load the program,
+  create a reload's maps, pins, AF_XDP sockets with a 16 MiB UMEM, TUN devices) and cannot do
+  what needs CAP_SYS_ADMIN, which it does not need.
+- `hyperion run` in a sandbox: the daemon, each of its threads and its AF_XDP worker processes
+  hold exactly the documented set (bounding set included) with no_new_privs; DNS through the
+  slow path, a block_source written by a worker, a SIGHUP reload and the detach at exit work.
+- --keep-privileges keeps everything.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hyperion import privileges
+from hyperion.cli import build_parser
+from hyperion.daemon import DEFAULT_METRICS_ADDR
+from hyperion.errors import HyperionError
+from hyperion.fastpath import STATE_ROOT, FastPath, pin_dir_for
+from hyperion.metrics import parse_listen_address
+from hyperion.privileges import (
+    DAEMON_CAPABILITIES,
+    PR_CAP_AMBIENT,
+    PR_CAP_AMBIENT_CLEAR_ALL,
+    PR_CAPBSET_DROP,
+    PR_SET_NO_NEW_PRIVS,
+    current_capabilities,
+    daemon_capabilities,
+    drop_privileges,
+    mask_of,
+    parse_status,
+)
+from hyperion.sandbox import Sandbox, entered_netns
+from tests.netutil import Daemon, counter, generation, hyperion, send, settle, status, wait_for
+from tests.test_slowpath import dig, dnsmasq
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "hyperion"
+KEPT = frozenset(DAEMON_CAPABILITIES)
+
+
+# ---- drop_privileges against a recorder --------------------------------------------------------
+
+@dataclass
+class Recorder:
+    threads: int = 1
+    permitted_mask: int = (1 << 41) - 1
+    bounding: set[int] = field(default_factory=lambda: set(range(41)))
+    calls: list[tuple[object, ...]] = field(default_factory=list)
+
+    def thread_count(self) -> int:
+        return self.threads
+
+    def last_capability(self) -> int:
+        return 40
+
+    def permitted(self) -> int:
+        return self.permitted_mask
+
+    def bounding_has(self, capability: int) -> bool:
+        return capability in self.bounding
+
+    def prctl(self, option: int, arg2: int = 0) -> None:
+        self.calls.append(("prctl", option, arg2))
+
+    def capset(self, effective: int, permitted: int, inheritable: int) -> None:
+        self.calls.append(("capset", effective, permitted, inheritable))
+
+
+def test_drop_asks_for_exactly_the_kept_set() -> None:
+    recorder = Recorder(bounding=set(range(41)) - {5})  # CAP_KILL already out of the bounding set
+    kept = drop_privileges(["CAP_BPF", "net_admin"], recorder)
+    assert kept == {"CAP_BPF", "CAP_NET_ADMIN"}
+    mask = (1 << 39) | (1 << 12)
+    assert recorder.calls == [
+        *[("prctl", PR_CAPBSET_DROP, cap) for cap in range(41) if cap not in (5, 12, 39)],
+        ("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL),
+        ("capset", mask, mask, 0),
+        ("prctl", PR_SET_NO_NEW_PRIVS, 1),
+    ]
+
+
+def test_drop_keeps_only_what_the_process_has() -> None:
+    recorder = Recorder(permitted_mask=(1 << 12) | (1 << 8))  # no CAP_BPF to keep; CAP_SETPCAP to drop
+    assert drop_privileges(["CAP_BPF", "CAP_NET_ADMIN"], recorder) == {"CAP_NET_ADMIN"}
+    assert ("capset", 1 << 12, 1 << 12, 0) in recorder.calls
+
+
+def test_without_setpcap_the_bounding_set_is_left_alone() -> None:
+    recorder = Recorder(permitted_mask=(1 << 12) | (1 << 39))
+    assert drop_privileges(["CAP_BPF", "CAP_NET_ADMIN"], recorder) == {"CAP_BPF", "CAP_NET_ADMIN"}
+    mask = (1 << 12) | (1 << 39)
+    assert recorder.calls == [("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL), ("capset", mask, mask, 0),
+                              ("prctl", PR_SET_NO_NEW_PRIVS, 1)]
+
+
+@pytest.mark.parametrize("threads,keep,message", [
+    (3, DAEMON_CAPABILITIES, "capabilities are per thread: drop them before starting threads (3 running)"),
+    (1, ["CAP_BPF", "CAP_FLY"], "unknown capability 'CAP_FLY'"),
+])
+def test_drop_refuses_before_changing_anything(threads: int, keep: list[str], message: str) -> None:
+    recorder = Recorder(threads=threads)
+    with pytest.raises(HyperionError) as caught:
+        drop_privileges(keep, recorder)
+    assert str(caught.value) == message
+    assert recorder.calls == []
+
+
+def test_status_parsing() -> None:
+    text = ("Name:\tpython\nCapInh:\t0000000000000000\nCapPrm:\t000000c000003000\nCapEff:\t000000c000001000\n"
+            "CapBnd:\t000000c000007000\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n")
+    caps = parse_status(text)
+    assert caps.permitted == {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW"}
+    assert caps.effective == {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"}
+    assert caps.bounding == {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK"}
+    assert caps.inheritable == caps.ambient == frozenset()
+    assert caps.no_new_privs
+
+
+@pytest.mark.parametrize("addr,extra", [(DEFAULT_METRICS_ADDR, ()), (None, ()), ("[::1]:9100", ()),
+                                        ("127.0.0.1:443", ("CAP_NET_BIND_SERVICE",))])
+def test_daemon_capabilities(addr: str | None, extra: tuple[str, ...]) -> None:
+    assert daemon_capabilities(addr) == (*DAEMON_CAPABILITIES, *extra)
+
+
+def test_metrics_listen_on_loopback_by_default() -> None:
+    args = build_parser().parse_args(["run", "--iface", "x0", "--policy", "p.yaml"])
+    assert args.metrics_addr == DEFAULT_METRICS_ADDR
+    assert ipaddress.ip_address(parse_listen_address(args.metrics_addr)[0]).is_loopback
+    assert not args.keep_privileges
+
+
+# ---- no shell built from data -------------------------------------------------------------------
+
+SUBPROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output"}
+
+
+def _shell_uses(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+        if any(k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+               for k in node.keywords):
+            found.append(f"line {node.lineno}: shell=")
+        if (owner, name) in {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"),
+                             ("subprocess", "getstatusoutput")}:
+            found.append(f"line {node.lineno}: {owner}.{name}")
+        if owner == "subprocess" and name in SUBPROCESS_CALLS and node.args and isinstance(
+                node.args[0], ast.Constant | ast.JoinedStr | ast.BinOp):
+            found.append(f"line {node.lineno}: subprocess.{name} with a command string")
+    return found
+
+
+def test_no_shell_is_ever_built() -> None:
+    """Commands run with argument vectors: nothing from a policy or a packet reaches a shell."""
+    offenders = {str(path.relative_to(SRC)): uses for path in sorted(SRC.rglob("*.py"))
+                 if (uses := _shell_uses(ast.parse(path.read_text(), str(path))))}
+    assert offenders == {}
+    # The check itself finds each form.
+    bad = "import os, subprocess\nos.system('x')\nsubprocess.run('ls ' + p, shell=True)\nsubprocess.Popen(f'{x}')\n"
+    assert _shell_uses(ast.parse(bad)) == ["line 2: os.system", "line 3: shell=",
+                                           "line 3: subprocess.run with a command string",
+                                           "line 4: subprocess.Popen with a command string"]
+
+
+# ---- the kept set, for real ----------------------------------------------------------------------
+
+PROBE = r"""
+import json, os, socket, ctypes, fcntl, struct, mmap, sys
+from hyperion.privileges import drop_privileges, current_capabilities, DAEMON_CAPABILITIES
+from hyperion import libbpf
+from hyperion.compiler import PolicyCompiler
+from hyperion.fastpath import FastPath
+from hyperion.policy import parse_policy
+from hyperion.testrun import run_xdp
+
+drop_privileges(DAEMON_CAPABILITIES)
+out = {"effective": sorted(current_capabilities().effective)}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except Exception as exc:
+        out[name] = os.strerror(exc.errno) if getattr(exc, "errno", 0) else repr(exc)
+fastpath, prog_fd = FastPath.load_detached()
+out["program_load"] = "ok"
+policy = parse_policy("fast_path: {drop_cidrs: ['203.0.113.0/24'], drop_ips: ['198.51.100.1'], "
+                      "redirect_ports: [{protocol: udp, port: 53}]}")
+attempt("reload_maps", lambda: fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy)))
+attempt("test_run", lambda: run_xdp(prog_fd, bytes(64)))
+def pin_and_get():
+    libbpf.obj_pin(fastpath.maps["hyp_config"].fd, sys.argv[1])
+    try:
+        os.close(libbpf.obj_get(sys.argv[1]))
+    finally:
+        os.unlink(sys.argv[1])
+attempt("pin_and_obj_get", pin_and_get)
+def umem():
+    with socket.socket(44, socket.SOCK_RAW, 0) as xsk:  # AF_XDP
+        area = mmap.mmap(-1, 4096 * 4096)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(area))
+        xsk.setsockopt(283, 4, struct.pack("QQIIII", address, 4096 * 4096, 4096, 0, 0, 0))  # XDP_UMEM_REG
+attempt("af_xdp_umem_16MiB", umem)
+def tun():
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", sys.argv[2].encode(), 0x1001))
+    finally:
+        os.close(fd)
+attempt("tun_device", tun)
+info = libbpf.prog_info(prog_fd)
+attempt("prog_get_fd_by_id", lambda: libbpf.check(libbpf.lib().bpf_prog_get_fd_by_id(info.id), "by id"))
+print(json.dumps(out))
+"""
+
+
+def test_the_kept_set_does_what_the_daemon_does_and_no_more(sandbox: Sandbox) -> None:
+    pin = f"/sys/fs/bpf/{sandbox.prefix}-probe"
+    proc = sandbox.exec(sandbox.host_ns, [sys.executable, "-c", PROBE, pin, f"{sandbox.prefix}t"], check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "effective": sorted(KEPT), "program_load": "ok", "reload_maps": "ok", "test_run": "ok",
+        "pin_and_obj_get": "ok", "af_xdp_umem_16MiB": "ok", "tun_device": "ok",
+        "prog_get_fd_by_id": "Operation not permitted",  # CAP_SYS_ADMIN is gone (and not needed)
+    }
+
+
+# ---- the daemon ------------------------------------------------------------------------------------
+
+POLICY = """
+fast_path:
+  redirect_ports: [{protocol: udp, port: 53, on_failure: drop}]
+slow_path:
+  dns_rules:
+    - {match: "c2.test", action: block_source, ttl: 10m}
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _thread_capabilities(pid: int) -> dict[int, privileges.Capabilities]:
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            found[int(tid)] = current_capabilities(pid, int(tid))
+        except FileNotFoundError:  # a short-lived thread ended meanwhile
+            continue
+    return found
+
+
+def _listening_tcp(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of the process's own listening TCP sockets (IPv4 and IPv6)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    sockets = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN, and ours
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
+                packed = raw[::-1] if table == "tcp" else b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                sockets.add((str(ipaddress.ip_address(packed)), int(port, 16)))
+    return sockets
+
+
+@pytest.fixture
+def protected(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Sandbox, Daemon, Path]]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    server = dnsmasq(sandbox)
+    daemon = Daemon(sandbox, policy, "--no-watch").start()
+    try:
+        wait_for(lambda: dig(sandbox, "good.test") == "NOERROR 203.0.113.80", 10)
+        yield sandbox, daemon, policy
+    finally:
+        daemon.stop()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_daemon_keeps_only_the_documented_capabilities(protected: tuple[Sandbox, Daemon, Path]) -> None:
+    sb, daemon, policy = protected
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    assert "hyperion.cli" in Path(f"/proc/{pid}/cmdline").read_text()
+    expected = privileges.Capabilities(effective=KEPT, permitted=KEPT, inheritable=frozenset(), bounding=KEPT,
+                                       ambient=frozenset(), no_new_privs=True)
+    threads = _thread_capabilities(pid)
+    assert len(threads) > 1  # metrics, watchdog, control...: all started after the drop
+    assert threads == {t: expected for t in threads}
+    workers = [child for child in _children(pid) if "hyperion.worker" in Path(f"/proc/{child}/cmdline").read_text()]
+    assert len(workers) == 1  # one rx queue
+    assert current_capabilities(workers[0]) == expected
+    assert _listening_tcp(pid) == {("127.0.0.1", 2112)}
+    assert STATE_ROOT.stat().st_mode & 0o777 == 0o700
+
+    # The slow path works with them: DNS inspected and delivered through the TUN device (above),
+    # and a worker writes the dynamic blocklist.
+    sb.add_client_address("198.51.100.10")
+    assert dig(sb, "c2.test", source="198.51.100.10") == "TIMEOUT"
+    assert [b["address"] for b in json.loads(hyperion(sb, "block", "list", "--json").stdout)] == ["198.51.100.10"]
+    # A reload creates new maps (CAP_BPF) and changes the slow path's rules.
+    policy.write_text(POLICY.replace("redirect_ports:", 'drop_ips: ["198.51.100.20"]\n  redirect_ports:'))
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: generation(sb) == 2, 10)
+    sb.add_client_address("198.51.100.20")
+    before = counter(status(sb), "drop", "blocklist_ip")
+    send(sb, "198.51.100.20", count=5)
+    settle()
+    assert counter(status(sb), "drop", "blocklist_ip") - before == 5
+    assert dig(sb, "good.test") == "NOERROR 203.0.113.80"
+    code, err = daemon.stop()
+    assert code == 0, err
+    assert "capabilities dropped; kept CAP_BPF, CAP_IPC_LOCK, CAP_NET_ADMIN, CAP_NET_RAW, CAP_PERFMON" in err
+    with entered_netns(sb.host_ns):
+        assert not pin_dir_for(sb.host_if).exists()  # detached at exit with the reduced set
+
+
+def test_keep_privileges_opts_out(sandbox: Sandbox, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('fast_path:\n  drop_ips: ["198.51.100.42"]\n')
+    daemon = Daemon(sandbox, policy, "--keep-privileges", "--no-watch").start()
+    try:
+        assert daemon.proc is not None
+        assert current_capabilities(daemon.proc.pid).effective == current_capabilities().effective
+    finally:
+        code, err = daemon.stop()
+    assert code == 0 and "capabilities dropped" not in err
+
+
+# ---- pinned state -------------------------------------------------------------------------------
+
+def test_pin_directories_are_0700_even_when_they_existed_wider(sandbox: Sandbox) -> None:
+    root = Path(f"/sys/fs/bpf/hyp-{secrets.token_hex(4)}")
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    try:
+        with entered_netns(sandbox.host_ns):
+            pin_dir = pin_dir_for(sandbox.host_if, root)
+            pin_dir.mkdir(mode=0o777)
+            os.chmod(pin_dir, 0o777)
+            with FastPath.attach(sandbox.host_if, pin_root=root):
+                assert (root.stat().st_mode & 0o777, pin_dir.stat().st_mode & 0o777) == (0o700, 0o700)
+                assert {p.stat().st_mode & 0o777 for p in pin_dir.iterdir()} == {0o600}
+            assert FastPath.detach(sandbox.host_if, pin_root=root)
+    finally:
+        with entered_netns(sandbox.host_ns):
+            FastPath.detach(sandbox.host_if, pin_root=root)
+        root.rmdir()
+
+
+def test_capability_numbers() -> None:
+    assert mask_of(DAEMON_CAPABILITIES) == (1 << 39) | (1 << 38) | (1 << 12) | (1 << 13) | (1 << 14)
+    assert privileges.capability_name(41) == "CAP_41"  # a kernel newer than the table
