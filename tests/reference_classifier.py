@@ -55,29 +55,6 @@ ACTION_OF_VERDICT = {"pass": "pass", "drop": "drop", "redirect": "redirect", "wo
                      "would_redirect": "pass"}
 
 
-@dataclass(frozen=True)
-class Quirks:
-    """Known deviations of the current program from the documented semantics.
-
-    The default models the program as it is, so the differential test passes on it; each quirk
-    has an xfail(strict=True) test showing the documented behaviour with a concrete packet, which
-    starts passing (and so fails as XPASS) once the program is fixed: then flip the default here.
-    """
-
-    # parsing.h checks IPv6 extension headers against the end of the frame, not the end of the
-    # datagram (40 + payload length): a header that overruns the datagram into trailing bytes
-    # is accepted, where the L4 checks would have called it truncated.
-    exthdr_bounded_by_frame: bool = True
-    # parsing.h keeps walking after a non-first fragment header, reading fragment data as
-    # further extension headers (so a valid non-first fragment can be dropped as
-    # truncated_exthdr or too_many_exthdrs) instead of stopping: there is nothing to classify.
-    walks_past_nonfirst_fragment: bool = True
-
-
-PROGRAM_QUIRKS = Quirks()
-DOCUMENTED = Quirks(exthdr_bounded_by_frame=False, walks_past_nonfirst_fragment=False)
-
-
 class Malformed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -97,7 +74,7 @@ def _u16(frame: bytes, offset: int) -> int:
     return int(struct.unpack_from("!H", frame, offset)[0])
 
 
-def parse(frame: bytes, quirks: Quirks = PROGRAM_QUIRKS) -> Parsed:
+def parse(frame: bytes) -> Parsed:
     """The parse stage; raises Malformed with the reason."""
     if len(frame) < ETH_HLEN:
         raise Malformed("truncated_eth")
@@ -113,7 +90,7 @@ def parse(frame: bytes, quirks: Quirks = PROGRAM_QUIRKS) -> Parsed:
     if ethertype == 0x0800:
         parsed, l4, end = _ipv4(frame, pos)
     elif ethertype == 0x86DD:
-        parsed, l4, end = _ipv6(frame, pos, quirks)
+        parsed, l4, end = _ipv6(frame, pos)
     else:
         return Parsed(0)
     if parsed.nonfirst_fragment:
@@ -139,7 +116,7 @@ def _ipv4(frame: bytes, pos: int) -> tuple[Parsed, int, int]:
     return Parsed(4, source, frame[pos + 9], 0, nonfirst), pos + header, pos + total
 
 
-def _ipv6(frame: bytes, pos: int, quirks: Quirks) -> tuple[Parsed, int, int]:
+def _ipv6(frame: bytes, pos: int) -> tuple[Parsed, int, int]:
     if pos + 40 > len(frame):
         raise Malformed("truncated_ipv6")
     if frame[pos] >> 4 != 6:
@@ -148,7 +125,7 @@ def _ipv6(frame: bytes, pos: int, quirks: Quirks) -> tuple[Parsed, int, int]:
     if end > len(frame):
         raise Malformed("bad_ip_length")
     source = ipaddress.IPv6Address(frame[pos + 8:pos + 24])
-    bound = len(frame) if quirks.exthdr_bounded_by_frame else end
+    bound = end  # extension headers must fit in the datagram its header claims
     nexthdr, cur, nonfirst = frame[pos + 6], pos + 40, False
     for _ in range(IPV6_EXT_MAX + 1):  # up to IPV6_EXT_MAX headers, then the upper layer
         if nexthdr in IPV6_OPTION_HEADERS:
@@ -161,10 +138,8 @@ def _ipv6(frame: bytes, pos: int, quirks: Quirks) -> tuple[Parsed, int, int]:
         elif nexthdr == IPV6_FRAGMENT:
             if cur + 8 > bound:
                 raise Malformed("truncated_exthdr")
-            if _u16(frame, cur + 2) & 0xFFF8:
-                nonfirst = True
             nexthdr, cur = frame[cur], cur + 8
-            if nonfirst and not quirks.walks_past_nonfirst_fragment:
+            if _u16(frame, cur - 8 + 2) & 0xFFF8:  # non-first: fragment data follows, not headers
                 return Parsed(6, source, nexthdr, 0, True), cur, end
         else:
             return Parsed(6, source, nexthdr, 0, nonfirst), cur, end
@@ -201,7 +176,6 @@ class ReferenceFastPath:
     policy: Policy
     # address -> still in force (False: an entry whose expiry has passed, ignored by the program)
     dynamic_blocks: Mapping[IPAddress, bool] = field(default_factory=dict)
-    quirks: Quirks = PROGRAM_QUIRKS
     socket_on_queue: bool = False
 
     def __post_init__(self) -> None:
@@ -225,7 +199,7 @@ class ReferenceFastPath:
 
     def _judge(self, frame: bytes) -> tuple[str, str]:
         try:
-            packet = parse(frame, self.quirks)
+            packet = parse(frame)
         except Malformed as exc:
             return "drop", exc.reason
         if packet.version == 0 or packet.source is None:

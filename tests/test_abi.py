@@ -72,3 +72,9 @@ def test_every_map_python_uses_exists_in_the_object(abi: Abi) -> None:
 def test_missing_btf_type_is_a_clear_error(abi: Abi) -> None:
     with pytest.raises(AbiError, match="no BTF type 'hyp_nonexistent'"):
         abi.btf.struct("hyp_nonexistent")
+
+
+def test_capacities_sharing_a_value_are_all_kept(abi: Abi) -> None:
+    assert abi.capacity["block_cidr"] == abi.capacity["event_ring_bytes"] == 262144
+    assert {"allow", "block_cidr", "block_ip", "dyn_block", "classes", "class_stats", "event_ring_bytes",
+            "queues", "generations"} <= set(abi.capacity)

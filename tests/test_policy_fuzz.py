@@ -437,3 +437,19 @@ def test_reload_never_replaces_the_running_policy_with_an_invalid_one(
         assert running == bool(expected.fast_path.redirect_ports)
     else:
         assert daemon.policy is policy and fastpath.generation == generation
+
+
+def test_an_unexpected_error_during_reload_keeps_the_running_policy(
+        reloading: tuple[Daemon, RecordingFastPath, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only PolicyError: a bug anywhere in loading or compiling must not end the daemon."""
+    daemon, fastpath, path = reloading
+    path.write_text("fast_path:\n  drop_ips: ['198.51.100.43']\n")
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug in the compiler")
+
+    monkeypatch.setattr(daemon_module.PolicyCompiler, "compile", broken)
+    policy, generation, errors = daemon.policy, fastpath.generation, daemon.reloads.results["error"]
+    assert daemon.reload() is False
+    assert daemon.policy is policy and fastpath.generation == generation
+    assert daemon.reloads.results["error"] == errors + 1

@@ -57,9 +57,7 @@ from tests import test_xdp_fixtures as fixtures
 from tests.conftest import program_with_policy
 from tests.reference_classifier import (
     ACTION_OF_VERDICT,
-    DOCUMENTED,
     IPV6_EXT_MAX,
-    PROGRAM_QUIRKS,
     ReferenceFastPath,
 )
 
@@ -128,6 +126,9 @@ TRAILER = st.binary(min_size=1, max_size=40)
 UP_TO_4, UP_TO_6, ONE_TO_3, ONE_IN_6 = st.integers(0, 4), st.integers(0, 6), st.integers(1, 3), st.integers(0, 5)
 
 
+SHORT_OR_ANY_OFFSET = st.one_of(st.integers(0, 4), NIBBLE)  # below 5 is bad_tcp_offset: make it common
+
+
 def l4_bytes(draw: st.DrawFn, version: int) -> tuple[int, bytes]:
     """(IP protocol number, the upper-layer bytes) built by scapy, lengths sometimes wrong."""
     kind = draw(L4_KIND)
@@ -136,7 +137,7 @@ def l4_bytes(draw: st.DrawFn, version: int) -> tuple[int, bytes]:
     if kind == "tcp":
         layer = TCP(sport=draw(PORT), dport=draw(PORT), flags=draw(BYTE), options=[("NOP", None)] * draw(TCP_OPTIONS))
         if draw(ONE_IN_8) == 0:
-            layer.dataofs = draw(NIBBLE)
+            layer.dataofs = draw(SHORT_OR_ANY_OFFSET)
         return 6, bytes(layer / payload)
     if kind == "udp":
         layer = UDP(sport=draw(PORT), dport=draw(PORT))
@@ -371,7 +372,7 @@ def _target(policy_text: str) -> Iterator[Target]:
         for address, active in DYNAMIC.items():
             fastpath.block_add(ipaddress.ip_address(address), ttl_seconds=3600 if active else -1.0)
         dynamic = {ipaddress.ip_address(a): active for a, active in DYNAMIC.items()}
-        reference = ReferenceFastPath(parse_policy(policy_text), dynamic, PROGRAM_QUIRKS)
+        reference = ReferenceFastPath(parse_policy(policy_text), dynamic)
         yield Target(fastpath, prog_fd, reference, CounterWatch(fastpath))
 
 
@@ -470,7 +471,7 @@ def _judged(target: Target, frame: bytes) -> tuple[str, str]:
 @pytest.mark.parametrize("count,expected", EXTHDR_LIMIT, ids=[f"{c}-headers" for c, _ in EXTHDR_LIMIT])
 def test_extension_header_limit(program: Target, count: int, expected: tuple[str, str]) -> None:
     frame = _chain(count)
-    assert ReferenceFastPath(parse_policy(POLICY), quirks=DOCUMENTED).judge(frame) == expected
+    assert ReferenceFastPath(parse_policy(POLICY)).judge(frame) == expected
     assert _judged(program, frame) == expected
 
 
@@ -484,24 +485,13 @@ OVERRUNNING_EXTHDR = (bytes(ETH / IPv6(src=CLEAN6, dst="2001:db8:1::1", nh=60, p
                       + bytes([59, 1]) + bytes(14))
 
 
-DEVIATIONS = [(NONFIRST_FRAGMENT, ("pass", "fragment"), ("drop", "truncated_exthdr")),
-              (OVERRUNNING_EXTHDR, ("drop", "truncated_exthdr"), ("pass", "no_match"))]
-DEVIATION_IDS = ["nonfirst-fragment-walked", "exthdr-beyond-payload-length"]
+REGRESSIONS = [(NONFIRST_FRAGMENT, ("pass", "fragment")), (OVERRUNNING_EXTHDR, ("drop", "truncated_exthdr"))]
+REGRESSION_IDS = ["nonfirst-fragment-not-walked", "exthdr-beyond-payload-length"]
 
 
-@pytest.mark.parametrize("frame,documented,program_today", DEVIATIONS, ids=DEVIATION_IDS)
-def test_quirks_model_the_deviations(frame: bytes, documented: tuple[str, str],
-                                     program_today: tuple[str, str]) -> None:
-    """PROGRAM_QUIRKS (what the fuzz test compares against) differ from the documented semantics
-    exactly on these frames; the fuzz test shows the program gives program_today."""
-    assert ReferenceFastPath(parse_policy(POLICY), quirks=DOCUMENTED).judge(frame) == documented
-    assert ReferenceFastPath(parse_policy(POLICY), quirks=PROGRAM_QUIRKS).judge(frame) == program_today
-
-
-@pytest.mark.xfail(strict=True, reason="bpf/lib/parsing.h parse_ipv6 keeps walking after a non-first fragment "
-                   "header and bounds extension headers by the frame, not the payload length; once fixed, "
-                   "make PROGRAM_QUIRKS in tests/reference_classifier.py the DOCUMENTED semantics")
-@pytest.mark.parametrize("frame,documented,program_today", DEVIATIONS, ids=DEVIATION_IDS)
-def test_documented_semantics_for_the_deviations(program: Target, frame: bytes, documented: tuple[str, str],
-                                                 program_today: tuple[str, str]) -> None:
-    assert _judged(program, frame) == documented
+@pytest.mark.parametrize("frame,expected", REGRESSIONS, ids=REGRESSION_IDS)
+def test_fixed_parser_bugs_stay_fixed(program: Target, frame: bytes, expected: tuple[str, str]) -> None:
+    """Found by this fuzzer: the parser walked on after a non-first fragment header (reading
+    fragment data as headers) and bounded extension headers by the frame, not the datagram."""
+    assert ReferenceFastPath(parse_policy(POLICY)).judge(frame) == expected
+    assert _judged(program, frame) == expected

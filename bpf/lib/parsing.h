@@ -147,24 +147,30 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 		case HYP_IPPROTO_DSTOPTS:
 		case HYP_IPPROTO_AH:
 			opt = nh->pos;
-			if ((void *)(opt + 1) > data_end)
+			/* Within the frame and within the datagram its header claims. */
+			if ((void *)(opt + 1) > data_end || (void *)(opt + 1) > pkt->l3_end)
 				return HYP_REASON_TRUNCATED_EXTHDR;
 			/* AH counts 4-byte units minus 2, the others 8-byte units minus 1. */
 			ext_len = nexthdr == HYP_IPPROTO_AH ? ((__u32)opt->hdrlen + 2) * 4
 							    : ((__u32)opt->hdrlen + 1) * 8;
-			if ((void *)opt + ext_len > data_end)
+			if ((void *)opt + ext_len > data_end || (void *)opt + ext_len > pkt->l3_end)
 				return HYP_REASON_TRUNCATED_EXTHDR;
 			nexthdr = opt->nexthdr;
 			nh->pos = (void *)opt + ext_len;
 			break;
 		case HYP_IPPROTO_FRAGMENT:
 			frag = nh->pos;
-			if ((void *)(frag + 1) > data_end)
+			if ((void *)(frag + 1) > data_end || (void *)(frag + 1) > pkt->l3_end)
 				return HYP_REASON_TRUNCATED_EXTHDR;
-			if (bpf_ntohs(frag->frag_off) & 0xFFF8)
-				pkt->nonfirst_fragment = 1;
 			nexthdr = frag->nexthdr;
 			nh->pos = frag + 1;
+			if (bpf_ntohs(frag->frag_off) & 0xFFF8) {
+				/* What follows is the middle of the fragmented payload, not
+				 * headers: nothing more to parse. */
+				pkt->nonfirst_fragment = 1;
+				pkt->l4_protocol = nexthdr;
+				return HYP_PARSE_OK;
+			}
 			break;
 		default:
 			pkt->l4_protocol = nexthdr;

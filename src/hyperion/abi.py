@@ -202,8 +202,10 @@ class Abi:
         self.fallbacks = {
             label: value for value, label in _labels(self.btf.enum("hyp_fallback"), "HYP_FALLBACK_").items()
         }
+        # By name: capacities may share a value (block_cidr and event_ring_bytes are both 262144).
         self.capacity = {
-            label: value for value, label in _labels(self.btf.enum("hyp_capacity"), "HYP_CAP_").items()
+            name[len("HYP_CAP_"):].lower(): value for name, value in self.btf.enum("hyp_capacity").items()
+            if name.startswith("HYP_CAP_")
         }
         # hyp_policy_map index -> pinned map name.
         self.policy_maps = {

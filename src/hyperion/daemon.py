@@ -113,6 +113,10 @@ class Daemon:
             self.reloads.record(ok=False)
             log.error("reload rejected, running policy kept: %s", exc)
             return False
+        except Exception:  # a bug in a loader or compiler must not take enforcement down with it
+            self.reloads.record(ok=False)
+            log.exception("reload failed unexpectedly, running policy kept")
+            return False
         self.reloads.record(ok=True)
         log.info("policy reloaded from %s: generation %d", self.options.policy_path, generation)
         return True

@@ -293,6 +293,7 @@ class FastPath:
         self._register_class_counters(compiled)
         config.active_slot = target  # events_per_sec is kept as it is
         self.maps["hyp_config"].update(bytes(4), bytes(config))
+        self._prune_class_counters(compiled)
         return int(settings.generation)
 
     def _register_class_counters(self, compiled: CompiledPolicy) -> None:
@@ -306,6 +307,15 @@ class FastPath:
             except BpfError as exc:
                 if exc.errno != 17:  # EEXIST: already counting
                     raise
+
+    def _prune_class_counters(self, compiled: CompiledPolicy) -> None:
+        """After the flip, the counters of classes the new policy no longer has go (their series
+        end): the table holds at most two policies' classes, never the history of every one."""
+        image = compiled.images[CLASSES_MAP]
+        keep = {key for key, _ in image.entries(self._class_key.size, ctypes.sizeof(self.abi.ClassValue))}
+        stats = self.maps["hyp_class_stats"]
+        for key in [k for k in stats.iter_keys() if k not in keep]:
+            stats.delete(key)
 
     def _build_inner(self, name: str, image: Any) -> libbpf.MapFd:
         t = self.templates[name]

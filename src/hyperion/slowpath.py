@@ -601,10 +601,15 @@ class SlowPath:
         if detection is None:
             return
         if detection.reason == "xsk_map_entry_missing":
-            # A dying worker's socket leaves xsk_map before the process is reaped: tell them apart.
+            # A dying worker's socket leaves xsk_map before the process is reaped: tell them apart
+            # (the kernel marks a task exiting before it closes its files).
+            exiting = _process_exiting(worker.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.proc.wait(timeout=0.05)
-                detection = Detection("fenced", "worker_exited", _exit_detail(worker), detection.detection_seconds)
+                worker.proc.wait(timeout=0.2 if exiting else 0.05)
+                exiting = True
+            if exiting:
+                detection = Detection("fenced", "worker_exited", worker.exiting or _exit_detail(worker),
+                                      detection.detection_seconds)
         if detection.to_state == "fenced":
             self._fence(mq, detection.reason, detection.detail, detection.detection_seconds)
             mq.next_attempt = now
@@ -836,6 +841,19 @@ class SlowPath:
                 "protocol": PROTOCOLS.get(protocol, protocol), "src_port": sport, "dst_port": dport,
                 "qname": qname or None, "qtype": qtype or None,
             })
+
+
+_PF_EXITING = 0x00000004
+
+
+def _process_exiting(pid: int) -> bool:
+    """The task is gone or in do_exit (PF_EXITING in /proc/PID/stat's flags, field 9)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
 
 
 def _exit_detail(worker: WorkerProcess) -> str:
