@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -135,7 +136,15 @@ def test_tcpreplay_counters_equal_the_replay_predictions(sandbox: Sandbox, tmp_p
         predicted[(row["verdict"], row["reason"])] += 1
     hyperion(sb, "attach", "--iface", sb.host_if, "--policy", str(policy))
     try:
-        before = {(c["verdict"], c["reason"]): c["packets"] for c in status(sb)["counters"]}
+        # The link's own start-up chatter (MLD reports, within about a second of the addresses
+        # being set) must be over: wait until the counters stand still for 1.2 s.
+        before: dict[tuple[str, str], int] = {}
+        for _ in range(5):
+            seen = {(c["verdict"], c["reason"]): c["packets"] for c in status(sb)["counters"]}
+            if seen == before:
+                break
+            before = seen
+            time.sleep(1.2)
         sb.exec(sb.client_ns, ["tcpreplay", "-q", "-i", sb.client_if, str(capture)])
         settle()
         after = {(c["verdict"], c["reason"]): c["packets"] for c in status(sb)["counters"]}

@@ -264,6 +264,9 @@ class Sandbox:
         # No duplicate address detection: addresses (link-local too) are usable at once,
         # so the first test packet does not race neighbour discovery.
         self.exec(ns, ["sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0"])
+        # No router solicitations (sent 1-4 s after link up, then every 4 s): they would
+        # cross the link in the middle of a test and be counted by the fast path.
+        self.exec(ns, ["sysctl", "-qw", f"net.ipv6.conf.{ifname}.router_solicitations=0"])
         self.exec(ns, ["sysctl", "-qw", f"net.ipv4.conf.{ifname}.rp_filter=0"])
         self.ip(ns, "addr", "add", f"{v4}/24", "dev", ifname)
         self.ip(ns, "-6", "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
