@@ -147,9 +147,10 @@ OVERSIZED = [
      "fast_path.allow_cidrs: 16385 entries for map hyp_allow6, which holds at most 16384; nothing was changed"),
 ]
 def policy_counters(st: dict[str, Any]) -> dict[tuple[str, str], int]:
-    """Counters of the policy's stages (link chatter such as router solicitations passes as no_match)."""
+    """Counters of the policy's stages. Link chatter (MLD reports in the first second of a link)
+    passes as no_match, or as no_config when it lands between attach and the policy's apply."""
     return {(c["verdict"], c["reason"]): c["packets"] for c in st["counters"]
-            if c["reason"] not in ("no_match", "non_ip")}
+            if c["reason"] not in ("no_match", "non_ip", "no_config")}
 
 
 GOOD_POLICY = 'fast_path:\n  drop_ips: ["198.51.100.42"]\n  redirect_ports: [{protocol: udp, port: 53}]\n'
