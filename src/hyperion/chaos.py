@@ -299,6 +299,9 @@ def _inject(name: str, sb: Sandbox, daemon: DaemonUnderTest, queue: int, notes: 
 
         def restore() -> None:
             notes.append(f"restore: channels -> {daemon.request('restore').get('channels')}")
+            # Steer traffic back only once the queue serves again, as an operator would: until
+            # then it is fenced, and a fail-closed class would drop what reaches it.
+            daemon.wait_active(timeout=10)
             with entered_netns(sb.client_ns):
                 set_channels(sb.client_if, queue + 1)
         return restore

@@ -684,7 +684,16 @@ class SlowPath:
                 self._fence(mq, "not_steered", "withdrawn by the operator", graceful=True)
             elif mq.queue_id >= queue_id:
                 self._move(mq, "fenced", "not_steered", "withdrawn by the operator")
-        set_channels(self.ifname, queue_id)
+        # The kernel releases a closed socket's hold on its queue asynchronously; until then it
+        # refuses fewer channels ("too low for existing ... AF_XDP sockets"): retry for 2 s.
+        for attempt in range(20):
+            try:
+                set_channels(self.ifname, queue_id)
+                break
+            except SlowPathError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
         self._channels = queue_id
         return {"channels": queue_id, "was": total}
 
