@@ -137,6 +137,22 @@ class Detection:
     detection_seconds: float | None = None
 
 
+@dataclass
+class _Episode:
+    """A run of samples showing a condition: from the sample before the first that showed it until
+    none has for a deadline (counters move in bursts: one quiet sample does not end it)."""
+    since: float | None = None
+    last_seen: float | None = None
+
+    def sample(self, showing: bool, previous_now: float, now: float, deadline: float) -> None:
+        if showing:
+            self.last_seen = now
+            if self.since is None:
+                self.since = previous_now
+        elif self.last_seen is not None and now - self.last_seen >= deadline:
+            self.since = self.last_seen = None
+
+
 class QueueHealth:
     """Turns observations of one worker into detections. One instance per worker (counters
     restart with each socket): create it when the worker becomes active."""
@@ -144,10 +160,8 @@ class QueueHealth:
     def __init__(self, deadline: float = DEFAULT_DEADLINE) -> None:
         self.deadline = deadline
         self._previous: Observation | None = None
-        self._starving_since: float | None = None
-        self._starved_at: float | None = None
-        self._overflow_since: float | None = None
-        self._overflow_at: float | None = None
+        self._starvation = _Episode()
+        self._overflow = _Episode()
 
     def observe(self, obs: Observation, state: str) -> Detection | None:
         previous, self._previous = self._previous, obs
@@ -170,24 +184,13 @@ class QueueHealth:
                              f"{obs.redirect_failures - previous.redirect_failures} redirects found no socket",
                              since_sample)
 
-        starving = obs.fill_ring_empty > previous.fill_ring_empty and obs.fill_ring_level == 0
-        if starving:
-            self._starved_at = obs.now
-            if self._starving_since is None:
-                self._starving_since = previous.now
-        elif self._starved_at is not None and obs.now - self._starved_at >= self.deadline:
-            self._starving_since = self._starved_at = None
-        overflowing = obs.rx_overflow > previous.rx_overflow
-        if overflowing:
-            self._overflow_at = obs.now
-            if self._overflow_since is None:
-                self._overflow_since = previous.now
-        elif self._overflow_at is not None and obs.now - self._overflow_at >= self.deadline:
-            self._overflow_since = self._overflow_at = None
+        self._starvation.sample(obs.fill_ring_empty > previous.fill_ring_empty and obs.fill_ring_level == 0,
+                                previous.now, obs.now, self.deadline)
+        self._overflow.sample(obs.rx_overflow > previous.rx_overflow, previous.now, obs.now, self.deadline)
 
-        if self._starving_since is not None:
+        if self._starvation.since is not None:
             # Frames are not coming back: every redirected packet is lost until a fresh UMEM.
-            starved_for = obs.now - self._starving_since
+            starved_for = obs.now - self._starvation.since
             if starved_for >= self.deadline:
                 return Detection("fenced", "fill_ring_starved", f"fill ring empty for {starved_for * 1000:.0f} ms",
                                  starved_for)
@@ -196,10 +199,10 @@ class QueueHealth:
             if state == "active":
                 return Detection("pressured", "fill_ring_starved", "", since_sample)
             return None
-        if self._overflow_since is not None:
+        if self._overflow.since is not None:
             # Saturation is not fenced: fencing would turn overload into bypass (fail-open) or
             # total loss (fail-closed); the ring's own drops are bounded and counted.
-            overflowing_for = obs.now - self._overflow_since
+            overflowing_for = obs.now - self._overflow.since
             if overflowing_for >= self.deadline and state != "degraded":
                 return Detection("degraded", "saturated", f"RX ring overflowing for {overflowing_for * 1000:.0f} ms",
                                  overflowing_for)
