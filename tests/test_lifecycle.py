@@ -154,7 +154,7 @@ class FakeFastPath:
     def set_queue_state(self, queue: int, state: str, reason: str, worker_pid: int = 0, restarts: int = 0) -> None:
         self.states.append((queue, state, reason))
 
-    def queue_counters(self) -> dict[int, dict[str, int]]:
+    def queue_counter(self, queue: int) -> dict[str, int]:
         return {}
 
 

@@ -379,14 +379,15 @@ class FastPath:
                     result[(verdict_label, reason_label)] = (total["packets"], total["bytes"])
         return result
 
+    def queue_counter(self, queue: int) -> dict[str, int]:
+        """One rx queue's packets/drops/redirects/redirect_failures/fenced, summed over CPUs."""
+        total = self._percpu_sum("hyp_queue_stats", queue.to_bytes(4, "little"), self.abi.QueueCounter)
+        return total or {}
+
     def queue_counters(self) -> dict[int, dict[str, int]]:
-        """rx queue -> packets/drops/redirects/redirect_failures, for queues that saw packets."""
-        result = {}
-        for queue in range(self.abi.capacity["queues"]):
-            total = self._percpu_sum("hyp_queue_stats", queue.to_bytes(4, "little"), self.abi.QueueCounter)
-            if total and total["packets"]:
-                result[queue] = total
-        return result
+        """rx queue -> its counters, for queues that saw packets."""
+        counters = {queue: self.queue_counter(queue) for queue in range(self.abi.capacity["queues"])}
+        return {queue: total for queue, total in counters.items() if total.get("packets")}
 
     def class_counters(self) -> dict[tuple[int, int], dict[str, int]]:
         """(protocol, port) -> redirected/failed, for every class ever installed."""

@@ -631,7 +631,7 @@ class SlowPath:
                 self._begin_recovery(mq, "starting")
 
     def _redirect_failures(self, queue_id: int) -> int:
-        return int(self.fastpath.queue_counters().get(queue_id, {}).get("redirect_failures", 0))
+        return int(self.fastpath.queue_counter(queue_id).get("redirect_failures", 0))
 
     # ---- operator requests ----------------------------------------------------------------
 
@@ -789,7 +789,7 @@ class SlowPath:
             channels = self._channels
             fast = self.fastpath.queue_counters()
             stats = self.queue_stats()
-            result = []
+            result: list[dict[str, Any]] = []
             for queue_id, mq in sorted(self.queues.items()):
                 worker = mq.worker
                 beat = worker.heartbeat() if worker is not None else None
@@ -815,15 +815,19 @@ class SlowPath:
                     "restarts": mq.restarts,
                     "failures_in_a_row": mq.failures,
                     "steering": {"active_channels": channels,
-                                 "steered": channels is None or queue_id < channels,
-                                 "rss": rss_indirection(self.ifname)},
+                                 "steered": channels is None or queue_id < channels},
                     "redirect": redirect_plane,
                     "descriptors": descriptors,
-                    "driver": driver_queue_counters(self.ifname, queue_id) or "no driver counters",
                     "convergence": mq.convergence or None,
                     "transitions": [t.as_dict() for t in list(mq.machine.history)[-10:]],
                 })
-            return result
+        # The driver's view comes from ethtool, outside the lock: a status request must never
+        # hold up the watchdog.
+        rss = rss_indirection(self.ifname)
+        for queue in result:
+            queue["steering"]["rss"] = rss
+            queue["driver"] = driver_queue_counters(self.ifname, queue["queue"]) or "no driver counters"
+        return result
 
     def pump_events(self) -> int:
         """Moves pending worker and lifecycle events to the sink; returns how many."""
