@@ -85,7 +85,9 @@ def test_fill_ring_starvation_walks_pressured_degraded_fenced() -> None:
     steps = []
     state = "active"
     for i in range(1, 8):
-        d = health.observe(obs(0.05 * i, fill_ring_empty=10 * i, fill_ring_level=0), state)
+        # The worker stopped posting frames: they pile up in its free list, the RX ring drains.
+        d = health.observe(obs(0.05 * i, fill_ring_empty=10 * i, fill_ring_level=0, free_frames=4000,
+                               rx_ring_level=0), state)
         if d is not None:
             steps.append((round(0.05 * i, 2), d.to_state, d.reason))
             state = d.to_state
@@ -98,6 +100,23 @@ def test_empty_descriptors_with_frames_in_the_ring_are_not_starvation() -> None:
     health = QueueHealth(0.2)
     health.observe(obs(1.0, fill_ring_empty=0), "active")
     assert health.observe(obs(1.05, fill_ring_empty=5, fill_ring_level=1500), "active") is None
+
+
+def test_overload_that_empties_the_fill_ring_is_saturation_not_starvation() -> None:
+    """Under a flood the worker returns every frame at once but the kernel takes them as fast: the fill
+    ring reads empty and empty-descriptor counts rise while every frame waits in the full RX ring. That
+    is overload (never fenced), not a worker that stopped giving frames back."""
+    health = QueueHealth(0.2)
+    health.observe(obs(1.0), "active")
+    state, seen = "active", set()
+    for i in range(1, 41):  # two seconds of overload
+        d = health.observe(obs(1.0 + 0.05 * i, fill_ring_empty=500 * i, fill_ring_level=0, free_frames=64,
+                               rx_ring_level=2048, rx_overflow=1000 * i), state)
+        if d is not None:
+            seen.add((d.to_state, d.reason))
+            state = d.to_state
+    assert seen == {("pressured", "rx_ring_overflow"), ("degraded", "saturated")}
+    assert state == "degraded"
 
 
 def test_overflow_is_pressure_then_saturation_and_clears_but_is_never_fenced() -> None:

@@ -123,6 +123,8 @@ class Observation:
     heartbeat: float | None       # monotonic time of the loop's last heartbeat; None before the first
     fill_ring_empty: int = 0      # XDP_STATISTICS rx_fill_ring_empty_descs
     fill_ring_level: int = 0      # descriptors posted to the fill ring
+    free_frames: int = 0          # frames the worker holds, posted to no ring
+    rx_ring_level: int = 0        # descriptors waiting in the RX ring
     rx_overflow: int = 0          # XDP_STATISTICS rx_ring_full + rx_dropped
     redirect_failures: int = 0    # the fast path's per-queue count (no socket in xsk_map)
     steered: bool = True          # the queue is among the interface's active channels
@@ -184,7 +186,10 @@ class QueueHealth:
                              f"{obs.redirect_failures - previous.redirect_failures} redirects found no socket",
                              since_sample)
 
-        self._starvation.sample(obs.fill_ring_empty > previous.fill_ring_empty and obs.fill_ring_level == 0,
+        # Starvation is frames that do not come back: the worker holds them instead of posting them.
+        # Under overload the fill ring also reads empty, but the frames wait in the full RX ring.
+        self._starvation.sample(obs.fill_ring_empty > previous.fill_ring_empty and obs.fill_ring_level == 0
+                                and obs.free_frames > obs.rx_ring_level,
                                 previous.now, obs.now, self.deadline)
         self._overflow.sample(obs.rx_overflow > previous.rx_overflow, previous.now, obs.now, self.deadline)
 
