@@ -119,6 +119,23 @@ def test_overload_that_empties_the_fill_ring_is_saturation_not_starvation() -> N
     assert state == "degraded"
 
 
+def test_one_sample_of_an_empty_fill_ring_then_posted_frames_is_not_starvation() -> None:
+    """A report taken between a batch's release and its refill shows the worker holding every frame;
+    the next one shows the fill ring full again. Posted frames end a starvation episode at once (seen
+    under a flood on a loaded machine, where it fenced the queue 200 ms later)."""
+    health = QueueHealth(0.2)
+    health.observe(obs(1.0), "active")
+    state = "active"
+    racy = obs(1.05, fill_ring_empty=100, fill_ring_level=0, free_frames=2048, rx_ring_level=0, rx_overflow=100)
+    samples = [racy] + [obs(1.05 + 0.05 * i, fill_ring_empty=100 + 50 * i, fill_ring_level=1792, free_frames=291,
+                            rx_ring_level=1536, rx_overflow=100 + 1000 * i) for i in range(1, 20)]
+    for sample in samples:
+        d = health.observe(sample, state)
+        if d is not None:
+            assert d.to_state != "fenced", d
+            state = d.to_state
+
+
 def test_overflow_is_pressure_then_saturation_and_clears_but_is_never_fenced() -> None:
     health = QueueHealth(0.2)
     health.observe(obs(1.0), "active")

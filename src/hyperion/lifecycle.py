@@ -191,6 +191,8 @@ class QueueHealth:
         self._starvation.sample(obs.fill_ring_empty > previous.fill_ring_empty and obs.fill_ring_level == 0
                                 and obs.free_frames > obs.rx_ring_level,
                                 previous.now, obs.now, self.deadline)
+        if obs.fill_ring_level > 0:  # frames are being posted again: the worker gives them back
+            self._starvation = _Episode()
         self._overflow.sample(obs.rx_overflow > previous.rx_overflow, previous.now, obs.now, self.deadline)
 
         if self._starvation.since is not None:
