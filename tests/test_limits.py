@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import subprocess
 import sys
 from pathlib import Path
@@ -285,5 +287,90 @@ def test_answers_of_a_burst_are_all_sent_and_later_queries_answered(sandbox: San
     assert built == inspected
     # Every answer that entered the TX ring reached the client.
     assert (received["answers"], received["nxdomain"]) == (built - tx_failed,) * 2, (received, built, tx_failed)
-    print("BURST", received, built, tx_failed, inspected, lost_in_rx, singles)
     assert singles == ["NXDOMAIN"] * 10
+
+
+# ---- counters at scrape time (issue 12, defect 12) -----------------------------------------------------
+
+
+def test_control_block_layout_matches_the_c_struct() -> None:
+    """control.h defines the layout; Python's ctypes mirror must agree field by field."""
+    from hyperion import _slowpath
+    from hyperion.worker import CONTROL_BYTES, ControlLayout
+    layout = dict(_slowpath.CONTROL_LAYOUT)
+    assert ctypes.sizeof(ControlLayout) == layout.pop("size") <= CONTROL_BYTES
+    assert {name: getattr(ControlLayout, name).offset for name in layout} == layout
+    assert len(_slowpath.STAT_NAMES) == len(ControlLayout().stats)
+    assert _slowpath.LATENCY_BOUNDS[-1] == float("inf")
+    assert len(_slowpath.LATENCY_BOUNDS) == len(ControlLayout().latency)
+
+
+def test_supervisor_reads_counters_from_the_control_block_not_the_last_report() -> None:
+    from hyperion import _slowpath
+    from hyperion.slowpath import WorkerProcess
+    from hyperion.worker import CONTROL_BYTES, ControlLayout
+    block = mmap.mmap(-1, CONTROL_BYTES)
+    try:
+        view = ControlLayout.from_buffer(block)
+        view.stat_count = len(_slowpath.STAT_NAMES)
+        view.stats[_slowpath.STAT_NAMES.index("rx")] = 7
+        view.stats[_slowpath.STAT_NAMES.index("passed")] = 5
+        view.latency[0] = 7
+        del view  # releases the buffer, so the mmap can close
+        worker = WorkerProcess(proc=None, control=block, started=0.0)  # type: ignore[arg-type]
+        worker.report = {"rx": 3, "passed": 3, "rx_ring_level": 2, "xdp_rx_dropped": 1}
+        stats = worker.stats()
+        assert (stats["rx"], stats["passed"], stats["rx_ring_level"], stats["xdp_rx_dropped"]) == (7, 5, 2, 1)
+        assert stats["latency_buckets"][0] == (_slowpath.LATENCY_BOUNDS[0], 7)
+    finally:
+        block.close()
+
+
+# Runs in the client namespace: N queries, each answered before the next, then at once one scrape of the
+# daemon's /metrics (served on the host's address, so no process has to start in between).
+QUERIES_THEN_SCRAPE = r"""
+import json, socket, sys, urllib.request
+import dns.message, dns.rcode
+count, server, url = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2.0)
+answered = 0
+for i in range(count):
+    s.sendto(dns.message.make_query(f"q{i}.good.test", "A").to_wire(), (server, 53))
+    try:
+        answered += dns.message.from_wire(s.recv(4096)).rcode() == dns.rcode.NOERROR
+    except socket.timeout:
+        pass
+print(json.dumps({"answered": answered, "metrics": urllib.request.urlopen(url, timeout=5).read().decode()}))
+"""
+
+
+def test_the_next_scrape_shows_every_answered_query(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Workers used to report their counters every 100 ms: a scrape right after the answers showed
+    fewer. Now the very next scrape counts every query already answered, exactly."""
+    from tests.test_slowpath import dnsmasq
+    sb = sandbox
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SLOW_POLICY)
+    server = dnsmasq(sb)
+    url = f"http://{HOST_V4}:2112/metrics"
+    daemon = Daemon(sb, policy, "--metrics-addr", f"{HOST_V4}:2112").start()
+    try:
+        # Ready when the slow path answers; then 4 rounds, each scraped at once.
+        wait_for(lambda: dig(sb, "good.test") == "NOERROR 203.0.113.80", 10)
+        for _ in range(4):
+            start, _ = parse_metrics(sb.exec(sb.client_ns, [sys.executable, "-c", f"import urllib.request,sys; "
+                                                            f"sys.stdout.write(urllib.request.urlopen({url!r})"
+                                                            f".read().decode())"]).stdout)
+            out = json.loads(sb.exec(sb.client_ns, [sys.executable, "-c", QUERIES_THEN_SCRAPE, "20", HOST_V4,
+                                                    url]).stdout)
+            after, _ = parse_metrics(out["metrics"])
+            assert out["answered"] == 20
+
+            inspected = ("hyperion_slowpath_inspected_total", frozenset({"queue": "0"}.items()))
+            passed = ("hyperion_slowpath_packets_total", frozenset({"queue": "0", "outcome": "passed"}.items()))
+            assert (after[inspected] - start[inspected], after[passed] - start[passed]) == (20, 20)
+    finally:
+        daemon.stop()
+        server.terminate()
+        server.wait(timeout=10)

@@ -53,7 +53,7 @@ from hyperion.lifecycle import (
 )
 from hyperion.policy import Policy
 from hyperion.policy import SlowPath as SlowPathSection
-from hyperion.worker import CONTROL_BYTES
+from hyperion.worker import CONTROL_BYTES, ControlBlock
 
 log = logging.getLogger("hyperion.slowpath")
 
@@ -288,8 +288,13 @@ class WorkerProcess:
 
     def heartbeat(self) -> float | None:
         """Monotonic time of the native loop's last iteration (None before the first)."""
-        ns = int.from_bytes(self.control[0:8], "little")
+        ns = ControlBlock(self.control).heartbeat_ns()
         return ns / 1e9 if ns else None
+
+    def stats(self) -> dict[str, Any]:
+        """The last report (levels, XDP_STATISTICS) with the counters as the native loop holds them
+        now, read from the shared control block: exact at any moment, also after the process exited."""
+        return {**(self.report or {}), **ControlBlock(self.control).counters()}
 
     def send(self, message: dict[str, Any]) -> bool:
         try:
@@ -468,8 +473,11 @@ class SlowPath:
             worker.exited.set()
 
     def _end_worker(self, mq: ManagedQueue, graceful: bool) -> None:
-        """Stops the worker (SIGTERM when it can still act, SIGKILL otherwise) and folds its counts in."""
-        worker, mq.worker = mq.worker, None
+        """Stops the worker (SIGTERM when it can still act, SIGKILL otherwise) and folds its counts in.
+
+        mq.worker is cleared only when its counts are folded (both under _data), so a scrape in
+        between still sees them: from the shared control block, final once the process is gone."""
+        worker = mq.worker
         if worker is None:
             return
         proc = worker.proc
@@ -496,13 +504,14 @@ class SlowPath:
         with self._data:
             for generation, hits in worker.live_hits.items():
                 self._retire(generation, hits)
-            for name, value in (worker.report or {}).items():
+            for name, value in worker.stats().items():
                 if name == "latency_buckets":
                     old = mq.retired_stats.get(name) or [(bound, 0) for bound, _ in value]
                     mq.retired_stats[name] = [(b, c + o) for (b, c), (_, o) in zip(value, old, strict=True)]
                 elif isinstance(value, int) and name not in LEVELS:
                     mq.retired_stats[name] = mq.retired_stats.get(name, 0) + value
-        worker.control.close()
+            mq.worker = None
+            worker.control.close()  # under _data: queue_stats() reads it there
 
     # ---- transitions ----------------------------------------------------------------------
 
@@ -772,7 +781,8 @@ class SlowPath:
         result = {}
         with self._data:
             for queue_id, mq in self.queues.items():
-                current = (mq.worker.report if mq.worker is not None else None) or {}
+                worker = mq.worker  # read once: _end_worker clears it
+                current = worker.stats() if worker is not None else {}
                 if not current and not mq.retired_stats:
                     continue
                 merged: dict[str, Any] = {"rx_ring_level": 0, "ring_size": self.options.ring_size,
