@@ -374,3 +374,67 @@ def test_the_next_scrape_shows_every_answered_query(sandbox: Sandbox, tmp_path: 
         daemon.stop()
         server.terminate()
         server.wait(timeout=10)
+
+
+# ---- more RX queues than the program has room for, with real traffic ----------------------------------
+
+# Runs in the host namespace: the program built for 2 queues, on a 3-queue veth; the slow path starts
+# (it used to fail with E2BIG), serves what fits and says which; on a line from stdin, prints the fast
+# path's counters and tears everything down.
+OVER_CAPACITY = r"""
+import json, sys
+from pathlib import Path
+from hyperion.compiler import PolicyCompiler
+from hyperion.fastpath import FastPath
+from hyperion.policy import parse_policy
+from hyperion.slowpath import SlowPath
+ifname, obj, text = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+policy = parse_policy(text)
+fastpath = FastPath.attach(ifname, object_path=obj)
+try:
+    fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy))
+    slow = SlowPath(fastpath, ifname, policy)
+    slow.start()
+    try:
+        print(json.dumps({"served": sorted(slow.queues)}), flush=True)
+        sys.stdin.readline()
+        counters = {f"{v}/{r}": n for (v, r), (n, _) in fastpath.counters().items()}
+        print(json.dumps({"counters": counters}), flush=True)
+    finally:
+        slow.stop()
+finally:
+    fastpath.close()
+    FastPath.detach(ifname)
+"""
+
+
+def test_slow_path_starts_on_more_queues_than_the_capacity(sandbox: Sandbox, tmp_path: Path) -> None:
+    from tests.test_slowpath import dnsmasq
+    sandbox.down()
+    sb = Sandbox(prefix=sandbox.prefix, rx_queues=3).up()
+    out = tmp_path / "bpf"
+    subprocess.run(["make", "-s", "-C", str(BPF_DIR), f"OUT={out}", "EXTRA_BPF_CFLAGS=-DHYP_QUEUES_CAPACITY=2",
+                    f"{out}/hyperion.bpf.o"], check=True, capture_output=True)
+    policy = "fast_path:\n  redirect_ports:\n    - {protocol: udp, port: 53, on_failure: pass}\n"
+    server = dnsmasq(sb)
+    proc = sb.popen(sb.host_ns, [sys.executable, "-c", OVER_CAPACITY, sb.host_if, str(out / "hyperion.bpf.o"),
+                                 policy], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert json.loads(proc.stdout.readline()) == {"served": [0, 1]}
+        # Each dig from a new source port: spread over the three queues by the sender's hash.
+        answers = [dig(sb, "good.test") for _ in range(30)]
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        counters = json.loads(proc.stdout.readline())["counters"]
+    finally:
+        if proc.poll() is None:
+            proc.communicate(timeout=30)
+        server.terminate()
+        server.wait(timeout=10)
+        sb.down()
+    assert answers == ["NOERROR 203.0.113.80"] * 30
+    # Queue 2 has no slot: fail-open fallback, counted; queues 0 and 1 are inspected.
+    assert counters.get("pass/queue_over_capacity", 0) > 0
+    assert counters.get("redirect/redirect_class", 0) > 0
+    assert counters["pass/queue_over_capacity"] + counters["redirect/redirect_class"] == 30
