@@ -72,7 +72,10 @@ class ControlBlock:
     def counters(self) -> dict[str, Any]:
         """The worker's counters and latency buckets, as Queue.stats() names them (empty before the
         worker's Queue exists)."""
-        layout = ControlLayout.from_buffer_copy(self.buffer[:ctypes.sizeof(ControlLayout)])
+        raw = self.buffer[:ctypes.sizeof(ControlLayout)]
+        if len(raw) < ctypes.sizeof(ControlLayout):
+            return {}
+        layout = ControlLayout.from_buffer_copy(raw)
         if layout.stat_count != len(_slowpath.STAT_NAMES):
             return {}
         stats: dict[str, Any] = dict(zip(_slowpath.STAT_NAMES, layout.stats, strict=True))
