@@ -221,19 +221,19 @@ def slow_outcome(sb: Sandbox, outcome: str) -> float:
 
 
 # Runs in the client namespace: receives the answers to the generator's queries (sent from port 40000)
-# until none has come for 3 s (15 s for the first), and counts them and their NXDOMAINs.
+# until none has come for 3 s (15 s for the first), and counts them and their NXDOMAINs (the header's
+# RCODE, read without a parser so the socket keeps up).
 ANSWERS = r"""
 import json, socket, sys, time
-import dns.message, dns.rcode
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: room for every answer of the burst
+s.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)  # SO_RCVBUFFORCE: room for every answer of the burst
 s.bind((sys.argv[1], 40000))
 print("ready", flush=True)
 answers = nxdomain = 0
 s.settimeout(15.0)
-while answers < 100000:
+while answers < 1_000_000:
     try:
-        reply = dns.message.from_wire(s.recv(4096))
+        reply = s.recv(4096)
     except socket.timeout:
         break
     s.settimeout(3.0)
@@ -241,15 +241,19 @@ while answers < 100000:
         first = time.monotonic()
     last = time.monotonic()
     answers += 1
-    nxdomain += reply.rcode() == dns.rcode.NXDOMAIN
+    nxdomain += len(reply) >= 12 and reply[3] & 0x0F == 3  # RCODE, RFC 1035 4.1.1: 3 = NXDOMAIN
 print(json.dumps({"answers": answers, "nxdomain": nxdomain, "span": last - first if answers else 0}), flush=True)
 """
 
 
+BURST = 200_000
+
+
 def test_answers_of_a_burst_are_all_sent_and_later_queries_answered(sandbox: Sandbox, tmp_path: Path) -> None:
-    """Copy mode: one kick sends at most 32 TX descriptors. After a burst of 3,000 blocked queries
-    from the live-frames generator, every answer the workers built leaves (none is stranded in the
-    TX ring), and each single query after it gets its own NXDOMAIN at once."""
+    """Copy mode: one kick sends at most 32 TX descriptors. Under a flood of 200,000 blocked queries
+    from the live-frames generator (far more than the worker inspects: the RX ring drops the rest,
+    counted), every answer the workers built leaves (none is lost to a full TX ring or stranded in
+    it), and each single query after the flood gets its own NXDOMAIN at once."""
     sb = sandbox
     policy = tmp_path / "policy.yaml"
     policy.write_text(SLOW_POLICY)
@@ -264,7 +268,7 @@ def test_answers_of_a_burst_are_all_sent_and_later_queries_answered(sandbox: San
                            protocol="dns", dns_names=("burst.tracker.test",), sport=40000,
                            src_mac=sb.mac(sb.client_ns, sb.client_if))
         with entered_netns(sb.client_ns), Generator(sb.client_if, spec.sources) as gen:
-            generated = gen.send(spec.frames(), count=3000)
+            generated = gen.send(spec.frames(), count=BURST)
         received = json.loads(listener.communicate(timeout=60)[0].strip().splitlines()[-1])
         after, _ = parse_metrics(scrape(sb))
         singles = [dig(sb, f"single{i}.tracker.test") for i in range(10)]
@@ -280,13 +284,15 @@ def test_answers_of_a_burst_are_all_sent_and_later_queries_answered(sandbox: San
     inspected = delta("hyperion_slowpath_inspected_total", queue="0")
     lost_in_rx = delta("hyperion_afxdp_rx_dropped_total", queue="0") + delta("hyperion_afxdp_rx_ring_full_total",
                                                                                queue="0")
-    assert generated.sent == 3000
+    assert generated.sent == BURST
     # Every query is accounted for: inspected and answered, or counted where the RX ring lost it.
-    assert delta("hyperion_redirects_total", **{"class": "udp/53"}) == 3000
-    assert inspected + lost_in_rx == 3000
+    assert delta("hyperion_redirects_total", **{"class": "udp/53"}) == BURST
+    assert inspected + lost_in_rx == BURST
     assert built == inspected
-    # Every answer that entered the TX ring reached the client.
-    assert (received["answers"], received["nxdomain"]) == (built - tx_failed,) * 2, (received, built, tx_failed)
+    # Every answer built left through the TX ring (before: about a third were lost to a full ring,
+    # since each batch of up to 64 answers was kicked once, 32 sent) and reached the client.
+    assert tx_failed == 0
+    assert (received["answers"], received["nxdomain"]) == (built, built), (received, built)
     assert singles == ["NXDOMAIN"] * 10
 
 
