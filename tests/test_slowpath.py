@@ -153,12 +153,12 @@ def test_malformed_dns_is_dropped_and_counted(protected: tuple[Sandbox, Path]) -
     sb.exec(sb.client_ns, [sys.executable, "-c", code])
     key = ("hyperion_slowpath_packets_total", frozenset({"queue": "0", "outcome": "malformed_dns"}.items()))
 
-    def malformed() -> float:
+    def malformed_count() -> float:
         return parse_metrics(scrape(sb))[0].get(key, 0) - before.get(key, 0)
 
     # The datagrams are on their way when the sender exits: wait for the count, then check it is exact.
-    wait_for(lambda: malformed() >= 4, 10)
-    assert malformed() == 4
+    wait_for(lambda: malformed_count() >= 4, 10)
+    assert malformed_count() == 4
 
 
 def test_rules_change_on_reload(protected: tuple[Sandbox, Path], tmp_path: Path) -> None:
