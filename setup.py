@@ -52,7 +52,7 @@ SLOWPATH_DIR = "native/slowpath"
 slowpath = Extension(
     "hyperion._slowpath",
     sources=[f"{SLOWPATH_DIR}/{name}.c" for name in ("module", "dns", "packet", "rules")],
-    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("dns", "packet", "rules")] + ["bpf/include/hyperion_abi.h"],
+    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("control", "dns", "packet", "rules")] + ["bpf/include/hyperion_abi.h"],
     # The same ABI header as the XDP program: one definition of the map layouts.
     include_dirs=["bpf/include", SLOWPATH_DIR],
     libraries=["xdp", "bpf", "hs"],

@@ -108,7 +108,13 @@ static __always_inline __u32 judge(struct xdp_md *ctx, struct packet_info *pkt,
 	*verdict = HYP_VERDICT_REDIRECT;
 	if (cfg->mode == HYP_MODE_MONITOR)
 		return HYP_REASON_REDIRECT_CLASS;
-	if (queue_fenced(ctx->rx_queue_index)) {
+	if (ctx->rx_queue_index >= HYP_CAP_QUEUES) {
+		/* No xsk_map slot, state or counters for it. */
+		reason = HYP_REASON_QUEUE_OVER_CAPACITY;
+	} else if (bpf_xdp_get_buff_len(ctx) > HYP_CAP_UMEM_FRAME_BYTES - XDP_PACKET_HEADROOM) {
+		/* The socket could not take it (net/xdp/xsk.c drops it): not a redirect. */
+		reason = HYP_REASON_REDIRECT_OVERSIZE;
+	} else if (queue_fenced(ctx->rx_queue_index)) {
 		reason = HYP_REASON_QUEUE_FENCED;
 	} else if (bpf_redirect_map(&xsk_map, ctx->rx_queue_index, 0) == XDP_REDIRECT) {
 		/* Flags 0: XDP_ABORTED (0) comes back when the queue has no socket. */

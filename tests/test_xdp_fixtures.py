@@ -222,7 +222,8 @@ def test_every_reason_has_a_case(abi: object) -> None:
     from hyperion.abi import load_abi
 
     covered = {c.reason for c in CASES}
-    tested_elsewhere = {"truncated_eth", "blocklist_dynamic", "no_config", "redirect_class", "queue_fenced"}
+    tested_elsewhere = {"truncated_eth", "blocklist_dynamic", "no_config", "redirect_class", "queue_fenced",
+                        "redirect_oversize", "queue_over_capacity"}  # the last two: tests/test_limits.py
     assert set(load_abi().reasons.values()) - covered == tested_elsewhere
 
 

@@ -53,6 +53,8 @@ enum hyp_reason {
 	HYP_REASON_REDIRECT_FAILED = 23, /* no socket for the queue: class fallback taken */
 	HYP_REASON_NO_CONFIG = 24,       /* policy not applied yet: pass */
 	HYP_REASON_QUEUE_FENCED = 25,    /* queue fenced by the watchdog: class fallback taken */
+	HYP_REASON_REDIRECT_OVERSIZE = 26, /* longer than a UMEM frame takes: class fallback taken */
+	HYP_REASON_QUEUE_OVER_CAPACITY = 27, /* rx queue >= HYP_CAP_QUEUES: class fallback taken */
 	HYP_REASON__MAX,
 };
 
@@ -129,7 +131,23 @@ enum hyp_capacity {
 	/* Class counters outlive policies: room for classes since removed. */
 	HYP_CAP_CLASS_STATS = 1024,
 	HYP_CAP_EVENT_RING_BYTES = 262144,
-	HYP_CAP_QUEUES = 64,
+	/* RX queues with an AF_XDP socket, state and counters (xsk_map, hyp_queue_state,
+	 * hyp_queue_stats): 256 covers today's NICs at a few KB per CPU; redirect-class packets
+	 * on queues beyond it take their class's fallback (HYP_REASON_QUEUE_OVER_CAPACITY). */
+#ifndef HYP_QUEUES_CAPACITY
+	HYP_CAP_QUEUES = 256,
+#else
+	HYP_CAP_QUEUES = HYP_QUEUES_CAPACITY,
+#endif
+	/* Bytes per AF_XDP UMEM frame (the workers' UMEM, native/slowpath/module.c). The kernel
+	 * keeps XDP_PACKET_HEADROOM of it, so the program redirects no frame longer than
+	 * HYP_CAP_UMEM_FRAME_BYTES - XDP_PACKET_HEADROOM (HYP_REASON_REDIRECT_OVERSIZE). A power
+	 * of two from 2048 to the page size. */
+#ifndef HYP_UMEM_FRAME_SIZE
+	HYP_CAP_UMEM_FRAME_BYTES = 4096,
+#else
+	HYP_CAP_UMEM_FRAME_BYTES = HYP_UMEM_FRAME_SIZE,
+#endif
 	/* Policy generations held at once: the active one and the one being built. */
 	HYP_CAP_GENERATIONS = 2,
 };

@@ -53,7 +53,8 @@ static __always_inline int finish(struct xdp_md *ctx, const struct packet_info *
 	count_verdict(ctx, verdict, reason);
 	count_queue(ctx, verdict, reason);
 	if (verdict == HYP_VERDICT_DROP || verdict == HYP_VERDICT_WOULD_DROP ||
-	    reason == HYP_REASON_REDIRECT_FAILED || reason == HYP_REASON_QUEUE_FENCED)
+	    reason == HYP_REASON_REDIRECT_FAILED || reason == HYP_REASON_QUEUE_FENCED ||
+	    reason == HYP_REASON_REDIRECT_OVERSIZE || reason == HYP_REASON_QUEUE_OVER_CAPACITY)
 		emit_event(ctx, pkt, cfg, verdict, reason);
 	switch (verdict) {
 	case HYP_VERDICT_DROP:

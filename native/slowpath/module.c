@@ -11,6 +11,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@
 #include <xdp/xsk.h>
 
 #include "hyperion_abi.h"
+#include "control.h"
 #include "dns.h"
 #include "packet.h"
 #include "rules.h"
@@ -34,18 +36,14 @@
  * divided evenly among its packets. The last bucket is +Inf. */
 static const uint64_t latency_bounds_ns[] = {250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000};
 #define LATENCY_BUCKETS (sizeof(latency_bounds_ns) / sizeof(latency_bounds_ns[0]) + 1)
+_Static_assert(LATENCY_BUCKETS == SP_LATENCY_BUCKETS, "control.h's latency buckets");
 #define EVENT_RING 1024
 /* Idle wake-up period: bounds how stale the heartbeat gets on an idle queue. */
 #define POLL_MS 20
 
-/* The control block a supervisor may share with the worker (u64 words). */
-enum sp_control_word {
-	CTL_HEARTBEAT_NS, /* CLOCK_MONOTONIC, written every loop iteration */
-	CTL_FLAGS,        /* fault injection, set by the supervisor */
-	CTL_LOOPS,
-	CTL_WORDS,
-};
-#define CTL_FLAG_STARVE_FILL 1ULL /* stop refilling the fill ring */
+/* At most this many TX descriptors per kick: copy mode sends up to 32 per sendto (the
+ * kernel's TX batch), so a kick repeats until the ring is empty or the kernel stops taking. */
+#define TX_KICK_BATCH 32
 
 /* ------------------------------------------------------------------ decision */
 
@@ -299,11 +297,6 @@ struct sp_event {
 	char qname[DNS_MAX_NAME + 1];
 };
 
-enum sp_stat {
-	ST_RX, ST_PASSED, ST_DROPPED, ST_ALERTED, ST_NXDOMAIN, ST_REFUSED, ST_BLOCKED_SOURCES,
-	ST_MALFORMED_DNS, ST_DNS_INSPECTED, ST_NOT_PARSED, ST_TX_SENT, ST_TX_FAILED, ST_DELIVER_ERRORS,
-	ST_BLOCK_ERRORS, ST_EVENTS_LOST, ST_BATCHES, ST_BUSY_NS, ST_COUNT,
-};
 static const char *stat_names[ST_COUNT] = {
 	"rx", "passed", "dropped", "alerted", "nxdomain", "refused", "blocked_sources", "malformed_dns",
 	"dns_inspected", "not_parsed", "tx_sent", "tx_failed", "deliver_errors", "block_errors", "events_lost",
@@ -329,14 +322,18 @@ typedef struct {
 	int inspect;                 /* 0: the minimal receive-and-drop loop, a benchmark baseline */
 	volatile int stop;
 	int running;
-	uint64_t stats[ST_COUNT];
+	uint64_t local_stats[ST_COUNT];
+	uint64_t local_latency[LATENCY_BUCKETS];
+	/* In the control block when there is one (the supervisor reads them there at scrape
+	 * time), else local_stats/local_latency. */
+	uint64_t *stats;
+	uint64_t *latency;
 	uint32_t rx_ring_level;      /* RX descriptors waiting after the last batch */
-	uint64_t latency[LATENCY_BUCKETS];
 	struct sp_event events[EVENT_RING];
 	uint32_t event_head, event_count;
 	int events_enabled;
-	Py_buffer control;           /* optional shared control block (enum sp_control_word) */
-	volatile uint64_t *ctl;
+	Py_buffer control;           /* optional shared control block (control.h) */
+	struct sp_control *ctl;
 } QueueObject;
 
 static void free_frame(QueueObject *q, uint64_t addr)
@@ -366,6 +363,25 @@ static void reap_completions(QueueObject *q)
 	if (n) {
 		xsk_ring_cons__release(&q->comp, n);
 		q->tx_outstanding -= n;
+	}
+}
+
+/* Descriptors in the TX ring the kernel has not taken yet. */
+static uint32_t tx_pending(QueueObject *q)
+{
+	return *q->tx.producer - __atomic_load_n(q->tx.consumer, __ATOMIC_ACQUIRE);
+}
+
+/* Copy mode transmits only when kicked, and one sendto sends at most TX_KICK_BATCH
+ * descriptors: kick until the ring is empty (bounded by the ring), so that no answer waits
+ * in the ring for the next packet. Called after every batch and on idle iterations. */
+static void kick_tx(QueueObject *q)
+{
+	for (uint32_t i = 0; i <= q->ring_size / TX_KICK_BATCH && tx_pending(q); i++) {
+		if (sendto(xsk_socket__fd(q->xsk), NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 && errno != EAGAIN &&
+		    errno != EBUSY && errno != ENOBUFS)
+			break;
+		reap_completions(q); /* room in the completion ring for the next round */
 	}
 }
 
@@ -511,9 +527,8 @@ done:
 			q->stats[ST_TX_FAILED]++;
 			free_frame(q, tx_addr[i]);
 		}
-		/* Copy mode transmits only when kicked. */
-		sendto(xsk_socket__fd(q->xsk), NULL, 0, MSG_DONTWAIT, NULL, 0);
 	}
+	kick_tx(q);
 	q->rx_ring_level = xsk_cons_nb_avail(&q->rx, q->ring_size);
 	uint64_t elapsed = now_ns() - start, per_packet = elapsed / rcvd;
 	size_t bucket = 0;
@@ -574,13 +589,16 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 	if (control != Py_None) {
 		if (PyObject_GetBuffer(control, &self->control, PyBUF_WRITABLE))
 			return -1;
-		if (self->control.len < (Py_ssize_t)(CTL_WORDS * sizeof(uint64_t))) {
+		if (self->control.len < (Py_ssize_t)sizeof(struct sp_control)) {
 			PyBuffer_Release(&self->control);
 			PyErr_SetString(PyExc_ValueError, "control block too small");
 			return -1;
 		}
 		self->ctl = self->control.buf;
+		self->ctl->stat_count = ST_COUNT;
 	}
+	self->stats = self->ctl ? self->ctl->stats : self->local_stats;
+	self->latency = self->ctl ? self->ctl->latency : self->local_latency;
 	self->inspect = inspect;
 	if (frames < 2 * ring || (ring & (ring - 1))) {
 		PyErr_SetString(PyExc_ValueError, "ring_size must be a power of two and frames >= 2 * ring_size");
@@ -592,7 +610,7 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 		PyErr_NoMemory();
 		return -1;
 	}
-	self->frame_size = XSK_UMEM__DEFAULT_FRAME_SIZE;
+	self->frame_size = HYP_CAP_UMEM_FRAME_BYTES; /* the size the XDP program checks redirects against */
 	self->frame_count = (uint32_t)frames;
 	self->ring_size = (uint32_t)ring;
 	self->buffer_size = (size_t)self->frame_size * self->frame_count;
@@ -664,14 +682,15 @@ static PyObject *Queue_run(QueueObject *self, PyObject *unused)
 
 	while (!self->stop) {
 		if (self->ctl) {
-			__atomic_store_n(&self->ctl[CTL_HEARTBEAT_NS], now_ns(), __ATOMIC_RELAXED);
-			self->ctl[CTL_LOOPS]++;
+			__atomic_store_n(&self->ctl->heartbeat_ns, now_ns(), __ATOMIC_RELAXED);
+			self->ctl->loops++;
 		}
 		reap_completions(self);
-		if (!self->ctl || !(__atomic_load_n(&self->ctl[CTL_FLAGS], __ATOMIC_RELAXED) & CTL_FLAG_STARVE_FILL))
+		if (!self->ctl || !(__atomic_load_n(&self->ctl->flags, __ATOMIC_RELAXED) & CTL_FLAG_STARVE_FILL))
 			refill(self);
 		if (process_batch(self))
 			continue;
+		kick_tx(self); /* idle: answers of an earlier burst may still be in the ring */
 		if (xsk_ring_prod__needs_wakeup(&self->fill))
 			recvfrom(pfd.fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
 		poll(&pfd, 1, POLL_MS);
@@ -680,6 +699,7 @@ static PyObject *Queue_run(QueueObject *self, PyObject *unused)
 	 * what is already in the RX ring is finished rather than lost (bounded by the ring). */
 	for (uint32_t i = 0; i <= self->ring_size / BATCH && process_batch(self); i++)
 		;
+	kick_tx(self);
 	reap_completions(self);
 	Py_END_ALLOW_THREADS
 	self->running = 0;
@@ -908,6 +928,29 @@ PyMODINIT_FUNC PyInit__slowpath(void)
 	PyModule_AddIntConstant(m, "REFUSE", SP_REFUSE);
 	PyModule_AddIntConstant(m, "BLOCK_SOURCE", SP_BLOCK_SOURCE);
 	PyModule_AddIntConstant(m, "EXACT", SP_EXACT);
+	PyModule_AddIntConstant(m, "UMEM_FRAME_SIZE", HYP_CAP_UMEM_FRAME_BYTES);
+	PyObject *names = PyTuple_New(ST_COUNT);
+
+	for (int i = 0; names && i < ST_COUNT; i++)
+		PyTuple_SET_ITEM(names, i, PyUnicode_FromString(stat_names[i]));
+	PyObject *bounds = PyTuple_New(LATENCY_BUCKETS);
+
+	for (size_t i = 0; bounds && i < LATENCY_BUCKETS; i++)
+		PyTuple_SET_ITEM(bounds, i, PyFloat_FromDouble(i < LATENCY_BUCKETS - 1 ?
+							       (double)latency_bounds_ns[i] / 1e9 : Py_HUGE_VAL));
+	PyObject *layout = Py_BuildValue(
+		"{s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "heartbeat_ns", (Py_ssize_t)offsetof(struct sp_control, heartbeat_ns),
+		"flags", (Py_ssize_t)offsetof(struct sp_control, flags), "loops",
+		(Py_ssize_t)offsetof(struct sp_control, loops), "stat_count",
+		(Py_ssize_t)offsetof(struct sp_control, stat_count), "stats",
+		(Py_ssize_t)offsetof(struct sp_control, stats), "latency", (Py_ssize_t)offsetof(struct sp_control, latency),
+		"size", (Py_ssize_t)sizeof(struct sp_control));
+
+	if (!names || !bounds || !layout || PyModule_AddObject(m, "STAT_NAMES", names) < 0 ||
+	    PyModule_AddObject(m, "LATENCY_BOUNDS", bounds) < 0 || PyModule_AddObject(m, "CONTROL_LAYOUT", layout) < 0) {
+		Py_DECREF(m);
+		return NULL;
+	}
 	PyModule_AddIntConstant(m, "SUFFIX", SP_SUFFIX);
 	return m;
 }

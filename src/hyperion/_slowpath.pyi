@@ -10,6 +10,10 @@ REFUSE: int
 BLOCK_SOURCE: int
 EXACT: int
 SUFFIX: int
+UMEM_FRAME_SIZE: int
+STAT_NAMES: tuple[str, ...]
+LATENCY_BOUNDS: tuple[float, ...]
+CONTROL_LAYOUT: dict[str, int]
 
 def parse_dns(message: bytes, /) -> tuple[str, int] | None: ...
 

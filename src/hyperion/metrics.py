@@ -172,10 +172,14 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                              labels=["queue"])
     kernel = {name: CounterMetricFamily(f"hyperion_afxdp_{name}", f"XDP_STATISTICS {name} of the AF_XDP socket.",
                                         labels=["queue"]) for name in XDP_STATISTICS}
+    events_dropped = CounterMetricFamily(
+        "hyperion_slowpath_events_dropped", "Slow-path and lifecycle events refused because the queue waiting "
+        "for the event sink was full.")
     latency = HistogramMetricFamily("hyperion_slowpath_inspection_latency_seconds",
                                     "Per-packet inspection time (a batch's time divided among its packets).",
                                     labels=["queue"])
     if slowpath is not None:
+        events_dropped.add_metric([], slowpath.events_dropped)
         for rule, (action, hits) in slowpath.rule_hits().items():
             verdicts.add_metric([rule, action], hits)
             if action in ("drop", "block_source"):
@@ -194,7 +198,7 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric(label, buckets, sum_value=st["busy_ns"] / 1e9)
-    yield from (drops, verdicts, pressure, inspected, outcomes, free, *kernel.values(), latency)
+    yield from (drops, verdicts, pressure, inspected, outcomes, free, *kernel.values(), latency, events_dropped)
     yield from _lifecycle_families_of(slowpath)
 
 

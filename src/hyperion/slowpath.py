@@ -53,7 +53,7 @@ from hyperion.lifecycle import (
 )
 from hyperion.policy import Policy
 from hyperion.policy import SlowPath as SlowPathSection
-from hyperion.worker import CONTROL_BYTES
+from hyperion.worker import CONTROL_BYTES, ControlBlock
 
 log = logging.getLogger("hyperion.slowpath")
 
@@ -240,6 +240,29 @@ class SlowPathOptions:
     fault_injection: bool = False        # workers accept SIGUSR1 (starve the fill ring), for `hyperion chaos`
 
 
+# Slow-path events waiting for the sink (pump_events) at most; beyond it they are counted in
+# events_dropped (hyperion_slowpath_events_dropped_total), so a stalled sink cannot grow the daemon.
+MAX_PENDING_EVENTS = 10_000
+
+
+def served_queues(rx_queues: int, requested: list[int] | None, capacity: int) -> list[int]:
+    """The queues the slow path serves: those requested (each must be within the fast path's queue
+    capacity), else every RX queue below the capacity. Redirect-class packets on the queues above
+    it take their class's fallback in the program, counted as queue_over_capacity."""
+    if requested is not None:
+        beyond = [q for q in requested if q >= capacity]
+        if beyond:
+            raise SlowPathError(f"queue {beyond[0]} is beyond the fast path's capacity of {capacity} RX queues "
+                                f"(HYP_CAP_QUEUES; queues 0..{capacity - 1} can be served)")
+        return list(requested)
+    if rx_queues > capacity:
+        log.warning("%d RX queues but the fast path has room for %d (HYP_CAP_QUEUES): the slow path serves "
+                    "queues 0..%d; redirect-class packets on queues %d..%d take their class's on_failure "
+                    "fallback, counted as queue_over_capacity (lower the channel count with ethtool -L to "
+                    "inspect everything)", rx_queues, capacity, capacity - 1, capacity, rx_queues - 1)
+    return list(range(min(rx_queues, capacity)))
+
+
 # Worker stats that are levels, not counters: not summed across a queue's successive workers.
 LEVELS = frozenset({"rx_ring_level", "ring_size", "free_frames", "tx_outstanding", "fill_ring_level"})
 
@@ -265,8 +288,13 @@ class WorkerProcess:
 
     def heartbeat(self) -> float | None:
         """Monotonic time of the native loop's last iteration (None before the first)."""
-        ns = int.from_bytes(self.control[0:8], "little")
+        ns = ControlBlock(self.control).heartbeat_ns()
         return ns / 1e9 if ns else None
+
+    def stats(self) -> dict[str, Any]:
+        """The last report (levels, XDP_STATISTICS) with the counters as the native loop holds them
+        now, read from the shared control block: exact at any moment, also after the process exited."""
+        return {**(self.report or {}), **ControlBlock(self.control).counters()}
 
     def send(self, message: dict[str, Any]) -> bool:
         try:
@@ -323,6 +351,7 @@ class SlowPath:
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._pending_events: list[dict[str, Any]] = []
+        self.events_dropped = 0  # events refused because MAX_PENDING_EVENTS were waiting
         self.detection_times: dict[str, Histogram] = {}  # detection reason -> seconds from fault to detection
         self._channels: int | None = None
         self._last_steering_check = 0.0
@@ -332,7 +361,9 @@ class SlowPath:
 
     def start(self) -> None:
         """Starts a worker per queue and waits until each is ready, then the watchdog."""
-        queues = self.options.queues if self.options.queues is not None else list(range(rx_queue_count(self.ifname)))
+        requested = self.options.queues
+        queues = served_queues(rx_queue_count(self.ifname) if requested is None else 0, requested,
+                               self.fastpath.abi.capacity["queues"])
         self.tun = TunDevice(self.options.tun_name or f"hyp{os.getpid() % 100000}t", mirror_addresses_of=self.ifname)
         try:
             for position, queue_id in enumerate(queues):
@@ -442,8 +473,11 @@ class SlowPath:
             worker.exited.set()
 
     def _end_worker(self, mq: ManagedQueue, graceful: bool) -> None:
-        """Stops the worker (SIGTERM when it can still act, SIGKILL otherwise) and folds its counts in."""
-        worker, mq.worker = mq.worker, None
+        """Stops the worker (SIGTERM when it can still act, SIGKILL otherwise) and folds its counts in.
+
+        mq.worker is cleared only when its counts are folded (both under _data), so a scrape in
+        between still sees them: from the shared control block, final once the process is gone."""
+        worker = mq.worker
         if worker is None:
             return
         proc = worker.proc
@@ -470,13 +504,14 @@ class SlowPath:
         with self._data:
             for generation, hits in worker.live_hits.items():
                 self._retire(generation, hits)
-            for name, value in (worker.report or {}).items():
+            for name, value in worker.stats().items():
                 if name == "latency_buckets":
                     old = mq.retired_stats.get(name) or [(bound, 0) for bound, _ in value]
                     mq.retired_stats[name] = [(b, c + o) for (b, c), (_, o) in zip(value, old, strict=True)]
                 elif isinstance(value, int) and name not in LEVELS:
                     mq.retired_stats[name] = mq.retired_stats.get(name, 0) + value
-        worker.control.close()
+            mq.worker = None
+            worker.control.close()  # under _data: queue_stats() reads it there
 
     # ---- transitions ----------------------------------------------------------------------
 
@@ -494,7 +529,7 @@ class SlowPath:
                 "" if detection_seconds is None else f", detected in {detection_seconds * 1000:.0f} ms")
         if self.event_sink is not None:
             with self._data:
-                self._pending_events.append({**transition.as_dict(), "time": _utc_now(), "source": "lifecycle"})
+                self._pend_event({**transition.as_dict(), "time": _utc_now(), "source": "lifecycle"})
 
     def _fence(self, mq: ManagedQueue, reason: str, detail: str = "", detection_seconds: float | None = None,
                graceful: bool = False) -> None:
@@ -747,7 +782,8 @@ class SlowPath:
         result = {}
         with self._data:
             for queue_id, mq in self.queues.items():
-                current = (mq.worker.report if mq.worker is not None else None) or {}
+                worker = mq.worker  # read once: _end_worker clears it
+                current = worker.stats() if worker is not None else {}
                 if not current and not mq.retired_stats:
                     continue
                 merged: dict[str, Any] = {"rx_ring_level": 0, "ring_size": self.options.ring_size,
@@ -840,11 +876,21 @@ class SlowPath:
             self.event_sink(event)
         return len(events)
 
+    def _pend_event(self, event: dict[str, Any]) -> None:
+        """One event for the sink, unless MAX_PENDING_EVENTS are waiting (then counted). Under _data."""
+        if len(self._pending_events) >= MAX_PENDING_EVENTS:
+            self.events_dropped += 1
+        else:
+            self._pending_events.append(event)
+
     def _queue_events(self, queue_id: int, generation: int, events: list[list[Any]]) -> None:
         if self.event_sink is None:
             return
         labels = self._labels.get(generation, self.rules).labels
         for rule, action, malformed, version, protocol, sport, dport, qtype, saddr, daddr, qname in events:
+            if len(self._pending_events) >= MAX_PENDING_EVENTS:
+                self.events_dropped += 1
+                continue
             self._pending_events.append({
                 "time": _utc_now(), "source": "slowpath", "queue": queue_id,
                 "action": ACTION_NAMES.get(action, str(action)),

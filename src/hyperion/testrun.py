@@ -26,10 +26,16 @@ class RunResult:
     duration_ns: int
 
 
-def run_xdp(prog_fd: int, packet: bytes, repeat: int = 1) -> RunResult:
-    """Runs the program once (or repeat times) on packet; returns its XDP action and output frame."""
+def run_xdp(prog_fd: int, packet: bytes, repeat: int = 1, ingress_ifindex: int = 0,
+            rx_queue_index: int = 0) -> RunResult:
+    """Runs the program once (or repeat times) on packet; returns its XDP action and output frame.
+
+    With ingress_ifindex (a device in this network namespace), the frame arrives on that device's
+    rx_queue_index; the kernel refuses a queue the device does not have."""
     out = ctypes.create_string_buffer(max(len(packet), MIN_FRAME) + 512)
     data = ctypes.create_string_buffer(packet, len(packet))
+    ctx = libbpf.XdpMd(data=0, data_end=len(packet), ingress_ifindex=ingress_ifindex,
+                       rx_queue_index=rx_queue_index)
     opts = libbpf.BpfTestRunOpts(
         sz=ctypes.sizeof(libbpf.BpfTestRunOpts),
         data_in=ctypes.cast(data, ctypes.c_void_p),
@@ -38,6 +44,9 @@ def run_xdp(prog_fd: int, packet: bytes, repeat: int = 1) -> RunResult:
         data_size_out=len(out),
         repeat=repeat,
     )
+    if ingress_ifindex:
+        opts.ctx_in = ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p)
+        opts.ctx_size_in = ctypes.sizeof(ctx)
     libbpf.check(libbpf.lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
     return RunResult(
         XDP_ACTIONS.get(opts.retval, str(opts.retval)), opts.retval,

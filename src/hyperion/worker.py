@@ -20,6 +20,7 @@ SIGTERM stops the loop and closes the socket before exiting.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import mmap
 import signal
@@ -32,8 +33,54 @@ from hyperion import _slowpath
 
 REPORT_INTERVAL = 0.1
 CONTROL_BYTES = 4096
-CONTROL_HEARTBEAT, CONTROL_FLAGS, CONTROL_LOOPS = 0, 1, 2
 FLAG_STARVE_FILL = 1
+
+
+class ControlLayout(ctypes.Structure):
+    """struct sp_control (native/slowpath/control.h); tests/test_limits.py checks every offset
+    against the extension's CONTROL_LAYOUT (offsetof in C)."""
+
+    _fields_ = [
+        ("heartbeat_ns", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("loops", ctypes.c_uint64),
+        ("stat_count", ctypes.c_uint64),
+        ("stats", ctypes.c_uint64 * len(_slowpath.STAT_NAMES)),
+        ("latency", ctypes.c_uint64 * len(_slowpath.LATENCY_BOUNDS)),
+    ]
+
+
+class ControlBlock:
+    """The one place Python reads and writes the control block shared by a supervisor and its worker:
+    the native loop's heartbeat, the fault-injection flags, and its counters, which the loop writes
+    as it handles packets (so a scrape sees every packet already answered)."""
+
+    def __init__(self, buffer: mmap.mmap) -> None:
+        self.buffer = buffer
+
+    def _word(self, name: str) -> int:
+        offset = getattr(ControlLayout, name).offset
+        return int.from_bytes(self.buffer[offset:offset + 8], "little")
+
+    def heartbeat_ns(self) -> int:
+        return self._word("heartbeat_ns")
+
+    def toggle_flag(self, flag: int) -> None:
+        offset = ControlLayout.flags.offset
+        self.buffer[offset:offset + 8] = (self._word("flags") ^ flag).to_bytes(8, "little")
+
+    def counters(self) -> dict[str, Any]:
+        """The worker's counters and latency buckets, as Queue.stats() names them (empty before the
+        worker's Queue exists)."""
+        raw = self.buffer[:ctypes.sizeof(ControlLayout)]
+        if len(raw) < ctypes.sizeof(ControlLayout):
+            return {}
+        layout = ControlLayout.from_buffer_copy(raw)
+        if layout.stat_count != len(_slowpath.STAT_NAMES):
+            return {}
+        stats: dict[str, Any] = dict(zip(_slowpath.STAT_NAMES, layout.stats, strict=True))
+        stats["latency_buckets"] = list(zip(_slowpath.LATENCY_BOUNDS, layout.latency, strict=True))
+        return stats
 
 
 class Worker:
@@ -106,8 +153,7 @@ class Worker:
 
     def starve(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Fault injection (SIGUSR1, only with --fault-injection): toggles refilling the fill ring."""
-        flags = int.from_bytes(self.control[8:16], "little") ^ FLAG_STARVE_FILL
-        self.control[8:16] = flags.to_bytes(8, "little")
+        ControlBlock(self.control).toggle_flag(FLAG_STARVE_FILL)
 
     def report(self) -> None:
         events = self.queue.drain_events() if self.args.events else []
