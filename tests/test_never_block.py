@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from hyperion import _slowpath
 from hyperion.daemon import Daemon, DaemonOptions
 from hyperion.errors import PolicyError
 from hyperion.neverblock import (

@@ -32,8 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_address
 from typing import Any
@@ -110,6 +109,7 @@ def compile_rules(policy: Policy, never_block: Iterable[IPv4Network | IPv6Networ
 def never_block_ranges(networks: Iterable[IPv4Network | IPv6Network]) -> list[list[Any]]:
     """Networks -> sorted, disjoint [version, first, last] ranges (addresses in hex), for the workers."""
     ranges: list[list[Any]] = []
+    networks = list(networks)
     for version in (4, 6):
         family = [n for n in networks if n.version == version]
         merged = sorted(collapse_addresses(family))  # type: ignore[type-var]
@@ -152,7 +152,8 @@ def compile_slow_path_rules(slow: SlowPathSection,
         by_class.setdefault((sig.class_.protocol, sig.class_.port), []).append((index, pattern))
     classes = [(protocol, port, patterns) for (protocol, port), patterns in by_class.items()]
     networks = list(slow.never_block if never_block is None else never_block)
-    limits = [r.max_blocks_per_second or 0 for r in (*slow.dns_rules, *slow.signatures)]
+    limits = [r.max_blocks_per_second or 0 for r in slow.dns_rules] + [
+        s.max_blocks_per_second or 0 for s in slow.signatures]
     try:
         spec: list[Any] = [rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action],
                            [tuple(r) for r in never_block_ranges(networks)], limits]
