@@ -144,10 +144,11 @@ def test_a_burst_from_many_sources_is_capped_per_second(guarded: Sandbox) -> Non
     wait_for(lambda: "198.51.100.250" in blocked(sb), 10)
 
 
-def test_one_crafted_tcp_segment_without_a_handshake_blocks_nothing(guarded: Sandbox) -> None:
+@pytest.mark.parametrize("source", ["198.51.100.40", "2001:db8:ff01::40"], ids=["v4", "v6"])
+def test_one_crafted_tcp_segment_without_a_handshake_blocks_nothing(guarded: Sandbox, source: str) -> None:
     sb = guarded
     before = outcomes(sb)
-    assert forge(sb, [("198.51.100.40", "tcp", "GET /exfiltrate")]) == 1
+    assert forge(sb, [(source, "tcp", "GET /exfiltrate")]) == 1
     wait_for(lambda: delta(outcomes(sb), before).get("not_established", 0) >= 1, 10)
     assert delta(outcomes(sb), before) == {"not_established": 1, "dropped": 1}
     assert blocked(sb) == []
@@ -155,8 +156,11 @@ def test_one_crafted_tcp_segment_without_a_handshake_blocks_nothing(guarded: San
 
 SERVER = r"""
 import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if family == socket.AF_INET6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" also takes IPv4 (mapped addresses)
 s.bind((sys.argv[1], 8080)); s.listen(4)
 print("ready", flush=True)
 conn, _ = s.accept()
@@ -181,22 +185,28 @@ print("sent", flush=True)
 """
 
 
-def test_the_signature_inside_an_established_connection_blocks_its_source(guarded: Sandbox) -> None:
+@pytest.mark.parametrize(("listen", "server", "client"), [
+    (HOST_V4, HOST_V4, "198.51.100.41"),
+    (HOST_V6, HOST_V6, "2001:db8:ff01::41"),
+    ("::", HOST_V4, "198.51.100.42"),  # a dual-stack socket: the kernel keeps the flow as IPv4-mapped
+], ids=["v4", "v6", "dual-stack"])
+def test_the_signature_inside_an_established_connection_blocks_its_source(
+        guarded: Sandbox, listen: str, server: str, client: str) -> None:
     sb = guarded
-    sb.add_client_address("198.51.100.41")
-    server = sb.popen(sb.host_ns, [sys.executable, "-c", SERVER, HOST_V4], stdout=subprocess.PIPE)
+    sb.add_client_address(client)
+    service = sb.popen(sb.host_ns, [sys.executable, "-c", SERVER, listen], stdout=subprocess.PIPE)
     try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        assert service.stdout is not None and service.stdout.readline().strip() == "ready"
         before = outcomes(sb)
-        client = sb.exec(sb.client_ns, [sys.executable, "-c", CLIENT, HOST_V4, "198.51.100.41"])
-        assert client.stdout.strip() == "sent"
-        assert server.stdout.readline().strip() == "accepted"
-        wait_for(lambda: blocked(sb) == ["198.51.100.41"], 10)
+        sent = sb.exec(sb.client_ns, [sys.executable, "-c", CLIENT, server, client])
+        assert sent.stdout.strip() == "sent"
+        assert service.stdout.readline().strip() == "accepted"
+        wait_for(lambda: blocked(sb) == [client], 10)
         wait_for(lambda: delta(outcomes(sb), before).get("blocked", 0) == 1, 10)
         assert delta(outcomes(sb), before).get("not_established", 0) == 0
     finally:
-        server.kill()
-        server.wait(timeout=10)
+        service.kill()
+        service.wait(timeout=10)
 
 
 def test_block_add_refuses_a_never_block_address_unless_forced(guarded: Sandbox) -> None:

@@ -254,3 +254,19 @@ def test_the_native_range_check_agrees_with_ipaddress() -> None:
     for address in probes:
         expected = any(address in n for n in networks if n.version == address.version)
         assert rules.never_blocked(address.packed) == expected, address
+
+
+def test_policy_diff_shows_never_block_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hyperion.cli import main
+
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text('slow_path: {never_block: ["192.0.2.1", "198.51.100.0/24"]}\n')
+    new.write_text('slow_path: {never_block: ["198.51.100.0/24", "2001:db8::/32"], never_block_defaults: false}\n')
+    for path in (old, new):
+        path.chmod(0o600)
+    assert main(["policy", "diff", str(old), str(new)]) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "~ slow_path.never_block_defaults: true -> false",
+        "- slow_path.never_block: 192.0.2.1/32",
+        "+ slow_path.never_block: 2001:db8::/32",
+    ]

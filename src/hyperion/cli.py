@@ -225,6 +225,11 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     if old.slow_path.malformed_dns_action != new.slow_path.malformed_dns_action:
         lines.append(f"~ slow_path.malformed_dns_action: {old.slow_path.malformed_dns_action} -> "
                      f"{new.slow_path.malformed_dns_action}")
+    if old.slow_path.never_block_defaults != new.slow_path.never_block_defaults:
+        lines.append(f"~ slow_path.never_block_defaults: {str(old.slow_path.never_block_defaults).lower()} -> "
+                     f"{str(new.slow_path.never_block_defaults).lower()}")
+    lines += [f"- slow_path.never_block: {n}" for n in old.slow_path.never_block if n not in new.slow_path.never_block]
+    lines += [f"+ slow_path.never_block: {n}" for n in new.slow_path.never_block if n not in old.slow_path.never_block]
     for section, change in changes.items():
         path = f"{'slow_path' if section in ('dns_rules', 'signatures') else 'fast_path'}.{section}"
         lines += [f"- {path}: {entry}" for entry in change["removed"]]
