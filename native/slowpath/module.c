@@ -21,8 +21,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <linux/if_xdp.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
 #include <xdp/xsk.h>
 
 #include "hyperion_abi.h"
@@ -143,18 +148,73 @@ static int pattern_arrays(PyObject *pairs, const char ***patterns, uint32_t **id
 	return 0;
 }
 
+static int hex_address(const char *hex, uint8_t *out, size_t width)
+{
+	if (strlen(hex) != 2 * width)
+		return -1;
+	for (size_t i = 0; i < width; i++) {
+		unsigned int byte;
+
+		if (sscanf(hex + 2 * i, "%2x", &byte) != 1)
+			return -1;
+		out[i] = (uint8_t)byte;
+	}
+	return 0;
+}
+
+/* never_block: [(version, lo_hex, hi_hex)], each family sorted and disjoint (binary search needs it). */
+static int never_block_ranges(struct sp_rules *r, PyObject *list)
+{
+	Py_ssize_t n = PyList_Size(list);
+
+	r->never4 = calloc(n ? n : 1, sizeof(*r->never4));
+	r->never6 = calloc(n ? n : 1, sizeof(*r->never6));
+	if (!r->never4 || !r->never6) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		int version;
+		const char *lo, *hi;
+
+		if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "iss", &version, &lo, &hi))
+			return -1;
+		if (version != 4 && version != 6) {
+			PyErr_Format(PyExc_ValueError, "never_block[%zd]: IP version %d", i, version);
+			return -1;
+		}
+		size_t width = version == 4 ? 4 : 16;
+		struct sp_range *ranges = version == 4 ? r->never4 : r->never6;
+		uint32_t *count = version == 4 ? &r->never4_count : &r->never6_count;
+		struct sp_range *range = &ranges[*count];
+
+		if (hex_address(lo, range->lo, width) || hex_address(hi, range->hi, width) ||
+		    memcmp(range->lo, range->hi, width) > 0) {
+			PyErr_Format(PyExc_ValueError, "never_block[%zd]: bad range %s-%s", i, lo, hi);
+			return -1;
+		}
+		if (*count && memcmp(ranges[*count - 1].hi, range->lo, width) >= 0) {
+			PyErr_Format(PyExc_ValueError, "never_block[%zd]: ranges must be sorted and disjoint", i);
+			return -1;
+		}
+		(*count)++;
+	}
+	return 0;
+}
+
 static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"rules", "names", "dns_regex", "classes", "malformed_action", NULL};
-	PyObject *rules, *names, *dns_regex, *classes;
+	static char *kwlist[] = {"rules", "names", "dns_regex", "classes", "malformed_action", "never_block",
+				 "block_limits", NULL};
+	PyObject *rules, *names, *dns_regex, *classes, *never_block = NULL, *block_limits = NULL;
 	int malformed_action = SP_DROP;
 	char err[256] = "";
 	const char **patterns = NULL;
 	uint32_t *ids = NULL, count = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!|i", kwlist, &PyList_Type, &rules, &PyList_Type,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!|iO!O!", kwlist, &PyList_Type, &rules, &PyList_Type,
 					 &names, &PyList_Type, &dns_regex, &PyList_Type, &classes,
-					 &malformed_action))
+					 &malformed_action, &PyList_Type, &never_block, &PyList_Type, &block_limits))
 		return -1;
 	uint32_t rule_count = (uint32_t)PyList_Size(rules);
 
@@ -178,6 +238,22 @@ static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 		self->rules->rules[i].qtype = (uint16_t)qtype;
 		self->rules->rules[i].ttl_ns = (uint64_t)(ttl * 1e9);
 	}
+	if (block_limits && PyList_Size(block_limits) && (uint32_t)PyList_Size(block_limits) != rule_count) {
+		PyErr_Format(PyExc_ValueError, "block_limits has %zd entries for %u rules", PyList_Size(block_limits),
+			     rule_count);
+		return -1;
+	}
+	for (Py_ssize_t i = 0; block_limits && i < PyList_Size(block_limits); i++) {
+		unsigned long limit = PyLong_AsUnsignedLong(PyList_GET_ITEM(block_limits, i));
+
+		if (PyErr_Occurred() || limit > UINT32_MAX) {
+			PyErr_Format(PyExc_ValueError, "block_limits[%zd]: expected an integer 0..2^32-1", i);
+			return -1;
+		}
+		self->rules->rules[i].max_blocks_per_sec = (uint32_t)limit;
+	}
+	if (never_block && never_block_ranges(self->rules, never_block))
+		return -1;
 	for (Py_ssize_t i = 0; i < PyList_Size(names); i++) {
 		unsigned int index;
 		int kind;
@@ -263,7 +339,37 @@ static PyObject *Rules_hits(RulesObject *self, PyObject *unused)
 	return list;
 }
 
+static PyObject *Rules_never_blocked(RulesObject *self, PyObject *arg)
+{
+	Py_buffer addr;
+	int found;
+
+	if (PyObject_GetBuffer(arg, &addr, PyBUF_SIMPLE))
+		return NULL;
+	if (addr.len != 4 && addr.len != 16) {
+		PyBuffer_Release(&addr);
+		PyErr_SetString(PyExc_ValueError, "an address is 4 or 16 bytes");
+		return NULL;
+	}
+	found = sp_never_blocked(self->rules, addr.len == 4 ? 4 : 6, addr.buf);
+	PyBuffer_Release(&addr);
+	return PyBool_FromLong(found);
+}
+
+static PyObject *Rules_block_limits(RulesObject *self, PyObject *unused)
+{
+	PyObject *list = PyList_New(self->rules->rule_count);
+
+	for (uint32_t i = 0; list && i < self->rules->rule_count; i++)
+		PyList_SET_ITEM(list, i, PyLong_FromUnsignedLong(self->rules->rules[i].max_blocks_per_sec));
+	return list;
+}
+
 static PyMethodDef Rules_methods[] = {
+	{"never_blocked", (PyCFunction)Rules_never_blocked, METH_O,
+	 "never_blocked(address bytes) -> bool: block_source would refuse to insert this source."},
+	{"block_limits", (PyCFunction)Rules_block_limits, METH_NOARGS,
+	 "block_limits() -> list: max blocks per second per rule index (0: uncapped)."},
 	{"inspect", (PyCFunction)Rules_inspect, METH_O,
 	 "inspect(frame) -> dict: the decision the workers would take for an Ethernet frame."},
 	{"hits", (PyCFunction)Rules_hits, METH_NOARGS, "hits() -> list: matches per rule index."},
@@ -300,7 +406,7 @@ struct sp_event {
 static const char *stat_names[ST_COUNT] = {
 	"rx", "passed", "dropped", "alerted", "nxdomain", "refused", "blocked_sources", "malformed_dns",
 	"dns_inspected", "not_parsed", "tx_sent", "tx_failed", "deliver_errors", "block_errors", "events_lost",
-	"batches", "busy_ns",
+	"batches", "busy_ns", "block_never_block", "block_rate_limited", "block_not_established",
 };
 
 typedef struct {
@@ -316,6 +422,8 @@ typedef struct {
 	uint32_t free_count;
 	uint32_t tx_outstanding;
 	int queue_id, xsk_map_fd, dyn4_fd, dyn6_fd, deliver_fd;
+	int diag_fd;                 /* NETLINK_SOCK_DIAG: is a TCP flow established? (-1: cannot tell) */
+	uint32_t diag_seq;
 	pthread_mutex_t lock;        /* held while a batch runs; guards rules and events */
 	RulesObject *rules;
 	hs_scratch_t *scratch;
@@ -409,15 +517,110 @@ static void record_event(QueueObject *q, const struct sp_decision *d)
 	memcpy(e->qname, d->q.name, d->q.name_len + 1);
 }
 
+static uint64_t now_ns(void);
+
+/* TCP states in which the three-way handshake has completed. */
+static int handshake_done(uint8_t state)
+{
+	switch (state) {
+	case 1: /* ESTABLISHED */
+	case 4: /* FIN_WAIT1 */
+	case 5: /* FIN_WAIT2 */
+	case 8: /* CLOSE_WAIT */
+	case 9: /* LAST_ACK */
+	case 11: /* CLOSING */
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Is there a local TCP socket for this segment's 4-tuple whose handshake completed? One exact
+ * INET_DIAG lookup (no dump): the kernel answers in the sendto() call, a few microseconds. A single
+ * spoofed segment has no such socket (its SYN-ACK went to the real owner of the address), and the
+ * lookup's listener fallback or a half-open request socket is refused by its state. Forwarded flows
+ * (a gateway) have no local socket either: they are never verified, so never blocked.
+ */
+static int tcp_established(QueueObject *q, const struct sp_packet *p)
+{
+	struct {
+		struct nlmsghdr nlh;
+		struct inet_diag_req_v2 req;
+	} msg = {0};
+	union {
+		struct nlmsghdr nlh;
+		uint8_t buf[1024];
+	} reply;
+	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+	size_t width = p->ip_version == 4 ? 4 : 16;
+	uint32_t seq = ++q->diag_seq;
+	ssize_t n;
+
+	if (q->diag_fd < 0)
+		return 0;
+	/* A late answer to an earlier lookup must not be read as this one's. */
+	while (recv(q->diag_fd, reply.buf, sizeof(reply.buf), MSG_DONTWAIT) > 0)
+		;
+	msg.nlh.nlmsg_len = sizeof(msg);
+	msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+	msg.nlh.nlmsg_flags = NLM_F_REQUEST;
+	msg.nlh.nlmsg_seq = seq;
+	msg.req.sdiag_family = p->ip_version == 4 ? AF_INET : AF_INET6;
+	msg.req.sdiag_protocol = IPPROTO_TCP;
+	msg.req.idiag_states = ~0U;
+	/* The socket's view: local = the packet's destination, remote = its source. */
+	msg.req.id.idiag_sport = htons(p->dst_port);
+	msg.req.id.idiag_dport = htons(p->src_port);
+	memcpy(msg.req.id.idiag_src, p->daddr, width);
+	memcpy(msg.req.id.idiag_dst, p->saddr, width);
+	msg.req.id.idiag_cookie[0] = msg.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+	if (sendto(q->diag_fd, &msg, sizeof(msg), 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
+		return 0;
+	for (int attempt = 0; attempt < 4; attempt++) {
+		struct pollfd pfd = {.fd = q->diag_fd, .events = POLLIN};
+
+		if (poll(&pfd, 1, 5) <= 0)
+			return 0;
+		n = recv(q->diag_fd, reply.buf, sizeof(reply.buf), MSG_DONTWAIT);
+		if (n < (ssize_t)sizeof(struct nlmsghdr) || !NLMSG_OK(&reply.nlh, (size_t)n))
+			return 0;
+		if (reply.nlh.nlmsg_seq != seq)
+			continue;
+		if (reply.nlh.nlmsg_type != SOCK_DIAG_BY_FAMILY ||
+		    reply.nlh.nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg)))
+			return 0; /* NLMSG_ERROR: -ENOENT, no socket for this 4-tuple */
+		return handshake_done(((struct inet_diag_msg *)NLMSG_DATA(&reply.nlh))->idiag_state);
+	}
+	return 0;
+}
+
+/*
+ * block_source's insert, behind its guards, cheapest first: never_block, then (TCP only) an
+ * established flow, then the rule's blocks-per-second cap. The packet is dropped in every case.
+ */
 static void block_source(QueueObject *q, const struct sp_decision *d)
 {
 	struct hyp_dyn_block value = {0};
 	struct timespec now;
+	struct sp_rules *rules = q->rules->rules;
 	int fd = d->pkt.ip_version == 4 ? q->dyn4_fd : q->dyn6_fd;
 
+	if (sp_never_blocked(rules, d->pkt.ip_version, d->pkt.saddr)) {
+		q->stats[ST_BLOCK_NEVER]++;
+		return;
+	}
+	if (d->pkt.protocol == 6 && !tcp_established(q, &d->pkt)) {
+		q->stats[ST_BLOCK_NOT_ESTABLISHED]++;
+		return;
+	}
+	if (!sp_take_block_token(rules, d->rule, now_ns())) {
+		q->stats[ST_BLOCK_RATE_LIMITED]++;
+		return;
+	}
 	clock_gettime(CLOCK_BOOTTIME, &now);
 	value.expires_ns = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec +
-			   q->rules->rules->rules[d->rule].ttl_ns;
+			   rules->rules[d->rule].ttl_ns;
 	value.rule_id = d->rule + 1; /* 1-based, as in the fast path's events */
 	if (fd < 0 || bpf_map_update_elem(fd, d->pkt.saddr, &value, BPF_ANY))
 		q->stats[ST_BLOCK_ERRORS]++;
@@ -560,6 +763,8 @@ static void Queue_close_socket(QueueObject *q)
 static void Queue_dealloc(QueueObject *self)
 {
 	Queue_close_socket(self);
+	if (self->diag_fd >= 0)
+		close(self->diag_fd);
 	if (self->ctl)
 		PyBuffer_Release(&self->control);
 	free(self->free_frames);
@@ -580,7 +785,7 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 	struct xsk_umem_config ucfg;
 	struct xsk_socket_config scfg;
 
-	self->dyn4_fd = self->dyn6_fd = self->deliver_fd = -1;
+	self->dyn4_fd = self->dyn6_fd = self->deliver_fd = self->diag_fd = -1;
 	pthread_mutex_init(&self->lock, NULL);
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiipppO", kwlist, &ifname, &self->queue_id,
 					 &self->xsk_map_fd, &RulesType, &rules, &self->dyn4_fd, &self->dyn6_fd,
@@ -658,6 +863,8 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 			     zerocopy ? "zero-copy" : "copy", strerror(-err));
 		return -1;
 	}
+	/* Opened now, while the process may still open sockets; no privilege is needed to use it. */
+	self->diag_fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
 	for (uint32_t i = 0; i < self->frame_count; i++)
 		self->free_frames[self->free_count++] = (uint64_t)i * self->frame_size;
 	refill(self);

@@ -57,6 +57,8 @@ void sp_rules_free(struct sp_rules *r)
 	free(r->names);
 	free(r->rules);
 	free(r->hits);
+	free(r->never4);
+	free(r->never6);
 	free(r);
 }
 
@@ -248,4 +250,43 @@ uint32_t sp_match_payload(const struct sp_rules *r, hs_scratch_t *scratch, uint8
 		return m.best;
 	}
 	return SP_NO_RULE;
+}
+
+int sp_never_blocked(const struct sp_rules *r, uint8_t ip_version, const uint8_t *addr)
+{
+	const struct sp_range *ranges = ip_version == 4 ? r->never4 : r->never6;
+	uint32_t lo = 0, hi = ip_version == 4 ? r->never4_count : r->never6_count;
+	size_t width = ip_version == 4 ? 4 : 16;
+
+	/* The last range starting at or below addr is the only one that can hold it. */
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (memcmp(ranges[mid].lo, addr, width) <= 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo > 0 && memcmp(addr, ranges[lo - 1].hi, width) <= 0;
+}
+
+int sp_take_block_token(struct sp_rules *r, uint32_t rule, uint64_t now_ns)
+{
+	struct sp_rule *rl = &r->rules[rule];
+	double cap = (double)rl->max_blocks_per_sec;
+
+	if (!rl->max_blocks_per_sec)
+		return 1;
+	if (rl->refilled_ns == 0) {  /* first use: a full bucket */
+		rl->tokens = cap;
+	} else if (now_ns > rl->refilled_ns) {
+		rl->tokens += (double)(now_ns - rl->refilled_ns) * cap / 1e9;
+		if (rl->tokens > cap)
+			rl->tokens = cap;
+	}
+	rl->refilled_ns = now_ns;
+	if (rl->tokens < 1.0)
+		return 0;
+	rl->tokens -= 1.0;
+	return 1;
 }

@@ -37,6 +37,17 @@ struct sp_rule {
 	uint16_t qtype;      /* 0 = any */
 	uint64_t ttl_ns;     /* block_source */
 	uint32_t next;       /* next rule for the same name, in policy order */
+	/* block_source: a token bucket of max_blocks_per_sec tokens (one second's worth), refilled at
+	 * that rate; 0 = uncapped. Per Rules object, i.e. per worker (queue) and rule generation. */
+	uint32_t max_blocks_per_sec;
+	double tokens;
+	uint64_t refilled_ns;
+};
+
+/* A closed range of addresses, big-endian (the first 4 bytes for IPv4). */
+struct sp_range {
+	uint8_t lo[16];
+	uint8_t hi[16];
 };
 
 struct sp_name_slot {
@@ -66,6 +77,9 @@ struct sp_rules {
 	hs_scratch_t *scratch_proto;   /* sized for every database; cloned per worker */
 	uint8_t malformed_action;
 	uint64_t *hits;                /* per rule, updated atomically by all workers */
+	/* never_block: sorted, disjoint ranges per family; block_source never inserts a source in one. */
+	struct sp_range *never4, *never6;
+	uint32_t never4_count, never6_count;
 };
 
 struct sp_rules *sp_rules_new(uint32_t rule_count, uint32_t name_capacity);
@@ -83,5 +97,10 @@ uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const str
 /* Best signature rule for a payload of the class, or SP_NO_RULE. */
 uint32_t sp_match_payload(const struct sp_rules *r, hs_scratch_t *scratch, uint8_t protocol, uint16_t port,
 			  const uint8_t *payload, size_t len);
+
+/* 1 if the source (4 or 16 bytes, by version) is in a never_block range. */
+int sp_never_blocked(const struct sp_rules *r, uint8_t ip_version, const uint8_t *addr);
+/* Takes one block token of the rule at now_ns: 1 if the block may be inserted, 0 if over the cap. */
+int sp_take_block_token(struct sp_rules *r, uint32_t rule, uint64_t now_ns);
 
 #endif

@@ -22,7 +22,8 @@ from hyperion.fastpath import PIN_ROOT, FastPath, netns_inode, object_capacities
 from hyperion.labcli import add_commands as add_lab_commands
 from hyperion.lifecycle import DEFAULT_DEADLINE
 from hyperion.metrics import class_label
-from hyperion.policy import load_policy, parse_policy, policy_diff, read_policy
+from hyperion.neverblock import Provenance, discover_host_facts, never_block_sources
+from hyperion.policy import Policy, load_policy, parse_policy, policy_diff, read_policy
 from hyperion.slowpath import SlowPathOptions
 from hyperion.top import Snapshot, run_top
 
@@ -224,6 +225,11 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     if old.slow_path.malformed_dns_action != new.slow_path.malformed_dns_action:
         lines.append(f"~ slow_path.malformed_dns_action: {old.slow_path.malformed_dns_action} -> "
                      f"{new.slow_path.malformed_dns_action}")
+    if old.slow_path.never_block_defaults != new.slow_path.never_block_defaults:
+        lines.append(f"~ slow_path.never_block_defaults: {str(old.slow_path.never_block_defaults).lower()} -> "
+                     f"{str(new.slow_path.never_block_defaults).lower()}")
+    lines += [f"- slow_path.never_block: {n}" for n in old.slow_path.never_block if n not in new.slow_path.never_block]
+    lines += [f"+ slow_path.never_block: {n}" for n in new.slow_path.never_block if n not in old.slow_path.never_block]
     for section, change in changes.items():
         path = f"{'slow_path' if section in ('dns_rules', 'signatures') else 'fast_path'}.{section}"
         lines += [f"- {path}: {entry}" for entry in change["removed"]]
@@ -233,10 +239,29 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _never_block_hit(fastpath: FastPath, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+                     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Provenance] | None:
+    """Where address is in the running policy's effective never_block (the host's facts as of now)."""
+    text = fastpath.applied_policy_text()
+    try:
+        policy = parse_policy(text, "running policy") if text is not None else Policy()
+    except HyperionError:
+        policy = Policy()  # the defaults still protect this host
+    return next(((network, why) for network, why in never_block_sources(policy, discover_host_facts())
+                 if network.version == address.version and address in network), None)
+
+
 def cmd_block_add(args: argparse.Namespace) -> int:
     address = _address(args.address)
     ttl = parse_duration(args.ttl) if args.ttl else None
     with FastPath.open(_iface(args)) as fastpath:
+        # The operator may mean it, but a typo here can cut the host off its gateway or resolver.
+        hit = _never_block_hit(fastpath, address)
+        if hit is not None:
+            what = f"{address} is in never_block ({hit[0]}, {hit[1].value})"
+            if not args.force:
+                raise HyperionError(f"{what}; refusing to block it (use --force to block it anyway)")
+            print(f"hyperion: warning: {what}; blocking it anyway (--force)", file=sys.stderr)
         fastpath.block_add(address, ttl)
     print(f"blocked {address}" + (f" for {format_duration(ttl)}" if ttl else " until removed"))
     return 0
@@ -402,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = block.add_parser("add", help="block a source address, optionally for a time")
     b.add_argument("address")
     b.add_argument("--ttl", help="duration such as 30s, 10m, 1h (default: until removed)")
+    b.add_argument("--force", action="store_true",
+                   help="block it even if it is in never_block (this host's addresses, gateways, resolvers, "
+                        "allow_cidrs, slow_path.never_block)")
     iface_arg(b)
     b.set_defaults(func=cmd_block_add)
     b = block.add_parser("del", help="remove a dynamic block")

@@ -29,6 +29,7 @@ from hyperion.errors import HyperionError
 from hyperion.events import EventDecoder, EventReader, json_lines_sink
 from hyperion.fastpath import FastPath, object_capacities
 from hyperion.metrics import FastPathCollector, ReloadStats, serve_metrics
+from hyperion.neverblock import HostFacts, discover_host_facts, effective_never_block
 from hyperion.policy import Policy, read_policy
 from hyperion.slowpath import CompiledRules, SlowPath, SlowPathOptions, compile_rules
 from hyperion.watch import PolicyWatcher
@@ -55,6 +56,8 @@ class DaemonOptions:
     slowpath_options: SlowPathOptions = field(default_factory=SlowPathOptions)
     # Called once attached, before any thread or worker starts (`run` drops capabilities here).
     privilege_drop: Callable[[], object] | None = None
+    # The host's addresses, gateways and resolvers (never_block defaults); asked at start and every reload.
+    host_facts: Callable[[], HostFacts] = discover_host_facts
 
 
 class Daemon:
@@ -87,7 +90,7 @@ class Daemon:
         if compiled is None:
             compiled = PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy)
         if rules is None and self._wants_slowpath(policy):
-            rules = compile_rules(policy)
+            rules = self.compile_slow_path(policy)
         if rules is not None and self.slowpath is None:
             self.slowpath = SlowPath(self.fastpath, self.options.ifname, policy, self.options.slowpath_options,
                                      event_sink=self._event_sink, compiled=rules)
@@ -101,6 +104,14 @@ class Daemon:
         self.policy = policy
         self.fastpath.record_applied_policy(text)
         return generation
+
+    def compile_slow_path(self, policy: Policy) -> CompiledRules:
+        """The slow path's rules, with never_block completed by the host's facts as they are now."""
+        never_block = effective_never_block(policy, self.options.host_facts())
+        log.info("never_block: %d networks (%s)", len(never_block),
+                 "with the host's addresses, gateways, resolvers and allow_cidrs"
+                 if policy.slow_path.never_block_defaults else "policy entries only")
+        return compile_rules(policy, never_block)
 
     def _wants_slowpath(self, policy: Policy) -> bool:
         return self.options.slowpath and bool(policy.fast_path.redirect_ports)
@@ -135,7 +146,7 @@ class Daemon:
         abi = load_abi(opts.object_path)
         compiled = PolicyCompiler(abi, object_capacities(abi.object_path)).compile(policy)
         # A slow-path rule Hyperscan refuses must not attach anything either.
-        rules = compile_rules(policy) if self._wants_slowpath(policy) else None
+        rules = self.compile_slow_path(policy) if self._wants_slowpath(policy) else None
         self.fastpath = FastPath.attach(opts.ifname, opts.attach_mode, opts.object_path)
         try:
             if opts.events_path:

@@ -153,6 +153,10 @@ class FastPathCollector(Collector):
 
 SLOWPATH_OUTCOMES = ("passed", "dropped", "alerted", "nxdomain", "refused", "blocked_sources", "malformed_dns",
                      "not_parsed", "deliver_errors", "block_errors", "tx_failed", "events_lost")
+# hyperion_slowpath_block_source_total's outcomes -> the worker counter behind each.
+BLOCK_SOURCE_OUTCOMES = {"blocked": "blocked_sources", "never_block": "block_never_block",
+                         "rate_limited": "block_rate_limited", "not_established": "block_not_established",
+                         "error": "block_errors"}
 XDP_STATISTICS = ("rx_dropped", "rx_ring_full", "rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs")
 
 
@@ -168,6 +172,10 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                                     labels=["queue"])
     outcomes = CounterMetricFamily("hyperion_slowpath_packets", "Slow-path outcomes per queue.",
                                    labels=["queue", "outcome"])
+    block_source = CounterMetricFamily(
+        "hyperion_slowpath_block_source", "block_source matches per queue by what happened to the source: blocked, "
+        "or not because it is in never_block, over its rule's max_blocks_per_second, on a TCP flow not established, "
+        "or a map error (the packet is dropped in every case).", labels=["queue", "outcome"])
     free = GaugeMetricFamily("hyperion_afxdp_free_frames", "UMEM frames not posted to the fill ring.",
                              labels=["queue"])
     kernel = {name: CounterMetricFamily(f"hyperion_afxdp_{name}", f"XDP_STATISTICS {name} of the AF_XDP socket.",
@@ -191,6 +199,8 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
             free.add_metric(label, st["free_frames"])
             for outcome in SLOWPATH_OUTCOMES:
                 outcomes.add_metric([str(queue), outcome], st[outcome])
+            for outcome, stat in BLOCK_SOURCE_OUTCOMES.items():
+                block_source.add_metric([str(queue), outcome], st.get(stat, 0))
             for name, family in kernel.items():
                 family.add_metric(label, st.get(f"xdp_{name}", 0))
             cumulative, buckets = 0, []
@@ -198,7 +208,8 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric(label, buckets, sum_value=st["busy_ns"] / 1e9)
-    yield from (drops, verdicts, pressure, inspected, outcomes, free, *kernel.values(), latency, events_dropped)
+    yield from (drops, verdicts, pressure, inspected, outcomes, block_source, free, *kernel.values(), latency,
+                events_dropped)
     yield from _lifecycle_families_of(slowpath)
 
 

@@ -214,6 +214,44 @@ def _parse_address(value: object) -> IPv4Address | IPv6Address:
         raise ValueError(f"{_show(value)} is not a valid IPv4 or IPv6 address") from None
 
 
+def _parse_never_block(value: object) -> IPv4Network | IPv6Network:
+    """An address (taken as a /32 or /128) or a CIDR."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected an address or a CIDR")
+    text = value.strip()
+    if "/" in text:
+        return _parse_network(value)
+    if "%" in text:
+        raise ValueError(f"{_show(value)} has a zone index (%...); never_block matches addresses without zones")
+    try:
+        return ip_network(ip_address(text))
+    except ValueError:
+        raise ValueError(f"{_show(value)} is not a valid IPv4 or IPv6 address or network") from None
+
+
+def _parse_bool(value: object) -> bool:
+    """true/false only: pydantic's lax mode would also take 'no', 'off' or 0."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected true or false")
+    return value
+
+
+DEFAULT_MAX_BLOCKS_PER_SECOND = 10
+MAX_BLOCKS_PER_SECOND_LIMIT = 100_000
+
+
+def _parse_block_rate(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a whole number of blocks")
+    if isinstance(value, str):
+        if not _is_decimal(value.strip()):
+            raise ValueError(f"{_show(value)} is not a whole number of blocks")
+        value = int(value.strip())
+    if not 1 <= value <= MAX_BLOCKS_PER_SECOND_LIMIT:
+        raise ValueError(f"{value} is out of range (1..{MAX_BLOCKS_PER_SECOND_LIMIT})")
+    return value
+
+
 def _is_decimal(text: str) -> bool:
     """ASCII digits only: str.isdigit() also accepts '²', which int() then rejects."""
     return text.isascii() and text.isdigit()
@@ -372,6 +410,9 @@ _Domain = Annotated[str, PlainValidator(_parse_domain)]
 _Regex = Annotated[str, PlainValidator(_parse_regex)]
 _Literal = Annotated[str, PlainValidator(_parse_literal)]
 _Ttl = Annotated[float, PlainValidator(_parse_ttl)]
+_NeverBlock = Annotated[IPv4Network | IPv6Network, PlainValidator(_parse_never_block)]
+_StrictBool = Annotated[bool, PlainValidator(_parse_bool)]
+_BlockRate = Annotated[int, PlainValidator(_parse_block_rate)]
 
 Mode = Annotated[Literal["enforce", "monitor"], BeforeValidator(_lower)]
 OnFailure = Annotated[Literal["pass", "drop"], BeforeValidator(_lower)]
@@ -420,6 +461,13 @@ def _check_ttl(action: str, ttl_seconds: float | None) -> list[tuple[tuple[str |
                 f"'block_source' (action is {action!r})",
             )
         ]
+    return []
+
+
+def _check_block_rate(action: str, rate: int | None) -> list[tuple[tuple[str | int, ...], str]]:
+    if action != "block_source" and rate is not None:
+        return [(("max_blocks_per_second",), f"{rate} given, but it is only used with action 'block_source' "
+                 f"(action is {action!r})")]
     return []
 
 
@@ -484,6 +532,15 @@ class DnsRule(_Strict):
     qtype: _QType | None = None
     action: DnsAction
     ttl_seconds: _Ttl | None = Field(default=None, alias="ttl")
+    # Blocks this rule may insert per second (block_source; None there means the default).
+    block_rate: _BlockRate | None = Field(default=None, alias="max_blocks_per_second")
+
+    @property
+    def max_blocks_per_second(self) -> int | None:
+        """The cap in force: the policy's, the default for block_source, None for other actions."""
+        if self.action != "block_source":
+            return None
+        return self.block_rate if self.block_rate is not None else DEFAULT_MAX_BLOCKS_PER_SECOND
 
     @model_validator(mode="after")
     def _consistent(self) -> DnsRule:
@@ -498,6 +555,7 @@ class DnsRule(_Strict):
         elif self.match is None and self.regex is None:
             problems.append(((), "needs either 'match' (a domain) or 'regex'"))
         problems += _check_ttl(self.action, self.ttl_seconds)
+        problems += _check_block_rate(self.action, self.block_rate)
         if problems:
             raise _ProblemListError(problems)
         return self
@@ -509,6 +567,8 @@ class DnsRule(_Strict):
         parts.append(f"action={self.action}")
         if self.ttl_seconds is not None:
             parts.append(f"ttl={format_duration(self.ttl_seconds)}")
+        if self.block_rate is not None:
+            parts.append(f"max_blocks_per_second={self.block_rate}")
         return " ".join(parts)
 
 
@@ -520,6 +580,13 @@ class Signature(_Strict):
     regex: _Regex | None = None
     action: SignatureAction
     ttl_seconds: _Ttl | None = Field(default=None, alias="ttl")
+    block_rate: _BlockRate | None = Field(default=None, alias="max_blocks_per_second")
+
+    @property
+    def max_blocks_per_second(self) -> int | None:
+        if self.action != "block_source":
+            return None
+        return self.block_rate if self.block_rate is not None else DEFAULT_MAX_BLOCKS_PER_SECOND
 
     @model_validator(mode="after")
     def _consistent(self) -> Signature:
@@ -535,6 +602,7 @@ class Signature(_Strict):
         elif self.literal is None and self.regex is None:
             problems.append(((), "needs either 'literal' or 'regex'"))
         problems += _check_ttl(self.action, self.ttl_seconds)
+        problems += _check_block_rate(self.action, self.block_rate)
         if problems:
             raise _ProblemListError(problems)
         return self
@@ -546,6 +614,8 @@ class Signature(_Strict):
         parts = [self.class_.describe(), pattern, f"action={self.action}"]
         if self.ttl_seconds is not None:
             parts.append(f"ttl={format_duration(self.ttl_seconds)}")
+        if self.block_rate is not None:
+            parts.append(f"max_blocks_per_second={self.block_rate}")
         return " ".join(parts)
 
 
@@ -555,6 +625,15 @@ class SlowPath(_Strict):
     malformed_dns_action: MalformedDnsAction = "drop"
     dns_rules: tuple[DnsRule, ...] = ()
     signatures: tuple[Signature, ...] = ()
+    # Sources block_source never inserts (hyperion.neverblock adds the host's own addresses, gateways,
+    # resolvers and fast_path.allow_cidrs unless never_block_defaults is false).
+    never_block: tuple[_NeverBlock, ...] = ()
+    never_block_defaults: _StrictBool = True
+
+    @field_validator("never_block")
+    @classmethod
+    def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Any, ...]:
+        return _dedupe(value)
 
 
 class Policy(_Strict):

@@ -32,9 +32,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_address
 from typing import Any
 
 from hyperion import _slowpath
@@ -51,6 +51,7 @@ from hyperion.lifecycle import (
     QueueHealth,
     QueueStateMachine,
 )
+from hyperion.neverblock import HostFacts, effective_never_block
 from hyperion.policy import Policy
 from hyperion.policy import SlowPath as SlowPathSection
 from hyperion.worker import CONTROL_BYTES, ControlBlock
@@ -95,12 +96,35 @@ def _hyperscan_regex(pattern: str) -> str:
     return pattern
 
 
-def compile_rules(policy: Policy) -> CompiledRules:
-    """slow_path -> Rules. Hyperscan refusals become PolicyErrors naming the rule."""
-    return compile_slow_path_rules(policy.slow_path)
+def compile_rules(policy: Policy, never_block: Iterable[IPv4Network | IPv6Network] | None = None) -> CompiledRules:
+    """slow_path -> Rules. Hyperscan refusals become PolicyErrors naming the rule.
+
+    never_block: the effective list (hyperion.neverblock; the daemon adds the host's facts); by
+    default the policy's own entries and, unless never_block_defaults is false, its allow_cidrs."""
+    if never_block is None:
+        never_block = effective_never_block(policy, HostFacts())
+    return compile_slow_path_rules(policy.slow_path, never_block)
 
 
-def compile_slow_path_rules(slow: SlowPathSection) -> CompiledRules:
+def never_block_ranges(networks: Iterable[IPv4Network | IPv6Network]) -> list[list[Any]]:
+    """Networks -> sorted, disjoint [version, first, last] ranges (addresses in hex), for the workers."""
+    ranges: list[list[Any]] = []
+    networks = list(networks)
+    for version in (4, 6):
+        family = [n for n in networks if n.version == version]
+        merged = sorted(collapse_addresses(family))  # type: ignore[type-var]
+        for net in merged:
+            first, last = int(net.network_address), int(net.broadcast_address)
+            # Adjacent networks of different sizes stay separate after collapsing: join them.
+            if ranges and ranges[-1][0] == version and int(ranges[-1][2], 16) + 1 >= first:
+                ranges[-1][2] = f"{max(last, int(ranges[-1][2], 16)):0{net.max_prefixlen // 4}x}"
+                continue
+            ranges.append([version, f"{first:0{net.max_prefixlen // 4}x}", f"{last:0{net.max_prefixlen // 4}x}"])
+    return ranges
+
+
+def compile_slow_path_rules(slow: SlowPathSection,
+                            never_block: Iterable[IPv4Network | IPv6Network] | None = None) -> CompiledRules:
     rules: list[tuple[int, int, float]] = []
     labels: list[str] = []
     actions: list[str] = []
@@ -127,8 +151,12 @@ def compile_slow_path_rules(slow: SlowPathSection) -> CompiledRules:
         pattern = _literal_pattern(sig.literal) if sig.literal is not None else _hyperscan_regex(sig.regex or "")
         by_class.setdefault((sig.class_.protocol, sig.class_.port), []).append((index, pattern))
     classes = [(protocol, port, patterns) for (protocol, port), patterns in by_class.items()]
+    networks = list(slow.never_block if never_block is None else never_block)
+    limits = [r.max_blocks_per_second or 0 for r in slow.dns_rules] + [
+        s.max_blocks_per_second or 0 for s in slow.signatures]
     try:
-        spec: list[Any] = [rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action]]
+        spec: list[Any] = [rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action],
+                           [tuple(r) for r in never_block_ranges(networks)], limits]
         compiled = _slowpath.Rules(*spec)
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None

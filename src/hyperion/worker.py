@@ -103,10 +103,11 @@ class Worker:
     def compile(command: dict[str, Any]) -> Any:
         """The supervisor validated and compiled the policy once; this only builds the native
         rule set from its arguments (tuples arrive as JSON lists)."""
-        rules, names, dns_regex, classes, malformed_action = command["spec"]
+        rules, names, dns_regex, classes, malformed_action, never_block, block_limits = command["spec"][:7]
         return _slowpath.Rules([tuple(r) for r in rules], [tuple(n) for n in names],
                                [tuple(d) for d in dns_regex],
-                               [(p, port, [tuple(x) for x in pats]) for p, port, pats in classes], malformed_action)
+                               [(p, port, [tuple(x) for x in pats]) for p, port, pats in classes], malformed_action,
+                               [tuple(r) for r in never_block], list(block_limits))
 
     def open_queue(self, rules: Any, zerocopy: bool) -> Any:
         a = self.args
