@@ -25,7 +25,8 @@ Parsing, in order (each failure is a drop with its own reason):
   A first fragment's UDP length and TCP data offset describe the reassembled datagram (RFC 768,
   RFC 791, RFC 8200 4.5; the Linux stack checks them after reassembly): in a first fragment the
   UDP length is only checked to be >= 8 and the TCP options may extend past the fragment. The
-  fixed UDP/TCP header itself must be in the first fragment (the ports classify it).
+  fixed UDP/TCP header itself must be in the first fragment (the ports classify it). An IPv6 UDP
+  length of 0 means the rest of the datagram (RFC 2675; the Linux stack accepts it at any size).
 
 Stages: allowlist (pass) -> CIDR blocklist -> exact-IP blocklist -> dynamic blocklist (an
 unexpired entry) -> non-first fragments pass (fragment) -> redirect class by (protocol,
@@ -172,6 +173,8 @@ def _l4(frame: bytes, parsed: Parsed, pos: int, end: int) -> Parsed:
         if pos + 8 > end:
             raise Malformed("truncated_udp")
         length = _u16(frame, pos + 4)
+        if length == 0 and parsed.version == 6:  # RFC 2675: the rest of the datagram; Linux takes it
+            length = end - pos
         if length < 8 or (pos + length > end and not parsed.first_fragment):
             raise Malformed("bad_udp_length")
         dst_port = _u16(frame, pos + 2)

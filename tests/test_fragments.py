@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.dns import DNS, DNSQR
-from scapy.layers.inet import IP, UDP, fragment
+from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
@@ -88,7 +88,27 @@ CASES = [
     Case("IPv6 first fragment of udp/53 takes the class", frags6(dport=53)[0], "drop", "redirect_failed"),
     # A UDP length below the header's 8 bytes is malformed in any fragment (RFC 768).
     Case("IPv4 first fragment, UDP length 7", frags4(udp_len=7)[0], "drop", "bad_udp_length"),
-    Case("IPv6 first fragment, UDP length 0", frags6(udp_len=0)[0], "drop", "bad_udp_length"),
+    Case("IPv6 first fragment, UDP length 4", frags6(udp_len=4)[0], "drop", "bad_udp_length"),
+    # IPv6 UDP length 0: the rest of the datagram (RFC 2675), which the Linux stack accepts at any
+    # size (found by tests/test_reference_vs_stack.py: program and reference both dropped it).
+    Case("IPv6 first fragment, UDP length 0", frags6(udp_len=0)[0], "pass", "no_match"),
+    Case("IPv6 UDP length 0", whole(IPv6(src=CLEAN6, dst=DST6) / UDP(dport=9, len=0) / Raw(b"u" * 16)),
+         "pass", "no_match"),
+    Case("IPv6 udp/53 with UDP length 0 takes the class",
+         whole(IPv6(src=CLEAN6, dst=DST6) / UDP(dport=53, len=0) / Raw(b"u" * 16)), "drop", "redirect_failed"),
+    # TCP: the options of a first fragment may continue in the next one (RFC 8200 4.5 asks the
+    # first fragment for the fixed header only; the stack checks the options after reassembly).
+    Case("IPv4 first fragment, TCP options past the fragment",
+         whole(IP(src=CLEAN4, dst=DST4, flags="MF", proto=6) / Raw(bytes(TCP(dport=80, dataofs=15))[:24])),
+         "pass", "no_match"),
+    Case("IPv6 first fragment, TCP options past the fragment",
+         whole(IPv6(src=CLEAN6, dst=DST6) / IPv6ExtHdrFragment(offset=0, m=1, nh=6)
+               / Raw(bytes(TCP(dport=80, dataofs=15))[:24])), "pass", "no_match"),
+    Case("IPv4 first fragment, TCP data offset 4", whole(IP(src=CLEAN4, dst=DST4, flags="MF", proto=6)
+                                                        / Raw(bytes(TCP(dport=80, dataofs=4)))),
+         "drop", "bad_tcp_offset"),
+    Case("IPv4 UDP length 0", whole(IP(src=CLEAN4, dst=DST4) / UDP(dport=9, len=0) / Raw(b"u" * 16)),
+         "drop", "bad_udp_length"),
     # The whole datagram is still bounded by its IP length.
     Case("IPv4 unfragmented, UDP length beyond the datagram",
          whole(IP(src=CLEAN4, dst=DST4) / UDP(dport=9, len=300) / Raw(b"u" * 16)), "drop", "bad_udp_length"),
@@ -229,3 +249,12 @@ def test_3000_byte_datagram_from_the_client_stack_arrives_whole(attached: Sandbo
     after = status(sb)
     assert counter(after, "pass", "fragment") - counter(before, "pass", "fragment") == 10
     assert counter(after, "drop", "bad_udp_length") == counter(before, "drop", "bad_udp_length")
+
+
+def test_slow_path_inspects_an_ipv6_datagram_with_udp_length_0() -> None:
+    """The fast path classifies it (the stack delivers it), so the slow path must inspect it:
+    not parsed would mean passed uninspected."""
+    frame = bytes(ETH / IPv6(src=CLEAN6, dst=DST6) / UDP(sport=40000, dport=53, len=0)
+                  / DNS(rd=1, qd=DNSQR(qname="evil.test")))
+    result = RULES.rules.inspect(frame)
+    assert result["parsed"] and result["qname"] == "evil.test" and result["action"] == _slowpath.DROP

@@ -217,6 +217,10 @@ static __always_inline int parse_l4(struct hdr_cursor *nh, void *data_end,
 		if ((void *)(udph + 1) > data_end || (void *)(udph + 1) > pkt->l3_end)
 			return HYP_REASON_TRUNCATED_UDP;
 		udp_len = bpf_ntohs(udph->len);
+		/* IPv6: 0 stands for the rest of the datagram (RFC 2675), which the Linux
+		 * stack accepts at any size; the 8-byte header is already within it. */
+		if (udp_len == 0 && pkt->is_ipv6)
+			udp_len = sizeof(*udph);
 		if (udp_len < sizeof(*udph))
 			return HYP_REASON_BAD_UDP_LENGTH;
 		/* A first fragment's UDP length counts the reassembled datagram (RFC 768,

@@ -92,9 +92,13 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 	if (p->protocol == 17) {
 		size_t udp_len;
 
-		if (off + 8 > l3_end || rd16(frame + off + 4) < 8)
+		if (off + 8 > l3_end)
 			return -1;
 		udp_len = rd16(frame + off + 4);
+		if (udp_len == 0 && p->ip_version == 6)
+			udp_len = l3_end - off; /* RFC 2675: the rest of the datagram, as Linux takes it */
+		if (udp_len < 8)
+			return -1;
 		/* A first fragment's UDP length is the reassembled datagram's: only the part
 		 * in this fragment can be inspected (a DNS question normally is). */
 		if (off + udp_len > l3_end) {
