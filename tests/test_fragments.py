@@ -14,6 +14,7 @@ A netns test then has the client's own stack send 3000-byte datagrams through Hy
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from hyperion.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox, en
 from hyperion.slowpath import compile_rules
 from hyperion.testrun import run_xdp
 from tests.conftest import program_with_policy
-from tests.netutil import counter, hyperion, status, wait_for
+from tests.netutil import Daemon, counter, hyperion, status, wait_for
 from tests.reference_classifier import ReferenceFastPath
 
 POLICY = """
@@ -211,27 +212,32 @@ def attached(sandbox: Sandbox, tmp_path: Path) -> Iterator[Sandbox]:
     hyperion(sandbox, "detach", "--iface", sandbox.host_if, check=False)
 
 
-def exchange(sb: Sandbox, family: socket.AddressFamily, src: str, dst: str, payload: bytes,
-             count: int) -> list[bytes]:
-    """Sends `count` datagrams from the client's stack (plain sendto) to a host-side socket;
-    returns what that socket received within a deadline."""
+def exchange(sb: Sandbox, family: socket.AddressFamily, src: str, dst: str, payload: bytes | list[bytes],
+             count: int, port: int = 0, expect: int | None = None) -> list[bytes]:
+    """Sends `count` datagrams (or the list) from the client's stack (plain sendto) to a host-side
+    socket; returns what it received: up to `expect` (default: all sent) within a deadline, then
+    whatever else is already queued."""
     with entered_netns(sb.host_ns):
         rx = socket.socket(family, socket.SOCK_DGRAM)
     with entered_netns(sb.client_ns):
         tx = socket.socket(family, socket.SOCK_DGRAM)
     with rx, tx:
-        rx.bind((dst, 0))
+        rx.bind((dst, port))
         rx.settimeout(0.2)
         tx.bind((src, 0))
-        for _ in range(count):
-            tx.sendto(payload, (dst, rx.getsockname()[1]))
+        for data in payload if isinstance(payload, list) else [payload] * count:
+            tx.sendto(data, (dst, rx.getsockname()[1]))
         got: list[bytes] = []
         deadline = time.monotonic() + 10
-        while len(got) < count and time.monotonic() < deadline:
+        while len(got) < (count if expect is None else expect) and time.monotonic() < deadline:
             try:
                 got.append(rx.recv(65535))
             except TimeoutError:
                 continue
+        rx.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                got.append(rx.recv(65535))
         return got
 
 
@@ -258,3 +264,39 @@ def test_slow_path_inspects_an_ipv6_datagram_with_udp_length_0() -> None:
                   / DNS(rd=1, qd=DNSQR(qname="evil.test")))
     result = RULES.rules.inspect(frame)
     assert result["parsed"] and result["qname"] == "evil.test" and result["action"] == _slowpath.DROP
+
+
+SLOW_POLICY = r"""
+fast_path:
+  drop_cidrs: ["203.0.113.0/24", "2001:db8:bad::/48"]
+  redirect_ports:
+    - {protocol: udp, port: 9999, on_failure: pass}
+slow_path:
+  signatures:
+    - {class: {protocol: udp, port: 9999}, regex: "(?i)union\\s+select", action: drop}
+"""
+
+
+@pytest.mark.parametrize("family,src,dst", [(socket.AF_INET, CLIENT_V4, HOST_V4),
+                                            (socket.AF_INET6, CLIENT_V6, HOST_V6)], ids=["v4", "v6"])
+def test_fragmented_datagram_of_a_redirected_class_through_the_slow_path(
+        sandbox: Sandbox, tmp_path: Path, family: socket.AddressFamily, src: str, dst: str) -> None:
+    """The first fragment goes through the worker (inspected on what it holds, then delivered),
+    the others straight to the stack, which reassembles them. A signature in the first fragment
+    drops it, and with it the whole datagram."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SLOW_POLICY)
+    daemon = Daemon(sandbox, policy).start()
+    try:
+        before = status(sandbox)
+        clean = (b"clean " + bytes(range(256)) * 12)[:DATAGRAM]
+        attack = (b"1 UNION SELECT password " + bytes(range(256)) * 12)[:DATAGRAM]
+        # The last clean datagram follows the attack on the same path: once it is read, the
+        # attack has been judged.
+        got = exchange(sandbox, family, src, dst, [clean, clean, attack, clean], count=4, port=9999, expect=3)
+        assert got == [clean, clean, clean]
+        after = status(sandbox)
+        assert counter(after, "redirect", "redirect_class") - counter(before, "redirect", "redirect_class") == 4
+        assert counter(after, "drop", "bad_udp_length") == counter(before, "drop", "bad_udp_length")
+    finally:
+        daemon.stop()
