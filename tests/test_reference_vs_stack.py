@@ -34,7 +34,7 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +211,7 @@ class Stack:
     tx: socket.socket
     barrier: socket.socket
     sockets: dict[tuple[int, int], socket.socket] = field(default_factory=dict)
+    # 16-bit IDs, fresh for each fragmented item (the captures and hypothesis use < 2,000).
     sequence: int = 0
     next_id: int = 0x4000
 
@@ -347,7 +348,8 @@ def judges(kernel: None) -> Iterator[Judges]:
 
 # ---- captures --------------------------------------------------------------------------------
 
-def capture_items(path: Path, host_mac: bytes, client_mac: bytes) -> Iterator[list[bytes]]:
+def capture_items(path: Path, host_mac: bytes, client_mac: bytes,
+                  fresh_id: Callable[[], int] | None = None) -> Iterator[list[bytes]]:
     """Rewritten frames, one item per whole frame and one per fragmented datagram (in capture order)."""
     groups: dict[bytes, list[bytes]] = {}
     order: list[bytes | list[bytes]] = []
@@ -376,7 +378,8 @@ def capture_items(path: Path, host_mac: bytes, client_mac: bytes) -> Iterator[li
         if isinstance(entry, list):
             yield entry
             continue
-        fragment_id = random.Random(entry).randrange(1, 0xFFFF)
+        # A fragment ID of its own: no two groups (nor a group and an old incomplete one) can merge.
+        fragment_id = fresh_id() if fresh_id else random.Random(entry).randrange(1, 0xFFFF)
         rewritten = [rewrite(f, host_mac, client_mac, fragment_id) for f in groups[entry]]
         yield [f for f in rewritten if f is not None]
 
@@ -391,7 +394,8 @@ def test_captures_delivered_by_the_stack_pass_reference_and_program(judges: Judg
     per_file: dict[str, int] = {}
     for name in CAPTURE_FILES:
         before = judges.checked.get("delivered", 0)
-        for i, item in enumerate(capture_items(CAPTURES / name, judges.stack.host_mac, judges.stack.client_mac)):
+        items = capture_items(CAPTURES / name, judges.stack.host_mac, judges.stack.client_mac, judges.stack.fresh_id)
+        for i, item in enumerate(items):
             if item:
                 judges.check(f"{name} item {i}", item)
         per_file[name] = judges.checked.get("delivered", 0) - before
