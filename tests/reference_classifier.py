@@ -10,16 +10,23 @@ Parsing, in order (each failure is a drop with its own reason):
   a third tag is too_many_vlans. Ethertypes other than IPv4/IPv6 pass as non_ip.
 - IPv4: 20 bytes (truncated_ipv4), version 4 (bad_ip_version), IHL >= 5 (bad_ihl), the IHL's
   header within the frame (truncated_ipv4), header <= total length <= frame (bad_ip_length).
-  Fragment offset != 0: a non-first fragment, whose L4 header is not parsed.
+  Fragment offset != 0: a non-first fragment, whose L4 header is not parsed. Offset 0 with
+  More Fragments set: a first fragment (below).
 - IPv6: 40 bytes (truncated_ipv6), version 6, 40 + payload length within the frame
   (bad_ip_length). Extension headers (hop-by-hop 0, routing 43, destination options 60, AH 51,
   fragment 44) are walked, at most HYP_IPV6_EXT_MAX of them (too_many_exthdrs beyond), each
   whole (truncated_exthdr). A fragment header with a non-zero offset makes the packet a
-  non-first fragment.
+  non-first fragment; offset 0 with M set a first fragment; offset 0 with M clear is an
+  atomic fragment (RFC 6946), a whole datagram.
 - L4 of first fragments and whole packets, within the IP datagram (the IP header's length, not
   the frame): TCP 20 bytes and data offset >= 5 with the options inside (truncated_tcp,
   bad_tcp_offset), UDP 8 bytes and 8 <= length <= datagram (truncated_udp, bad_udp_length),
   ICMP/ICMPv6 4 bytes (truncated_icmp). Other protocols have no ports.
+  A first fragment's UDP length and TCP data offset describe the reassembled datagram (RFC 768,
+  RFC 791, RFC 8200 4.5; the Linux stack checks them after reassembly): in a first fragment the
+  UDP length is only checked to be >= 8 and the TCP options may extend past the fragment. The
+  fixed UDP/TCP header itself must be in the first fragment (the ports classify it). An IPv6 UDP
+  length of 0 means the rest of the datagram (RFC 2675; the Linux stack accepts it at any size).
 
 Stages: allowlist (pass) -> CIDR blocklist -> exact-IP blocklist -> dynamic blocklist (an
 unexpired entry) -> non-first fragments pass (fragment) -> redirect class by (protocol,
@@ -68,6 +75,7 @@ class Parsed:
     protocol: int = 0
     dst_port: int = 0
     nonfirst_fragment: bool = False
+    first_fragment: bool = False
 
 
 def _u16(frame: bytes, offset: int) -> int:
@@ -111,9 +119,11 @@ def _ipv4(frame: bytes, pos: int) -> tuple[Parsed, int, int]:
     total = _u16(frame, pos + 2)
     if total < header or pos + total > len(frame):
         raise Malformed("bad_ip_length")
-    nonfirst = (_u16(frame, pos + 6) & 0x1FFF) != 0
+    flags_offset = _u16(frame, pos + 6)
+    nonfirst = (flags_offset & 0x1FFF) != 0
+    first = not nonfirst and bool(flags_offset & 0x2000)  # offset 0, More Fragments
     source = ipaddress.IPv4Address(frame[pos + 12:pos + 16])
-    return Parsed(4, source, frame[pos + 9], 0, nonfirst), pos + header, pos + total
+    return Parsed(4, source, frame[pos + 9], 0, nonfirst, first), pos + header, pos + total
 
 
 def _ipv6(frame: bytes, pos: int) -> tuple[Parsed, int, int]:
@@ -126,7 +136,7 @@ def _ipv6(frame: bytes, pos: int) -> tuple[Parsed, int, int]:
         raise Malformed("bad_ip_length")
     source = ipaddress.IPv6Address(frame[pos + 8:pos + 24])
     bound = end  # extension headers must fit in the datagram its header claims
-    nexthdr, cur, nonfirst = frame[pos + 6], pos + 40, False
+    nexthdr, cur, first = frame[pos + 6], pos + 40, False
     for _ in range(IPV6_EXT_MAX + 1):  # up to IPV6_EXT_MAX headers, then the upper layer
         if nexthdr in IPV6_OPTION_HEADERS:
             if cur + 2 > bound:
@@ -139,10 +149,12 @@ def _ipv6(frame: bytes, pos: int) -> tuple[Parsed, int, int]:
             if cur + 8 > bound:
                 raise Malformed("truncated_exthdr")
             nexthdr, cur = frame[cur], cur + 8
-            if _u16(frame, cur - 8 + 2) & 0xFFF8:  # non-first: fragment data follows, not headers
+            offset_m = _u16(frame, cur - 8 + 2)
+            if offset_m & 0xFFF8:  # non-first: fragment data follows, not headers
                 return Parsed(6, source, nexthdr, 0, True), cur, end
+            first = first or bool(offset_m & 1)  # M clear: an atomic fragment, a whole datagram
         else:
-            return Parsed(6, source, nexthdr, 0, nonfirst), cur, end
+            return Parsed(6, source, nexthdr, 0, False, first), cur, end
     raise Malformed("too_many_exthdrs")
 
 
@@ -154,14 +166,16 @@ def _l4(frame: bytes, parsed: Parsed, pos: int, end: int) -> Parsed:
         offset = frame[pos + 12] >> 4
         if offset < 5:
             raise Malformed("bad_tcp_offset")
-        if pos + offset * 4 > end:
+        if pos + offset * 4 > end and not parsed.first_fragment:
             raise Malformed("truncated_tcp")
         dst_port = _u16(frame, pos + 2)
     elif protocol == UDP:
         if pos + 8 > end:
             raise Malformed("truncated_udp")
         length = _u16(frame, pos + 4)
-        if length < 8 or pos + length > end:
+        if length == 0 and parsed.version == 6:  # RFC 2675: the rest of the datagram; Linux takes it
+            length = end - pos
+        if length < 8 or (pos + length > end and not parsed.first_fragment):
             raise Malformed("bad_udp_length")
         dst_port = _u16(frame, pos + 2)
     elif protocol in (ICMP, ICMPV6) and pos + 4 > end:

@@ -56,6 +56,9 @@ struct packet_info {
 	void *l3;            /* the IP header, for events */
 	void *l3_end;        /* end of the L3 datagram as its header claims */
 	__u32 rule_id;       /* set by the stage that decided, for events */
+	/* Offset 0 with more fragments to come: its L4 header is the reassembled
+	 * datagram's, whose length fields this fragment cannot be checked against. */
+	__u8 first_fragment;
 };
 
 static __always_inline int parse_ethernet(struct hdr_cursor *nh, void *data_end,
@@ -109,6 +112,7 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 	pkt->is_ipv4 = 1;
 	pkt->l4_protocol = iph->protocol;
 	pkt->nonfirst_fragment = (bpf_ntohs(iph->frag_off) & HYP_IP_OFFSET) != 0;
+	pkt->first_fragment = (bpf_ntohs(iph->frag_off) & (HYP_IP_OFFSET | HYP_IP_MF)) == HYP_IP_MF;
 	__builtin_memcpy(pkt->saddr, &iph->saddr, 4);
 	pkt->l3 = iph;
 	pkt->l3_end = (void *)iph + total_len;
@@ -171,6 +175,8 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 				pkt->l4_protocol = nexthdr;
 				return HYP_PARSE_OK;
 			}
+			/* Offset 0 and M set; M clear is an atomic fragment (RFC 6946), a whole datagram. */
+			pkt->first_fragment |= bpf_ntohs(frag->frag_off) & 1;
 			break;
 		default:
 			pkt->l4_protocol = nexthdr;
@@ -199,7 +205,9 @@ static __always_inline int parse_l4(struct hdr_cursor *nh, void *data_end,
 			return HYP_REASON_TRUNCATED_TCP;
 		if (tcph->doff < 5)
 			return HYP_REASON_BAD_TCP_OFFSET;
-		if ((void *)tcph + tcph->doff * 4 > pkt->l3_end)
+		/* A first fragment may end inside the options (RFC 8200 4.5 only asks for
+		 * the fixed header; the stack checks the options after reassembly). */
+		if (!pkt->first_fragment && (void *)tcph + tcph->doff * 4 > pkt->l3_end)
 			return HYP_REASON_TRUNCATED_TCP;
 		pkt->src_port = bpf_ntohs(tcph->source);
 		pkt->dst_port = bpf_ntohs(tcph->dest);
@@ -209,7 +217,15 @@ static __always_inline int parse_l4(struct hdr_cursor *nh, void *data_end,
 		if ((void *)(udph + 1) > data_end || (void *)(udph + 1) > pkt->l3_end)
 			return HYP_REASON_TRUNCATED_UDP;
 		udp_len = bpf_ntohs(udph->len);
-		if (udp_len < sizeof(*udph) || (void *)udph + udp_len > pkt->l3_end)
+		/* IPv6: 0 stands for the rest of the datagram (RFC 2675), which the Linux
+		 * stack accepts at any size; the 8-byte header is already within it. */
+		if (udp_len == 0 && pkt->is_ipv6)
+			udp_len = sizeof(*udph);
+		if (udp_len < sizeof(*udph))
+			return HYP_REASON_BAD_UDP_LENGTH;
+		/* A first fragment's UDP length counts the reassembled datagram (RFC 768,
+		 * RFC 791): larger than this fragment's payload is the normal case. */
+		if (!pkt->first_fragment && (void *)udph + udp_len > pkt->l3_end)
 			return HYP_REASON_BAD_UDP_LENGTH;
 		pkt->src_port = bpf_ntohs(udph->source);
 		pkt->dst_port = bpf_ntohs(udph->dest);

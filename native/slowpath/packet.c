@@ -48,6 +48,7 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 			return -1;
 		if (rd16(ip + 6) & 0x1FFF)
 			return -1; /* non-first fragment: no L4 header */
+		p->first_fragment = (rd16(ip + 6) & 0x2000) != 0; /* MF, offset 0 */
 		p->ip_version = 4;
 		p->protocol = ip[9];
 		memcpy(p->saddr, ip + 12, 4);
@@ -74,6 +75,8 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 			p->has_ext_headers = 1;
 			if (next == 44 && (rd16(frame + off + 2) & 0xFFF8))
 				return -1; /* non-first fragment */
+			if (next == 44 && (rd16(frame + off + 2) & 1))
+				p->first_fragment = 1; /* M set; M clear is an atomic fragment, a whole datagram */
 			size_t ext = next == 44 ? 8 : ((size_t)frame[off + 1] + 1) * 8;
 
 			next = frame[off];
@@ -87,10 +90,24 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 	size_t l3_end = p->l3_offset + p->l3_len;
 
 	if (p->protocol == 17) {
-		if (off + 8 > l3_end || rd16(frame + off + 4) < 8 || off + rd16(frame + off + 4) > l3_end)
+		size_t udp_len;
+
+		if (off + 8 > l3_end)
 			return -1;
+		udp_len = rd16(frame + off + 4);
+		if (udp_len == 0 && p->ip_version == 6)
+			udp_len = l3_end - off; /* RFC 2675: the rest of the datagram, as Linux takes it */
+		if (udp_len < 8)
+			return -1;
+		/* A first fragment's UDP length is the reassembled datagram's: only the part
+		 * in this fragment can be inspected (a DNS question normally is). */
+		if (off + udp_len > l3_end) {
+			if (!p->first_fragment)
+				return -1;
+			udp_len = l3_end - off;
+		}
 		p->payload_offset = off + 8;
-		p->payload_len = rd16(frame + off + 4) - 8;
+		p->payload_len = udp_len - 8;
 	} else if (p->protocol == 6) {
 		size_t doff;
 

@@ -23,9 +23,13 @@ struct sp_packet {
 	uint16_t dst_port;
 	uint8_t saddr[16];
 	uint8_t daddr[16];
+	/* Offset 0 with more fragments to come: payload_len covers only this fragment's
+	 * part of the datagram, and the L4 checksum cannot be checked or completed here. */
+	uint8_t first_fragment;
 };
 
-/* 0 on success, -1 if the frame is not IP/UDP-or-TCP with a whole header. */
+/* 0 on success, -1 if the frame is not IP/UDP-or-TCP with a whole header (a non-first
+ * fragment has none). A first fragment parses: ports, and the payload it holds. */
 int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p);
 
 /* Rewrites a DNS query frame into an answer with rcode (3 NXDOMAIN, 5 REFUSED)
