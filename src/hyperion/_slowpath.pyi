@@ -12,6 +12,10 @@ EXACT: int
 SUFFIX: int
 
 def parse_dns(message: bytes, /) -> tuple[str, int] | None: ...
+def compile_count() -> int: ...
+
+# Rules.serialize(): the DNS regex database and one per signature class (None where a set is empty).
+SerializedDatabases = tuple[bytes | None, list[bytes | None]]
 
 class Rules:
     def __init__(
@@ -21,7 +25,9 @@ class Rules:
         dns_regex: list[tuple[int, str]],
         classes: list[tuple[int, int, list[tuple[int, str]]]],
         malformed_action: int = ...,
+        databases: SerializedDatabases | None = ...,
     ) -> None: ...
+    def serialize(self) -> SerializedDatabases: ...
     def inspect(self, frame: bytes, /) -> dict[str, Any]: ...
     def hits(self) -> list[int]: ...
 
