@@ -260,3 +260,91 @@ def test_a_failed_slowpath_start_is_not_kept_for_the_next_reload(monkeypatch: py
         assert d.slowpath is None
         assert FailingSlowPath.started == attempt
         assert fast.applied == []  # the fast path did not switch without its slow path
+
+
+class SilentProc:
+    """A worker process that is alive and never reads its rules (killed by the watchdog)."""
+    pid = 4343
+    stdin = stdout = None
+
+    def __init__(self) -> None:
+        self.killed = False
+
+    def poll(self) -> int | None:
+        return -9 if self.killed else None
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def send_signal(self, signum: int) -> None:
+        self.killed = True
+
+    def wait(self, timeout: float | None = None) -> int:
+        return -9
+
+
+class BeatingControl:
+    """A control block whose heartbeat is always fresh: the loop runs, only the rules are not taken."""
+
+    def __getitem__(self, item: slice) -> bytes:
+        return time.monotonic_ns().to_bytes(8, "little")
+
+    def close(self) -> None:
+        pass
+
+
+class DeletingMap:
+    def __init__(self) -> None:
+        self.deleted: list[bytes] = []
+
+    def delete(self, key: bytes) -> None:
+        self.deleted.append(key)
+
+
+def test_the_watchdog_replaces_a_worker_that_does_not_acknowledge_new_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyperion import slowpath as slowpath_module
+
+    monkeypatch.setattr(slowpath_module, "descriptor_convergence", lambda *a: "no driver counters")
+    sp = _supervisor(queues=0)
+    fast = sp.fastpath
+    fast.maps["xsk_map"] = DeletingMap()
+    fast.queue_counter = lambda queue: {}  # type: ignore[attr-defined]
+    sp._channels = 1
+    sp._last_steering_check = time.monotonic() + 3600
+    mq = ManagedQueue(0, 0, QueueStateMachine(0))
+    mq.machine.move("recovering", "starting")
+    mq.machine.move("active", "ready")
+    worker = slowpath_module.WorkerProcess(SilentProc(), BeatingControl(), time.monotonic(),  # type: ignore[arg-type]
+                                           applied_generation=1, offered_generation=1)
+    worker.ready.set()
+    mq.worker, mq.health = worker, slowpath_module.QueueHealth(sp.options.deadline)
+    sp.queues[0] = mq
+    spawned: list[int] = []
+
+    def spawn(q: ManagedQueue) -> Any:
+        spawned.append(sp.generation)
+        fresh = slowpath_module.WorkerProcess(SilentProc(), BeatingControl(), time.monotonic(),  # type: ignore[arg-type]
+                                              applied_generation=sp.generation, offered_generation=sp.generation)
+        fresh.ready.set()
+        return fresh
+
+    monkeypatch.setattr(sp, "_spawn", spawn)
+    policy = parse_policy("slow_path:\n  dns_rules: [{match: 'other.test', action: drop}]\n")
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(sp.update(policy, compile_rules(policy))))
+    thread.start()
+    # The watchdog's ticks, from this thread: healthy until the reload deadline passes, then fenced
+    # (update() returns: no worker serves older rules) and restarted with the new rules.
+    end = time.monotonic() + 10
+    while (thread.is_alive() or mq.machine.state != "active") and time.monotonic() < end:
+        with sp._lock:
+            sp._check(mq)
+        time.sleep(0.02)
+    thread.join(5)
+    assert result == [2], "update() did not return once the replacement held the new rules"
+    fences = [(t.to_state, t.reason) for t in mq.machine.history if t.to_state == "fenced"]
+    assert fences == [("fenced", "rules_not_applied")]
+    assert worker.proc.killed and worker.offered_generation == 2  # type: ignore[attr-defined]
+    assert spawned == [2] and mq.machine.state == "active" and mq.worker is not None
+    assert mq.worker.applied_generation == 2
+    assert fast.maps["xsk_map"].deleted == [(0).to_bytes(4, "little")]

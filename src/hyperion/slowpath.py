@@ -291,6 +291,7 @@ class WorkerProcess:
     applied_generation: int = 0           # the rules generation it started with or acknowledged
     offered_generation: int = 0           # the last generation offered to it
     offered_at: float = 0.0
+    compiles: int | None = None           # Hyperscan compiles the worker did to start (its "ready")
 
     @property
     def pid(self) -> int:
@@ -501,6 +502,7 @@ class SlowPath:
         kind = message.get("type")
         if kind == "ready":
             worker.zerocopy = bool(message.get("zerocopy"))
+            worker.compiles = message.get("compiles")
             worker.ready.set()
         elif kind == "rules_applied":
             with self._data:
@@ -941,6 +943,8 @@ class SlowPath:
                     "worker_pid": worker.pid if worker is not None else None,
                     "umem_bound": worker is not None and worker.ready.is_set(),
                     "zerocopy": worker.zerocopy if worker is not None else None,
+                    "rules_generation": worker.applied_generation if worker is not None else None,
+                    "rule_compiles": worker.compiles if worker is not None else None,
                     "heartbeat_age_ms": None if beat is None else round((time.monotonic() - beat) * 1000, 1),
                     "umem_frames": self.options.frames}
                 descriptors.update({k: st[k] for k in ("free_frames", "fill_ring_level", "rx_ring_level",

@@ -159,7 +159,9 @@ class Worker:
                 raise
             self.queue = self.open_queue(self.rules, zerocopy=False)
             zerocopy = False
-        self.send({"type": "ready", "zerocopy": zerocopy, "generation": self.generation})
+        # compiles: Hyperscan compiles this process did (0: it took the supervisor's databases).
+        self.send({"type": "ready", "zerocopy": zerocopy, "generation": self.generation,
+                   "compiles": _slowpath.compile_count()})
 
     def handle(self, command: dict[str, Any]) -> None:
         if command["cmd"] == "rules":
