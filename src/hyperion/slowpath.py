@@ -247,7 +247,6 @@ class SlowPathOptions:
 LEVELS = frozenset({"rx_ring_level", "ring_size", "free_frames", "tx_outstanding", "fill_ring_level"})
 
 
-@dataclass
 class RulesBlob:
     """One generation's rules as workers take them: spec and serialized Hyperscan databases in a sealed
     memfd (compiled once, here; sealed, so no one can change it while a worker parses it), passed to
