@@ -15,7 +15,7 @@ import pytest
 from hyperion import _slowpath
 from hyperion import daemon as daemon_module
 from hyperion.errors import HyperionError, PolicyError
-from hyperion.lifecycle import QueueStateMachine
+from hyperion.lifecycle import QueueHealth, QueueStateMachine
 from hyperion.policy import parse_policy
 from hyperion.slowpath import ManagedQueue, SlowPath, SlowPathError, compile_rules
 
@@ -306,9 +306,9 @@ def test_the_watchdog_replaces_a_worker_that_does_not_acknowledge_new_rules(monk
 
     monkeypatch.setattr(slowpath_module, "descriptor_convergence", lambda *a: "no driver counters")
     sp = _supervisor(queues=0)
-    fast = sp.fastpath
+    fast: Any = sp.fastpath
     fast.maps["xsk_map"] = DeletingMap()
-    fast.queue_counter = lambda queue: {}  # type: ignore[attr-defined]
+    fast.queue_counter = lambda queue: {}
     sp._channels = 1
     sp._last_steering_check = time.monotonic() + 3600
     mq = ManagedQueue(0, 0, QueueStateMachine(0))
@@ -317,7 +317,7 @@ def test_the_watchdog_replaces_a_worker_that_does_not_acknowledge_new_rules(monk
     worker = slowpath_module.WorkerProcess(SilentProc(), BeatingControl(), time.monotonic(),  # type: ignore[arg-type]
                                            applied_generation=1, offered_generation=1)
     worker.ready.set()
-    mq.worker, mq.health = worker, slowpath_module.QueueHealth(sp.options.deadline)
+    mq.worker, mq.health = worker, QueueHealth(sp.options.deadline)
     sp.queues[0] = mq
     spawned: list[int] = []
 
@@ -348,3 +348,38 @@ def test_the_watchdog_replaces_a_worker_that_does_not_acknowledge_new_rules(monk
     assert spawned == [2] and mq.machine.state == "active" and mq.worker is not None
     assert mq.worker.applied_generation == 2
     assert fast.maps["xsk_map"].deleted == [(0).to_bytes(4, "little")]
+
+
+class StubbornSlowPath:
+    """A running slow path whose queues do not take the first update offered."""
+
+    def __init__(self, rules: Any) -> None:
+        self.rules = rules
+        self.updates: list[Any] = []
+
+    def update(self, policy: Any, rules: Any) -> int:
+        self.updates.append(rules)
+        if len(self.updates) == 1:
+            raise SlowPathError("rules generation 2 not taken within 17.2 s by queue 0")
+        self.rules = rules
+        return len(self.updates) + 1
+
+
+def test_a_slow_path_that_does_not_take_the_rules_keeps_the_running_policy(tmp_path: Path) -> None:
+    d = daemon_module.Daemon(daemon_module.DaemonOptions("veth-x", tmp_path / "p.yaml"))
+    fast = FakeDaemonFastPath()
+    d.fastpath = fast  # type: ignore[assignment]
+    running = parse_policy("fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
+                           "slow_path:\n  dns_rules: [{match: 'evil.test', action: drop}]\n")
+    running_rules = compile_rules(running)
+    d.policy = running
+    stubborn = StubbornSlowPath(running_rules)
+    d.slowpath = stubborn  # type: ignore[assignment]
+    new = parse_policy("fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
+                       "slow_path:\n  dns_rules: [{match: 'other.test', action: drop}]\n")
+    new_rules = compile_rules(new)
+    with pytest.raises(SlowPathError, match="queue 0"):
+        d.apply_policy(new, "text", compiled=object(), rules=new_rules)  # type: ignore[arg-type]
+    assert fast.applied == []                               # the fast path kept the running policy
+    assert stubborn.updates == [new_rules, running_rules]   # and the slow path was given its rules back
+    assert d.policy is running and d.slowpath is stubborn  # type: ignore[comparison-overlap]
