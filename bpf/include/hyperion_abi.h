@@ -101,6 +101,7 @@ enum hyp_queue_reason {
 	HYP_QREASON_SHUTDOWN = 11,
 	HYP_QREASON_PRESSURE_CLEARED = 12,
 	HYP_QREASON_RECOVERY_FAILED = 13,
+	HYP_QREASON_RULES_NOT_APPLIED = 14, /* a reload's rules not acknowledged within the deadline */
 	HYP_QREASON__MAX,
 };
 

@@ -117,14 +117,18 @@ static void Rules_dealloc(RulesObject *self)
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Collects (index, pattern) pairs into parallel arrays; patterns stay owned by the list. */
+/* Collects (index, pattern) pairs into parallel arrays. *snapshot (a tuple of the pairs, released by
+ * the caller after the compile) keeps the patterns alive while the GIL is released: the caller's
+ * list could change meanwhile, the tuple and its (immutable) pairs cannot. */
 static int pattern_arrays(PyObject *pairs, const char ***patterns, uint32_t **ids, uint32_t *count,
-			  uint32_t rule_count)
+			  uint32_t rule_count, PyObject **snapshot)
 {
-	Py_ssize_t n = PyList_Size(pairs);
+	Py_ssize_t n;
 
-	if (n < 0)
+	*snapshot = PySequence_Tuple(pairs);
+	if (!*snapshot)
 		return -1;
+	n = PyTuple_GET_SIZE(*snapshot);
 	*count = (uint32_t)n;
 	*patterns = calloc(n ? n : 1, sizeof(**patterns));
 	*ids = calloc(n ? n : 1, sizeof(**ids));
@@ -135,8 +139,13 @@ static int pattern_arrays(PyObject *pairs, const char ***patterns, uint32_t **id
 	for (Py_ssize_t i = 0; i < n; i++) {
 		unsigned int index;
 		const char *pattern;
+		PyObject *pair = PyTuple_GET_ITEM(*snapshot, i);
 
-		if (!PyArg_ParseTuple(PyList_GET_ITEM(pairs, i), "Is", &index, &pattern))
+		if (!PyTuple_Check(pair)) {
+			PyErr_SetString(PyExc_TypeError, "patterns must be (index, pattern) tuples");
+			return -1;
+		}
+		if (!PyArg_ParseTuple(pair, "Is", &index, &pattern))
 			return -1;
 		if (index >= rule_count) {
 			PyErr_Format(PyExc_ValueError, "rule index %u out of range", index);
@@ -202,22 +211,56 @@ static int never_block_ranges(struct sp_rules *r, PyObject *list)
 	return 0;
 }
 
+/* One serialized database of `databases`: bytes, or None where the set has no patterns. */
+static int serialized_db(PyObject *item, const char **bytes, Py_ssize_t *len, uint32_t count, const char *what)
+{
+	if (item == Py_None && !count) {
+		*bytes = NULL, *len = 0;
+		return 0;
+	}
+	if (!PyBytes_Check(item)) {
+		PyErr_Format(PyExc_ValueError, "%s: %s", what,
+			     count ? "serialized database missing" : "serialized database for no patterns");
+		return -1;
+	}
+	return PyBytes_AsStringAndSize(item, (char **)bytes, len);
+}
+
 static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"rules", "names", "dns_regex", "classes", "malformed_action", "never_block",
-				 "block_limits", NULL};
+				 "block_limits", "databases", NULL};
 	PyObject *rules, *names, *dns_regex, *classes, *never_block = NULL, *block_limits = NULL;
-	int malformed_action = SP_DROP;
+	PyObject *databases = Py_None, *class_dbs = NULL;
+	PyObject *snapshot = NULL;
+	int malformed_action = SP_DROP, rc;
 	char err[256] = "";
 	const char **patterns = NULL;
 	uint32_t *ids = NULL, count = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!|iO!O!", kwlist, &PyList_Type, &rules, &PyList_Type,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!|iO!O!O", kwlist, &PyList_Type, &rules, &PyList_Type,
 					 &names, &PyList_Type, &dns_regex, &PyList_Type, &classes,
-					 &malformed_action, &PyList_Type, &never_block, &PyList_Type, &block_limits))
+					 &malformed_action, &PyList_Type, &never_block, &PyList_Type, &block_limits,
+					 &databases))
 		return -1;
+	if (databases != Py_None) {
+		/* (dns_regex database, [database per class, in the order of classes]) from serialize() */
+		if (!PyTuple_Check(databases) || PyTuple_GET_SIZE(databases) != 2 ||
+		    !PyList_Check(PyTuple_GET_ITEM(databases, 1)) ||
+		    PyList_GET_SIZE(PyTuple_GET_ITEM(databases, 1)) != PyList_Size(classes)) {
+			PyErr_SetString(PyExc_ValueError, "databases: expected (dns_regex, [one per class]) as serialize() "
+					"returns it");
+			return -1;
+		}
+		class_dbs = PyTuple_GET_ITEM(databases, 1);
+	}
 	uint32_t rule_count = (uint32_t)PyList_Size(rules);
 
+	if (self->rules) {  /* __init__ called again: start over */
+		hs_free_scratch(self->scratch);
+		self->scratch = NULL;
+		sp_rules_free(self->rules);
+	}
 	self->rules = sp_rules_new(rule_count, (uint32_t)PyList_Size(names));
 	if (!self->rules) {
 		PyErr_NoMemory();
@@ -266,29 +309,59 @@ static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 			return -1;
 		}
 	}
-	if (pattern_arrays(dns_regex, &patterns, &ids, &count, rule_count))
+	if (pattern_arrays(dns_regex, &patterns, &ids, &count, rule_count, &snapshot))
 		goto fail;
-	if (sp_rules_compile_dns_regex(self->rules, patterns, ids, count, err, sizeof(err))) {
+	if (class_dbs) {
+		const char *bytes;
+		Py_ssize_t len;
+
+		if (serialized_db(PyTuple_GET_ITEM(databases, 0), &bytes, &len, count, "DNS regex"))
+			goto fail;
+		rc = sp_rules_load_dns_regex(self->rules, bytes, (size_t)len, ids, count, err, sizeof(err));
+	} else {
+		/* Hyperscan compiles can take seconds: the daemon's other threads keep running meanwhile. */
+		Py_BEGIN_ALLOW_THREADS
+		rc = sp_rules_compile_dns_regex(self->rules, patterns, ids, count, err, sizeof(err));
+		Py_END_ALLOW_THREADS
+	}
+	if (rc) {
 		PyErr_Format(PyExc_ValueError, "DNS regex: %s", err);
 		goto fail;
 	}
 	free(patterns), free(ids);
 	patterns = NULL, ids = NULL;
+	Py_CLEAR(snapshot);
 	for (Py_ssize_t i = 0; i < PyList_Size(classes); i++) {
 		int protocol, port;
 		PyObject *pairs;
 
 		if (!PyArg_ParseTuple(PyList_GET_ITEM(classes, i), "iiO!", &protocol, &port, &PyList_Type, &pairs))
 			goto fail;
-		if (pattern_arrays(pairs, &patterns, &ids, &count, rule_count))
+		if (pattern_arrays(pairs, &patterns, &ids, &count, rule_count, &snapshot))
 			goto fail;
-		if (sp_rules_add_class(self->rules, (uint8_t)protocol, (uint16_t)port, patterns, ids, count, err,
-				       sizeof(err))) {
+		if (class_dbs) {
+			const char *bytes;
+			Py_ssize_t len;
+			char what[48];
+
+			snprintf(what, sizeof(what), "signatures of %d/%d", protocol, port);
+			if (serialized_db(PyList_GET_ITEM(class_dbs, i), &bytes, &len, count, what))
+				goto fail;
+			rc = sp_rules_load_class(self->rules, (uint8_t)protocol, (uint16_t)port, bytes, (size_t)len, ids,
+						 count, err, sizeof(err));
+		} else {
+			Py_BEGIN_ALLOW_THREADS
+			rc = sp_rules_add_class(self->rules, (uint8_t)protocol, (uint16_t)port, patterns, ids, count, err,
+						sizeof(err));
+			Py_END_ALLOW_THREADS
+		}
+		if (rc) {
 			PyErr_Format(PyExc_ValueError, "signatures of %d/%d: %s", protocol, port, err);
 			goto fail;
 		}
 		free(patterns), free(ids);
 		patterns = NULL, ids = NULL;
+		Py_CLEAR(snapshot);
 	}
 	if (sp_rules_finish(self->rules, err, sizeof(err))) {
 		PyErr_SetString(PyExc_MemoryError, err);
@@ -300,9 +373,51 @@ static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 	}
 	return 0;
 fail:
+	Py_XDECREF(snapshot);
 	free(patterns);
 	free(ids);
 	return -1;
+}
+
+/* One database as bytes (hs_serialize_database), or None. */
+static PyObject *serialize_db(const hs_database_t *db)
+{
+	char *bytes = NULL;
+	size_t len = 0;
+	PyObject *out;
+
+	if (!db)
+		Py_RETURN_NONE;
+	if (hs_serialize_database(db, &bytes, &len) != HS_SUCCESS) {
+		PyErr_SetString(PyExc_MemoryError, "Hyperscan could not serialize a database");
+		return NULL;
+	}
+	out = PyBytes_FromStringAndSize(bytes, (Py_ssize_t)len);
+	free(bytes);  /* hs's default allocator is malloc */
+	return out;
+}
+
+static PyObject *Rules_serialize(RulesObject *self, PyObject *unused)
+{
+	PyObject *classes = PyList_New(self->rules->class_count), *dns;
+
+	if (!classes)
+		return NULL;
+	for (uint32_t i = 0; i < self->rules->class_count; i++) {
+		PyObject *db = serialize_db(self->rules->classes[i].db);
+
+		if (!db) {
+			Py_DECREF(classes);
+			return NULL;
+		}
+		PyList_SET_ITEM(classes, i, db);
+	}
+	dns = serialize_db(self->rules->dns_regex);
+	if (!dns) {
+		Py_DECREF(classes);
+		return NULL;
+	}
+	return Py_BuildValue("(NN)", dns, classes);
 }
 
 /* Names are bytes off the wire: Latin-1 maps each to one character, so decoding never fails. */
@@ -373,6 +488,9 @@ static PyMethodDef Rules_methods[] = {
 	{"inspect", (PyCFunction)Rules_inspect, METH_O,
 	 "inspect(frame) -> dict: the decision the workers would take for an Ethernet frame."},
 	{"hits", (PyCFunction)Rules_hits, METH_NOARGS, "hits() -> list: matches per rule index."},
+	{"serialize", (PyCFunction)Rules_serialize, METH_NOARGS,
+	 "serialize() -> (dns_regex db | None, [db | None per class]): the compiled Hyperscan databases, for "
+	 "Rules(..., databases=) in another process."},
 	{NULL},
 };
 
@@ -1103,7 +1221,13 @@ static PyObject *parse_dns(PyObject *module, PyObject *arg)
 	return Py_BuildValue("(NH)", qname_str(q.name, q.name_len), q.qtype);
 }
 
+static PyObject *compile_count(PyObject *self, PyObject *unused)
+{
+	return PyLong_FromUnsignedLong(sp_compile_count());
+}
+
 static PyMethodDef module_methods[] = {
+	{"compile_count", compile_count, METH_NOARGS, "compile_count() -> int: Hyperscan compiles in this process."},
 	{"parse_dns", parse_dns, METH_O,
 	 "parse_dns(message) -> (qname, qtype) | None (not a query); ValueError if malformed."},
 	{NULL},

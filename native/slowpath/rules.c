@@ -102,6 +102,13 @@ int sp_rules_add_name(struct sp_rules *r, uint32_t index, uint8_t kind, const ch
 	return 0;
 }
 
+static unsigned long compile_count;
+
+unsigned long sp_compile_count(void)
+{
+	return __atomic_load_n(&compile_count, __ATOMIC_RELAXED);
+}
+
 static int compile(const char **patterns, const uint32_t *rule_ids, uint32_t count, hs_database_t **db,
 		   uint32_t **ids_out, char *err_buf, size_t err_len)
 {
@@ -119,6 +126,7 @@ static int compile(const char **patterns, const uint32_t *rule_ids, uint32_t cou
 		ids[i] = i;
 		(*ids_out)[i] = rule_ids[i];
 	}
+	__atomic_add_fetch(&compile_count, 1, __ATOMIC_RELAXED);
 	if (hs_compile_multi(patterns, flags, ids, count, HS_MODE_BLOCK, NULL, db, &error) != HS_SUCCESS) {
 		snprintf(err_buf, err_len, "pattern %d: %s", error ? error->expression : -1,
 			 error && error->message ? error->message : "compile failed");
@@ -136,28 +144,84 @@ out:
 	return rc;
 }
 
+/* A serialized database; ids as compile() numbers them (0..count-1, mapped through rule_ids). */
+static int load(const char *bytes, size_t len, const uint32_t *rule_ids, uint32_t count, hs_database_t **db,
+		uint32_t **ids_out, char *err_buf, size_t err_len)
+{
+	hs_error_t rc;
+
+	*ids_out = calloc(count ? count : 1, sizeof(**ids_out));
+	if (!*ids_out) {
+		snprintf(err_buf, err_len, "out of memory");
+		return -1;
+	}
+	memcpy(*ids_out, rule_ids, count * sizeof(**ids_out));
+	rc = hs_deserialize_database(bytes, len, db);
+	if (rc != HS_SUCCESS) {
+		snprintf(err_buf, err_len, "serialized database refused by Hyperscan (error %d)", rc);
+		free(*ids_out);
+		*ids_out = NULL;
+		*db = NULL;
+		return -1;
+	}
+	return 0;
+}
+
 int sp_rules_compile_dns_regex(struct sp_rules *r, const char **patterns, const uint32_t *rule_ids,
 			       uint32_t count, char *err_buf, size_t err_len)
 {
 	if (!count)
 		return 0;
+	r->dns_regex_count = count;
 	return compile(patterns, rule_ids, count, &r->dns_regex, &r->dns_regex_rules, err_buf, err_len);
 }
 
-int sp_rules_add_class(struct sp_rules *r, uint8_t protocol, uint16_t port, const char **patterns,
-		       const uint32_t *rule_ids, uint32_t count, char *err_buf, size_t err_len)
+int sp_rules_load_dns_regex(struct sp_rules *r, const char *bytes, size_t len, const uint32_t *rule_ids,
+			    uint32_t count, char *err_buf, size_t err_len)
+{
+	if (!count)
+		return 0;
+	r->dns_regex_count = count;
+	return load(bytes, len, rule_ids, count, &r->dns_regex, &r->dns_regex_rules, err_buf, err_len);
+}
+
+static struct sp_class_db *new_class(struct sp_rules *r, uint8_t protocol, uint16_t port, uint32_t count)
 {
 	struct sp_class_db *grown = realloc(r->classes, (r->class_count + 1) * sizeof(*grown));
 	struct sp_class_db *c;
 
 	if (!grown)
-		return -1;
+		return NULL;
 	r->classes = grown;
 	c = &r->classes[r->class_count];
 	memset(c, 0, sizeof(*c));
 	c->protocol = protocol;
 	c->port = port;
+	c->rule_id_count = count;
+	return c;
+}
+
+int sp_rules_add_class(struct sp_rules *r, uint8_t protocol, uint16_t port, const char **patterns,
+		       const uint32_t *rule_ids, uint32_t count, char *err_buf, size_t err_len)
+{
+	struct sp_class_db *c = new_class(r, protocol, port, count);
+
+	if (!c)
+		return -1;
 	if (count && compile(patterns, rule_ids, count, &c->db, &c->rule_ids, err_buf, err_len))
+		return -1;
+	r->class_count++;
+	return 0;
+}
+
+int sp_rules_load_class(struct sp_rules *r, uint8_t protocol, uint16_t port, const char *bytes, size_t len,
+			const uint32_t *rule_ids, uint32_t count, char *err_buf, size_t err_len)
+{
+	struct sp_class_db *c = new_class(r, protocol, port, count);
+
+	if (!c)
+		return -1;
+	if (count && load(bytes, len, rule_ids, count, &c->db, &c->rule_ids, err_buf, err_len))
 		return -1;
 	r->class_count++;
 	return 0;
@@ -179,6 +243,7 @@ fail:
 struct best_match {
 	const struct sp_rules *rules;
 	const uint32_t *ids;
+	uint32_t id_count;   /* a database that reports an id past its table is ignored, not trusted */
 	uint16_t qtype;
 	uint32_t best;
 };
@@ -192,9 +257,12 @@ static int on_match(unsigned int id, unsigned long long from, unsigned long long
 		    void *ctx)
 {
 	struct best_match *m = ctx;
-	uint32_t rule = m->ids[id];
+	uint32_t rule;
 
 	(void)from, (void)to, (void)flags;
+	if (id >= m->id_count)
+		return 0;
+	rule = m->ids[id];
 	if (rule < m->best && qtype_ok(&m->rules->rules[rule], m->qtype))
 		m->best = rule;
 	return 0; /* keep scanning: a later pattern may be an earlier rule */
@@ -228,7 +296,7 @@ uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const str
 			best = found;
 	}
 	if (r->dns_regex && scratch) {
-		struct best_match m = { r, r->dns_regex_rules, q->qtype, best };
+		struct best_match m = { r, r->dns_regex_rules, r->dns_regex_count, q->qtype, best };
 
 		hs_scan(r->dns_regex, q->name, (unsigned)q->name_len, 0, scratch, on_match, &m);
 		best = m.best;
@@ -244,7 +312,7 @@ uint32_t sp_match_payload(const struct sp_rules *r, hs_scratch_t *scratch, uint8
 
 		if (c->protocol != protocol || c->port != port || !c->db || !scratch)
 			continue;
-		struct best_match m = { r, c->rule_ids, 0, SP_NO_RULE };
+		struct best_match m = { r, c->rule_ids, c->rule_id_count, 0, SP_NO_RULE };
 
 		hs_scan(c->db, (const char *)payload, (unsigned)len, 0, scratch, on_match, &m);
 		return m.best;

@@ -63,6 +63,7 @@ struct sp_class_db {
 	uint16_t port;
 	hs_database_t *db;
 	uint32_t *rule_ids;  /* Hyperscan id -> rule index */
+	uint32_t rule_id_count;
 };
 
 struct sp_rules {
@@ -72,6 +73,7 @@ struct sp_rules {
 	uint32_t name_mask;
 	hs_database_t *dns_regex;      /* NULL if no regex rules */
 	uint32_t *dns_regex_rules;     /* Hyperscan id -> rule index */
+	uint32_t dns_regex_count;
 	struct sp_class_db *classes;
 	uint32_t class_count;
 	hs_scratch_t *scratch_proto;   /* sized for every database; cloned per worker */
@@ -91,6 +93,13 @@ int sp_rules_compile_dns_regex(struct sp_rules *r, const char **patterns, const 
 int sp_rules_add_class(struct sp_rules *r, uint8_t protocol, uint16_t port, const char **patterns,
 		       const uint32_t *rule_ids, uint32_t count, char *err_buf, size_t err_len);
 int sp_rules_finish(struct sp_rules *r, char *err_buf, size_t err_len);
+/* The same two, from databases hs_serialize_database wrote (a worker takes what the daemon compiled). */
+int sp_rules_load_dns_regex(struct sp_rules *r, const char *bytes, size_t len, const uint32_t *rule_ids,
+			    uint32_t count, char *err_buf, size_t err_len);
+int sp_rules_load_class(struct sp_rules *r, uint8_t protocol, uint16_t port, const char *bytes, size_t len,
+			const uint32_t *rule_ids, uint32_t count, char *err_buf, size_t err_len);
+/* Hyperscan compiles done by this process (a worker that loads serialized databases does none). */
+unsigned long sp_compile_count(void);
 
 /* Best (lowest-index) rule for a question, or SP_NO_RULE. */
 uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const struct dns_question *q);

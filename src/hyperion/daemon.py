@@ -81,23 +81,46 @@ class Daemon:
 
     def apply_policy(self, policy: Policy, text: str, compiled: CompiledPolicy | None = None,
                      rules: CompiledRules | None = None) -> int:
-        """Fast path and slow path switch to a new policy; everything is compiled before either changes.
+        """Fast path and slow path switch to a new policy together, or neither does; everything is
+        compiled before either changes.
 
         Sockets come up before the fast path starts redirecting to them, and go away only
         after it has stopped, so no class takes its fallback because of the daemon itself.
+        The slow path goes first, and only once every worker that serves holds the new rules
+        does the fast path switch. When the slow path cannot take them (a start that fails,
+        or a queue that neither acknowledges them nor comes back with them in time) the fast
+        path keeps the running policy, a new slow path is stopped and not kept, a running one
+        is offered its previous rules again, and the error propagates: the reload counts as
+        failed. The queue that did not take the rules has been fenced (its class's on_failure)
+        and restarts with the rules in force.
         """
         assert self.fastpath is not None
         if compiled is None:
             compiled = PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy)
         if rules is None and self._wants_slowpath(policy):
             rules = self.compile_slow_path(policy)
+        started: SlowPath | None = None
+        previous = self.slowpath.rules if self.slowpath is not None else None
         if rules is not None and self.slowpath is None:
-            self.slowpath = SlowPath(self.fastpath, self.options.ifname, policy, self.options.slowpath_options,
-                                     event_sink=self._event_sink, compiled=rules)
-            self.slowpath.start()
+            started = SlowPath(self.fastpath, self.options.ifname, policy, self.options.slowpath_options,
+                               event_sink=self._event_sink, compiled=rules)
+            started.start()  # on failure it stopped what it began; nothing is kept
         elif rules is not None and self.slowpath is not None:
-            self.slowpath.update(policy, rules)
-        generation = self.fastpath.apply(compiled)
+            try:
+                self.slowpath.update(policy, rules)
+            except BaseException:
+                self._restore_slowpath(previous)
+                raise
+        try:
+            generation = self.fastpath.apply(compiled)
+        except BaseException:
+            if started is not None:
+                started.stop()
+            elif rules is not None:
+                self._restore_slowpath(previous)
+            raise
+        if started is not None:
+            self.slowpath = started
         if rules is None and self.slowpath is not None:
             self.slowpath.stop()
             self.slowpath = None
@@ -112,6 +135,15 @@ class Daemon:
                  "with the host's addresses, gateways, resolvers and allow_cidrs"
                  if policy.slow_path.never_block_defaults else "policy entries only")
         return compile_rules(policy, never_block)
+
+    def _restore_slowpath(self, previous: CompiledRules | None) -> None:
+        """After a failed switch: the running policy's rules, offered to the workers again."""
+        if self.slowpath is None or previous is None or self.policy is None:
+            return
+        try:
+            self.slowpath.update(self.policy, previous)
+        except HyperionError as exc:  # the watchdog replaces whichever worker still holds other rules
+            log.error("slow path: restoring the running rules: %s", exc)
 
     def _wants_slowpath(self, policy: Policy) -> bool:
         return self.options.slowpath and bool(policy.fast_path.redirect_ports)

@@ -619,6 +619,13 @@ class Signature(_Strict):
         return " ".join(parts)
 
 
+# Bounds on what Hyperscan compiles for one policy: compile time grows with them (1,500 regexes took
+# about 10 s), and the daemon compiles every reload. Name rules (match:) are a hash table, not bounded here.
+MAX_DNS_REGEX_RULES = 1000
+MAX_SIGNATURES = 1000
+MAX_PATTERN_BYTES = 128 * 1024  # regexes and literals together, UTF-8
+
+
 class SlowPath(_Strict):
     """Userspace inspection of redirected traffic: DNS rules and payload signatures."""
 
@@ -634,6 +641,24 @@ class SlowPath(_Strict):
     @classmethod
     def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Any, ...]:
         return _dedupe(value)
+
+    @model_validator(mode="after")
+    def _compile_bounded(self) -> SlowPath:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        regexes = [r.regex for r in self.dns_rules if r.regex is not None]
+        patterns = regexes + [s.regex if s.regex is not None else s.literal or "" for s in self.signatures]
+        if len(regexes) > MAX_DNS_REGEX_RULES:
+            problems.append((("dns_rules",), f"{len(regexes)} regex rules; at most {MAX_DNS_REGEX_RULES} "
+                             "(use match: for names, which is not bounded)"))
+        if len(self.signatures) > MAX_SIGNATURES:
+            problems.append((("signatures",), f"{len(self.signatures)} signatures; at most {MAX_SIGNATURES}"))
+        total = sum(len(p.encode()) for p in patterns)
+        if not problems and total > MAX_PATTERN_BYTES:
+            problems.append(((), f"regexes and literals of dns_rules and signatures total {total} bytes; "
+                             f"at most {MAX_PATTERN_BYTES}"))
+        if problems:
+            raise _ProblemListError(problems)
+        return self
 
 
 class Policy(_Strict):

@@ -54,7 +54,7 @@ from hyperion.lifecycle import (
 from hyperion.neverblock import HostFacts, effective_never_block
 from hyperion.policy import Policy
 from hyperion.policy import SlowPath as SlowPathSection
-from hyperion.worker import CONTROL_BYTES, ControlBlock
+from hyperion.worker import CONTROL_BYTES, PIPE_MESSAGE_MAX, REQUIRED_SEALS, ControlBlock, encode_rules
 
 log = logging.getLogger("hyperion.slowpath")
 
@@ -266,6 +266,9 @@ class SlowPathOptions:
     start_timeout: float = 15.0          # a fresh worker must be ready within this
     stable_after: float = 10.0           # an active worker this old resets the failure count
     fault_injection: bool = False        # workers accept SIGUSR1 (starve the fill ring), for `hyperion chaos`
+    # A worker must acknowledge a reload's rules within this, or the watchdog fences it and starts a
+    # fresh one with the new rules (building them from serialized databases takes milliseconds).
+    reload_deadline: float = 2.0
 
 
 # Slow-path events waiting for the sink (pump_events) at most; beyond it they are counted in
@@ -295,6 +298,31 @@ def served_queues(rx_queues: int, requested: list[int] | None, capacity: int) ->
 LEVELS = frozenset({"rx_ring_level", "ring_size", "free_frames", "tx_outstanding", "fill_ring_level"})
 
 
+class RulesBlob:
+    """One generation's rules as workers take them: spec and serialized Hyperscan databases in a sealed
+    memfd (compiled once, here; sealed, so no one can change it while a worker parses it), passed to
+    a worker at start or over its rules socket. Never through a pipe."""
+
+    def __init__(self, generation: int, compiled: CompiledRules) -> None:
+        self.generation = generation
+        data = encode_rules(generation, compiled.spec, compiled.rules.serialize())
+        self.size = len(data)
+        self.fd = os.memfd_create(f"hyp-rules-{generation}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, REQUIRED_SEALS)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 @dataclass
 class WorkerProcess:
     """One worker process and what the supervisor knows of it."""
@@ -309,6 +337,11 @@ class WorkerProcess:
     exiting: str | None = None        # the worker said it is exiting on this signal
     zerocopy: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    channel: socket.socket | None = None  # the supervisor's end of the worker's rules socket (non-blocking)
+    applied_generation: int = 0           # the rules generation it started with or acknowledged
+    offered_generation: int = 0           # the last generation offered to it
+    offered_at: float = 0.0
+    compiles: int | None = None           # Hyperscan compiles the worker did to start (its "ready")
 
     @property
     def pid(self) -> int:
@@ -325,13 +358,30 @@ class WorkerProcess:
         return {**(self.report or {}), **ControlBlock(self.control).counters()}
 
     def send(self, message: dict[str, Any]) -> bool:
+        """A small command on stdin, never blocking: a pipe write of at most PIPE_BUF bytes either
+        goes in whole or fails with EAGAIN (the worker is not reading: the watchdog's business)."""
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        if len(data) > PIPE_MESSAGE_MAX:
+            log.error("worker %d: a %d-byte command does not fit a pipe write; not sent", self.pid, len(data))
+            return False
         try:
             with self.lock:
                 assert self.proc.stdin is not None
-                self.proc.stdin.write(json.dumps(message, separators=(",", ":")) + "\n")
-                self.proc.stdin.flush()
-            return True
+                return os.write(self.proc.stdin.fileno(), data) == len(data)
         except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def offer_rules(self, generation: int, blob: RulesBlob) -> bool:
+        """Offers a generation's rules without blocking; the worker answers "rules_applied" (the
+        watchdog fences it if it does not, whether or not this send went through)."""
+        self.offered_generation, self.offered_at = generation, time.monotonic()
+        if self.channel is None:
+            return False
+        try:
+            message = json.dumps({"cmd": "rules", "generation": generation}).encode()
+            socket.send_fds(self.channel, [message], [blob.fd], socket.MSG_DONTWAIT)
+            return True
+        except OSError:
             return False
 
 
@@ -369,7 +419,10 @@ class SlowPath:
         self.event_sink = event_sink
         self.rules: CompiledRules = compiled or compile_rules(policy)
         self.generation = 1
+        # Generation -> its rules (labels) while a live worker may still report it (see _prune_labels).
         self._labels: dict[int, CompiledRules] = {1: self.rules}
+        self._blob: RulesBlob | None = None  # the current generation's, for workers that start
+        self._update_lock = threading.Lock()  # one update at a time; never held by the watchdog
         self.queues: dict[int, ManagedQueue] = {}
         self.tun: TunDevice | None = None
         self._retired_hits: dict[str, int] = {}
@@ -424,21 +477,34 @@ class SlowPath:
                 if mq.machine.state != "fenced" or mq.worker is not None:
                     self._fence(mq, "shutdown", graceful=True)
             self.queues.clear()
+            if self._blob is not None:
+                self._blob.close()
+                self._blob = None
         if self.tun is not None:
             self.tun.close()
             self.tun = None
 
     # ---- workers --------------------------------------------------------------------------
 
+    def _current_blob(self) -> RulesBlob:
+        if self._blob is None or self._blob.generation != self.generation:
+            if self._blob is not None:
+                self._blob.close()
+            self._blob = RulesBlob(self.generation, self.rules)
+        return self._blob
+
     def _spawn(self, mq: ManagedQueue) -> WorkerProcess:
         assert self.tun is not None
+        blob = self._current_blob()
         control_fd = os.memfd_create(f"hyp-q{mq.queue_id}-control")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             os.ftruncate(control_fd, CONTROL_BYTES)
             control = mmap.mmap(control_fd, CONTROL_BYTES)
             maps = self.fastpath.maps
             fds = {"xsk-map-fd": maps["xsk_map"].fd, "dyn4-fd": maps["hyp_dyn4"].fd, "dyn6-fd": maps["hyp_dyn6"].fd,
-                   "deliver-fd": self.tun.fd, "control-fd": control_fd}
+                   "deliver-fd": self.tun.fd, "control-fd": control_fd, "rules-memfd": blob.fd,
+                   "rules-socket": theirs.fileno()}
             argv = [sys.executable, "-m", "hyperion.worker", "--ifname", self.ifname, "--queue", str(mq.queue_id),
                     "--frames", str(self.options.frames), "--ring-size", str(self.options.ring_size),
                     "--zerocopy", self.options.zerocopy]
@@ -451,10 +517,17 @@ class SlowPath:
                 argv += ["--cpu", str(self.options.cpus[mq.position % len(self.options.cpus)])]
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                     pass_fds=tuple(fds.values()), bufsize=1)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             os.close(control_fd)
-        worker = WorkerProcess(proc, control, time.monotonic())
-        worker.send({"cmd": "rules", "generation": self.generation, "spec": self.rules.spec})
+            theirs.close()
+        assert proc.stdin is not None
+        os.set_blocking(proc.stdin.fileno(), False)  # nothing the supervisor writes to a worker may block
+        ours.setblocking(False)
+        worker = WorkerProcess(proc, control, time.monotonic(), channel=ours, applied_generation=blob.generation,
+                               offered_generation=blob.generation)
         threading.Thread(target=self._read, args=(mq.queue_id, worker), name=f"worker-q{mq.queue_id}",
                          daemon=True).start()
         return worker
@@ -477,28 +550,37 @@ class SlowPath:
                     message = json.loads(line)
                 except ValueError:
                     continue
-                kind = message.get("type")
-                if kind == "ready":
-                    worker.zerocopy = bool(message.get("zerocopy"))
-                    worker.ready.set()
-                elif kind == "report":
-                    with self._data:
-                        worker.report = message["stats"]
-                        worker.live_hits[message["generation"]] = message["hits"]
-                        self._queue_events(queue_id, message["generation"], message.get("events", []))
-                elif kind == "retired":
-                    with self._data:
-                        self._retire(message["generation"], message["hits"])
-                        worker.live_hits.pop(message["generation"], None)
-                elif kind == "exiting":
-                    worker.exiting = f"exiting on {message.get('signal')}"
-                elif kind == "error":
-                    worker.error = message.get("message")
-                    log.error("queue %d worker: %s", queue_id, worker.error)
-        except (OSError, ValueError):
+                self._on_message(queue_id, worker, message)
+        except (OSError, ValueError, KeyError, TypeError):
             pass
         finally:
             worker.exited.set()
+
+    def _on_message(self, queue_id: int, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "ready":
+            worker.zerocopy = bool(message.get("zerocopy"))
+            worker.compiles = message.get("compiles")
+            worker.ready.set()
+        elif kind == "rules_applied":
+            with self._data:
+                worker.applied_generation = max(worker.applied_generation, int(message["generation"]))
+                self._prune_labels()
+        elif kind == "report":
+            with self._data:
+                worker.report = message["stats"]
+                worker.live_hits[message["generation"]] = message["hits"]
+                self._queue_events(queue_id, message["generation"], message.get("events", []))
+        elif kind == "retired":
+            with self._data:
+                self._retire(message["generation"], message["hits"])
+                worker.live_hits.pop(message["generation"], None)
+                self._prune_labels()
+        elif kind == "exiting":
+            worker.exiting = f"exiting on {message.get('signal')}"
+        elif kind == "error":
+            worker.error = message.get("message")
+            log.error("queue %d worker: %s", queue_id, worker.error)
 
     def _end_worker(self, mq: ManagedQueue, graceful: bool) -> None:
         """Stops the worker (SIGTERM when it can still act, SIGKILL otherwise) and folds its counts in.
@@ -523,7 +605,7 @@ class SlowPath:
         except subprocess.TimeoutExpired:
             log.error("queue %d: worker %d did not exit", mq.queue_id, proc.pid)
         worker.exited.wait(1)
-        for stream in (proc.stdin, proc.stdout):
+        for stream in (proc.stdin, proc.stdout, worker.channel):
             try:
                 if stream is not None:
                     stream.close()
@@ -532,6 +614,8 @@ class SlowPath:
         with self._data:
             for generation, hits in worker.live_hits.items():
                 self._retire(generation, hits)
+            worker.live_hits.clear()
+            self._prune_labels()
             for name, value in worker.stats().items():
                 if name == "latency_buckets":
                     old = mq.retired_stats.get(name) or [(bound, 0) for bound, _ in value]
@@ -649,6 +733,14 @@ class SlowPath:
             return
         if mq.failures and now - mq.machine.since > self.options.stable_after:
             mq.failures = 0
+        if worker.offered_generation > worker.applied_generation and \
+                now - max(worker.offered_at, mq.machine.since) > self.options.reload_deadline:
+            # It serves an older rule set than the policy: replaced by a worker started with the new one.
+            self._fence(mq, "rules_not_applied",
+                        f"rules generation {worker.offered_generation} not acknowledged within "
+                        f"{self.options.reload_deadline * 1000:.0f} ms (it holds {worker.applied_generation})")
+            mq.next_attempt = now
+            return
         stats = worker.report or {}
         alive = worker.proc.poll() is None and not worker.exited.is_set() and worker.exiting is None
         observation = Observation(
@@ -770,17 +862,65 @@ class SlowPath:
 
     # ---- policy ---------------------------------------------------------------------------
 
-    def update(self, policy: Policy, compiled: CompiledRules | None = None) -> None:
-        """New rules for every worker (compiled here first, so a bad set changes nothing)."""
+    def update(self, policy: Policy, compiled: CompiledRules | None = None) -> int:
+        """New rules for every worker; returns their generation once every worker that serves (or is
+        about to) holds it.
+
+        Compiled first (a bad set changes nothing) and written to a sealed memfd, outside any lock
+        the watchdog takes; each worker is then offered it without blocking. A worker that does not
+        acknowledge it within options.reload_deadline is fenced by the watchdog and replaced by a
+        fresh one, which starts with the new rules. SlowPathError when some queue still serves an
+        older generation after reload_deadline + start_timeout: the caller decides what to keep
+        (the daemon offers the previous rules again and keeps its running policy).
+        """
         compiled = compiled or compile_rules(policy)
-        with self._lock, self._data:
-            self.generation += 1
-            self._labels[self.generation] = compiled
-            self.rules, self.policy = compiled, policy
-            command = {"cmd": "rules", "generation": self.generation, "spec": compiled.spec}
-            for mq in self.queues.values():
-                if mq.worker is not None:
-                    mq.worker.send(command)
+        with self._update_lock:
+            generation = self.generation + 1
+            blob = RulesBlob(generation, compiled)
+            with self._lock:
+                with self._data:
+                    self.generation = generation
+                    self._labels[generation] = compiled
+                    self.rules, self.policy = compiled, policy
+                old, self._blob = self._blob, blob
+                for mq in self.queues.values():
+                    if mq.worker is not None and not mq.worker.offer_rules(generation, blob):
+                        log.warning("queue %d: worker %d not reachable for rules generation %d",
+                                    mq.queue_id, mq.worker.pid, generation)
+            if old is not None:
+                old.close()  # every worker started with it has its own reference
+            with self._data:
+                self._prune_labels()
+            self._wait_for_generation(generation)
+        return generation
+
+    def _behind(self, generation: int) -> list[int]:
+        """Queues whose worker serves, or is starting to, an older generation. Read without the
+        lifecycle lock, which the watchdog may hold for seconds while it replaces a worker."""
+        return [q for q, mq in list(self.queues.items())
+                if (mq.machine.state in SERVING_STATES or mq.machine.state == "recovering")
+                and (worker := mq.worker) is not None and worker.applied_generation < generation]
+
+    def _wait_for_generation(self, generation: int) -> None:
+        timeout = self.options.reload_deadline + self.options.start_timeout + self.options.deadline
+        end = time.monotonic() + timeout
+        while behind := self._behind(generation):
+            if self._stopping.is_set() or time.monotonic() > end:
+                raise SlowPathError(f"rules generation {generation} not taken within {timeout:.1f} s by "
+                                    + ", ".join(f"queue {q}" for q in behind))
+            time.sleep(0.02)
+
+    def _prune_labels(self) -> None:
+        """Keeps (under _data) only the rules of generations a live worker may still report, and the
+        current one; the hits of the others are in _retired_hits already."""
+        keep = {self.generation}
+        for mq in list(self.queues.values()):
+            worker = mq.worker
+            if worker is not None:
+                keep.add(worker.applied_generation)
+                keep.update(worker.live_hits)
+        for generation in [g for g in self._labels if g not in keep]:
+            del self._labels[generation]
 
     def _retire(self, generation: int, hits: list[int]) -> None:
         compiled = self._labels.get(generation)
@@ -867,6 +1007,8 @@ class SlowPath:
                     "worker_pid": worker.pid if worker is not None else None,
                     "umem_bound": worker is not None and worker.ready.is_set(),
                     "zerocopy": worker.zerocopy if worker is not None else None,
+                    "rules_generation": worker.applied_generation if worker is not None else None,
+                    "rule_compiles": worker.compiles if worker is not None else None,
                     "heartbeat_age_ms": None if beat is None else round((time.monotonic() - beat) * 1000, 1),
                     "umem_frames": self.options.frames}
                 descriptors.update({k: st[k] for k in ("free_frames", "fill_ring_level", "rx_ring_level",

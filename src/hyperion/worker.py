@@ -11,9 +11,15 @@ Channels with the supervisor:
   stalled process;
 - stdin: JSON commands, one per line ({"cmd": "rules", "spec": ...}, {"cmd": "register"},
   {"cmd": "stop"}); end of file (the supervisor died) stops the worker;
+- rule sets, which can be megabytes: never through a pipe (a worker that stops
+  reading would block its writer). The supervisor compiles once and writes the
+  spec and the serialized Hyperscan databases into a sealed memfd
+  (encode_rules). The first one is passed at start (--rules-memfd); later ones
+  arrive over a unix seqpacket socket (--rules-socket), one datagram each, a
+  tiny JSON {"cmd": "rules", "generation": N} carrying the memfd as SCM_RIGHTS;
 - stdout: JSON messages, one per line: "ready", then a "report" (stats, rule
-  hits, events) every REPORT_INTERVAL, and "retired" with the final hits of a
-  replaced rule set.
+  hits, events) every REPORT_INTERVAL, "retired" with the final hits of a
+  replaced rule set, and "rules_applied" with the generation now in force.
 SIGTERM stops the loop and closes the socket before exiting.
 """
 
@@ -21,11 +27,17 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import json
 import mmap
+import os
+import select
 import signal
+import socket
+import struct
 import sys
 import threading
+import zlib
 from types import FrameType
 from typing import IO, Any
 
@@ -34,6 +46,71 @@ from hyperion import _slowpath
 REPORT_INTERVAL = 0.1
 CONTROL_BYTES = 4096
 FLAG_STARVE_FILL = 1
+
+# A rules blob: magic, the length of a JSON header, the header, then the databases' bytes in the
+# order the header lists their lengths.
+RULES_MAGIC = b"HYPRULE1"
+_RULES_HEAD = struct.Struct("<8sI")
+REQUIRED_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+RULES_MESSAGE_MAX = 4096  # a datagram on the rules socket: one small JSON object
+PIPE_MESSAGE_MAX = select.PIPE_BUF  # a stdin command: written in one piece, or not at all
+
+
+def encode_rules(generation: int, spec: list[Any], databases: _slowpath.SerializedDatabases) -> bytes:
+    """What a worker needs to build a generation's Rules without compiling anything."""
+    dns_db, class_dbs = databases
+    body = b"".join([dns_db or b"", *(db or b"" for db in class_dbs)])
+    # Hyperscan checks a database's header, not its contents: the checksum does.
+    header = json.dumps({"generation": generation, "spec": spec, "crc32": zlib.crc32(body),
+                         "databases": [None if dns_db is None else len(dns_db),
+                                       [None if db is None else len(db) for db in class_dbs]]},
+                        separators=(",", ":")).encode()
+    return b"".join([_RULES_HEAD.pack(RULES_MAGIC, len(header)), header, body])
+
+
+def decode_rules(blob: bytes) -> dict[str, Any]:
+    """A rules blob -> a "rules" command (spec, generation, serialized databases); ValueError if malformed."""
+    try:
+        magic, size = _RULES_HEAD.unpack_from(blob)
+        if magic != RULES_MAGIC:
+            raise ValueError(f"bad magic {magic!r}")
+        header = json.loads(blob[_RULES_HEAD.size:_RULES_HEAD.size + size])
+        offset = _RULES_HEAD.size + size
+        if zlib.crc32(blob[offset:]) != header["crc32"]:
+            raise ValueError("checksum of the databases does not match")
+        dns_len, class_lens = header["databases"]
+
+        def take(length: int | None) -> bytes | None:
+            nonlocal offset
+            if length is None:
+                return None
+            if length < 0 or offset + length > len(blob):
+                raise ValueError("a database runs past the end")
+            offset += length
+            return blob[offset - length:offset]
+
+        databases = (take(dns_len), [take(n) for n in class_lens])
+        if offset != len(blob):
+            raise ValueError(f"{len(blob) - offset} bytes after the last database")
+        return {"cmd": "rules", "generation": int(header["generation"]), "spec": header["spec"],
+                "databases": databases}
+    except (struct.error, KeyError, TypeError) as exc:
+        raise ValueError(f"rules blob: malformed ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"rules blob: {exc}") from None
+
+
+def read_rules_memfd(fd: int) -> dict[str, Any]:
+    """A sealed memfd's rules blob (sealed: it cannot change while it is parsed). Closes fd."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        if seals & REQUIRED_SEALS != REQUIRED_SEALS:
+            raise ValueError(f"rules memfd is not sealed (seals {seals:#x})")
+        size = os.fstat(fd).st_size
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
+            return decode_rules(bytes(view))
+    finally:
+        os.close(fd)
 
 
 class ControlLayout(ctypes.Structure):
@@ -93,6 +170,7 @@ class Worker:
         self.rules: Any = None
         self.queue: Any = None
         self.stopping = threading.Event()
+        self._rules_lock = threading.Lock()  # rules from stdin and from the rules socket, one at a time
 
     def send(self, message: dict[str, Any]) -> None:
         with self._out_lock:
@@ -102,12 +180,14 @@ class Worker:
     @staticmethod
     def compile(command: dict[str, Any]) -> Any:
         """The supervisor validated and compiled the policy once; this only builds the native
-        rule set from its arguments (tuples arrive as JSON lists)."""
+        rule set from its arguments (tuples arrive as JSON lists) and, when the command carries
+        them, the supervisor's serialized databases (then Hyperscan compiles nothing here)."""
         rules, names, dns_regex, classes, malformed_action, never_block, block_limits = command["spec"][:7]
         return _slowpath.Rules([tuple(r) for r in rules], [tuple(n) for n in names],
                                [tuple(d) for d in dns_regex],
                                [(p, port, [tuple(x) for x in pats]) for p, port, pats in classes], malformed_action,
-                               [tuple(r) for r in never_block], list(block_limits))
+                               [tuple(r) for r in never_block], list(block_limits),
+                               databases=command.get("databases"))
 
     def open_queue(self, rules: Any, zerocopy: bool) -> Any:
         a = self.args
@@ -127,16 +207,20 @@ class Worker:
                 raise
             self.queue = self.open_queue(self.rules, zerocopy=False)
             zerocopy = False
-        self.send({"type": "ready", "zerocopy": zerocopy, "generation": self.generation})
+        # compiles: Hyperscan compiles this process did (0: it took the supervisor's databases).
+        self.send({"type": "ready", "zerocopy": zerocopy, "generation": self.generation,
+                   "compiles": _slowpath.compile_count()})
 
     def handle(self, command: dict[str, Any]) -> None:
         if command["cmd"] == "rules":
             rules = self.compile(command)
-            old, old_generation = self.rules, self.generation
-            self.queue.set_rules(rules)
-            self.rules, self.generation = rules, command["generation"]
-            # After set_rules no batch uses the old set: its hits are final.
-            self.send({"type": "retired", "generation": old_generation, "hits": old.hits()})
+            with self._rules_lock:
+                old, old_generation = self.rules, self.generation
+                self.queue.set_rules(rules)
+                self.rules, self.generation = rules, command["generation"]
+                # After set_rules no batch uses the old set: its hits are final.
+                self.send({"type": "retired", "generation": old_generation, "hits": old.hits()})
+                self.send({"type": "rules_applied", "generation": self.generation})
         elif command["cmd"] == "register":
             self.queue.register()
             self.send({"type": "registered"})
@@ -158,15 +242,42 @@ class Worker:
 
     def report(self) -> None:
         events = self.queue.drain_events() if self.args.events else []
-        self.send({
-            "type": "report", "generation": self.generation, "stats": self.queue.stats(),
-            "hits": self.rules.hits(),
-            "events": [[*e[:8], e[8].hex(), e[9].hex(), e[10]] for e in events],
-        })
+        # Under the rules lock: a generation's hits go out with its number, and never after its
+        # "retired" message (the supervisor would count them twice).
+        with self._rules_lock:
+            self.send({
+                "type": "report", "generation": self.generation, "stats": self.queue.stats(),
+                "hits": self.rules.hits(),
+                "events": [[*e[:8], e[8].hex(), e[9].hex(), e[10]] for e in events],
+            })
 
     def reporter(self) -> None:
         while not self.stopping.wait(REPORT_INTERVAL):
             self.report()
+
+    def rules_channel(self, sock: socket.socket) -> None:
+        """Rule sets from the supervisor: a small JSON datagram with the sealed memfd attached."""
+        while not self.stopping.is_set():
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, RULES_MESSAGE_MAX, 1)
+            except OSError:
+                return
+            if not data:
+                return  # the supervisor closed its end
+            try:
+                message = json.loads(data)
+                if not fds:
+                    raise ValueError("rules message without its memfd")
+                command = read_rules_memfd(fds.pop(0))
+                if command["generation"] != message.get("generation"):
+                    raise ValueError(f"memfd holds generation {command['generation']}, "
+                                     f"message says {message.get('generation')}")
+                self.handle(command)
+            except Exception as exc:  # reported; no acknowledgement, so the supervisor replaces this worker
+                self.send({"type": "error", "message": f"rules: {type(exc).__name__}: {exc}"})
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def commands(self, stdin: IO[str]) -> None:
         for line in stdin:
@@ -189,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", action="store_true")
     parser.add_argument("--cpu", type=int)
     parser.add_argument("--fault-injection", action="store_true")
+    parser.add_argument("--rules-memfd", type=int, help="sealed memfd with the first rule set (else: stdin)")
+    parser.add_argument("--rules-socket", type=int, help="seqpacket socket later rule sets arrive on")
     args = parser.parse_args(argv)
-
-    import os
 
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -200,17 +311,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides (Ctrl-C reaches the process group)
     if args.fault_injection:
         signal.signal(signal.SIGUSR1, worker.starve)
-    first = sys.stdin.readline()
-    if not first:
-        return 0
     try:
-        worker.start(json.loads(first))
+        if args.rules_memfd is not None:
+            first_command = read_rules_memfd(args.rules_memfd)
+        else:
+            first = sys.stdin.readline()
+            if not first:
+                return 0
+            first_command = json.loads(first)
+        worker.start(first_command)
     except Exception as exc:
         worker.send({"type": "error", "message": f"{type(exc).__name__}: {exc}", "fatal": True})
         return 1
     loop = threading.Thread(target=worker.queue.run, name="xsk-loop", daemon=True)
     loop.start()
     threading.Thread(target=worker.commands, args=(sys.stdin,), name="commands", daemon=True).start()
+    if args.rules_socket is not None:
+        channel = socket.socket(fileno=args.rules_socket)
+        threading.Thread(target=worker.rules_channel, args=(channel,), name="rules", daemon=True).start()
     threading.Thread(target=worker.reporter, name="reporter", daemon=True).start()
     # The main thread only waits, so that signal handlers run promptly.
     while loop.is_alive():
