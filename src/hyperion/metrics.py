@@ -74,6 +74,9 @@ class FastPathCollector(Collector):
         up = GaugeMetricFamily("hyperion_fastpath_up", "1 if the fast path's maps could be read.")
         up.add_metric([], 1)
         yield up
+        yield GaugeMetricFamily("hyperion_fastpath_attached",
+                                "1 while the program is attached to the interface (0 after an external detach, "
+                                "or a deleted or re-created netdev).", value=1 if fp.is_attached() else 0)
 
         packets = CounterMetricFamily("hyperion_fastpath_packets", "Packets by fast-path verdict and reason.",
                                       labels=["verdict", "reason"])
