@@ -193,7 +193,8 @@ class Daemon:
             self.fastpath.link()  # the policy is in the maps: now the program may see packets
             self._attached = True
             if opts.metrics_addr:
-                collector = FastPathCollector(self.fastpath, self.reloads, slowpath=lambda: self.slowpath)
+                collector = FastPathCollector(self.fastpath, self.reloads, slowpath=lambda: self.slowpath,
+                                              attached=lambda: self._attached)
                 self._metrics_server = serve_metrics(collector, opts.metrics_addr)
                 log.info("metrics on http://%s/metrics", opts.metrics_addr)
             if opts.events_path:
@@ -260,13 +261,13 @@ class Daemon:
         attached = self.fastpath.is_attached()
         if attached == self._attached:
             return
-        self._attached = attached
         if attached:
             log.warning("the XDP program is attached to %s again", self.options.ifname)
         else:
             log.error("the XDP program is NO LONGER ATTACHED to %s: nothing is enforced there; it was detached "
                       "outside this daemon (or the interface was deleted or re-created). Restart the daemon "
                       "to attach again.", self.options.ifname)
+        self._attached = attached  # exported as hyperion_fastpath_attached once logged
 
     def _on_main_thread(self, action: Callable[[], dict[str, Any]], timeout: float = MAIN_THREAD_TIMEOUT
                         ) -> dict[str, Any]:
