@@ -275,6 +275,8 @@ class Daemon:
         call = _MainThreadCall(action)
         self._calls.put(call)
         self._wake.set()
+        if self._stopping.is_set():
+            self._refuse_main_thread_calls()  # stop() may have drained the queue before this put
         if not call.done.wait(timeout):
             raise HyperionError(f"the daemon's main loop did not carry out the request within {timeout:.0f} s")
         if call.error is not None:
