@@ -33,7 +33,7 @@ from hyperion.errors import HyperionError
 from hyperion.events import EventDecoder, EventReader, json_lines_sink
 from hyperion.fastpath import FastPath, object_capacities
 from hyperion.metrics import FastPathCollector, ReloadStats, serve_metrics
-from hyperion.owner import InterfaceLock, OwnerRole
+from hyperion.owner import InterfaceBusyError, InterfaceLock, OwnerRole
 from hyperion.policy import Policy, read_policy
 from hyperion.slowpath import CompiledRules, SlowPath, SlowPathOptions, compile_rules
 from hyperion.watch import PolicyWatcher
@@ -160,8 +160,13 @@ class Daemon:
 
     def _claim_interface(self) -> None:
         """Before anything else: a second daemon on the interface touches nothing and names the owner."""
-        self._owner_lock = InterfaceLock.acquire(self.options.ifname, OwnerRole.DAEMON, "hyperion run",
-                                                 wait=OWNER_WAIT_SECONDS)
+        try:
+            self._owner_lock = InterfaceLock.acquire(self.options.ifname, OwnerRole.DAEMON, "hyperion run",
+                                                     wait=OWNER_WAIT_SECONDS)
+        except InterfaceBusyError as exc:
+            raise InterfaceBusyError(exc.ifname, exc.owner, "a second `hyperion run` is refused and nothing was "
+                                     "changed; stop that one first (`hyperion policy apply` and `hyperion block` "
+                                     "go through it)") from None
 
     def _release_interface(self) -> None:
         if self._owner_lock is not None:

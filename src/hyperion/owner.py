@@ -43,9 +43,9 @@ class Owner:
 class InterfaceBusyError(HyperionError):
     """Another process owns the interface; `owner` names it when its record could be read."""
 
-    def __init__(self, ifname: str, owner: Owner | None) -> None:
+    def __init__(self, ifname: str, owner: Owner | None, advice: str = "") -> None:
         who = f"{owner.command} (pid {owner.pid})" if owner else "another hyperion process"
-        super().__init__(f"{ifname} is owned by {who} in this network namespace")
+        super().__init__(f"{ifname} is owned by {who} in this network namespace" + (f": {advice}" if advice else ""))
         self.ifname = ifname
         self.owner = owner
 
