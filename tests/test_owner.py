@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from hyperion.sandbox import Sandbox, SandboxError
 from tests.netutil import (
@@ -256,3 +259,36 @@ def _metric_or_none(sb: Sandbox, name: str) -> float | None:
         return metric(sb, name)
     except (SandboxError, KeyError):
         return None
+
+
+def test_lock_refuses_a_daemon_owner_at_once_and_waits_for_a_cli_writer(kernel: None) -> None:
+    import sys
+    import uuid
+
+    from hyperion.owner import InterfaceBusyError, InterfaceLock, OwnerRole, lock_path
+
+    ifname = f"hyp{uuid.uuid4().hex[:8]}l"
+    probe = ("import sys; from hyperion.owner import *\n"
+             "try:\n"
+             f"    InterfaceLock.acquire({ifname!r}, OwnerRole.CLI, 'probe', wait=float(sys.argv[1])).release()\n"
+             "    print('acquired')\n"
+             "except InterfaceBusyError as exc:\n"
+             "    print(exc)\n")
+    try:
+        with InterfaceLock.acquire(ifname, OwnerRole.DAEMON, "hyperion run", wait=0):
+            started = time.monotonic()
+            out = subprocess.run([sys.executable, "-c", probe, "30"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            assert out.startswith(f"{ifname} is owned by hyperion run (pid {os.getpid()})"), out
+            assert time.monotonic() - started < 20  # not the 30 s a CLI writer would be waited for
+        with InterfaceLock.acquire(ifname, OwnerRole.CLI, "hyperion block add", wait=0):
+            out = subprocess.run([sys.executable, "-c", probe, "0.5"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            assert out == f"{ifname} is owned by hyperion block add (pid {os.getpid()}) in this network namespace"
+        assert subprocess.run([sys.executable, "-c", probe, "0"], capture_output=True, text=True,
+                              check=True).stdout.strip() == "acquired"
+        with pytest.raises(InterfaceBusyError), InterfaceLock.acquire(ifname, OwnerRole.DAEMON, "a", wait=0), \
+                InterfaceLock.acquire(ifname, OwnerRole.DAEMON, "b", wait=0):
+            pass
+    finally:
+        lock_path(ifname).unlink(missing_ok=True)
