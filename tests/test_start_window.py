@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.sandbox import HOST_V4, Sandbox
+from hyperion.bench import BaselineProgram
+from hyperion.fastpath import PIN_ROOT
+from hyperion.sandbox import HOST_V4, Sandbox, entered_netns
 from tests.netutil import (
+    HYPERION,
     PORT,
     UDPTOOL,
     Daemon,
@@ -139,3 +142,22 @@ def test_restart_over_pins_keeps_enforcing(sandbox: Sandbox, tmp_path: Path) -> 
         _stop(proc)
         code, err = daemon.stop()
     assert code == 0, err
+
+
+def test_run_beside_a_foreign_xdp_program_starts_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Filling the maps first must not mean starting workers on an interface that cannot be attached."""
+    sb = sandbox
+    policy = tmp_path / "dns.yaml"
+    policy.write_text('fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n'
+                      'slow_path:\n  dns_rules: [{match: "evil.test", action: drop}]\n')
+    with entered_netns(sb.host_ns):
+        baseline = BaselineProgram(sb.host_if, "xdp_pass", "baseline_pass")
+    try:
+        proc = sb.exec(sb.host_ns, [*HYPERION, "run", "--iface", sb.host_if, "--policy", str(policy)], check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"hyperion: error: {sb.host_if}: another XDP program is already attached; detach it first" \
+            in proc.stderr
+        assert "slow path on" not in proc.stderr and "worker" not in proc.stderr, proc.stderr
+        assert not PIN_ROOT.exists() or not any(p.name.endswith(f"_{sb.host_if}") for p in PIN_ROOT.iterdir())
+    finally:
+        baseline.close()

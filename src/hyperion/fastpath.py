@@ -213,6 +213,9 @@ class FastPath:
             if _pinned_link_ifindex(pin_dir) == ifindex:
                 return cls.open(ifname, object_path, pin_root)
             _remove_pins(pin_dir)  # the interface was deleted and re-created: stale state
+        if xdp_attach_mode(ifname) is not None:
+            # Said now rather than when link() fails, before the caller fills maps and starts workers.
+            raise AttachError(_attach_failure(ifname, mode, 16))
         abi = load_abi(object_path)
         _make_pin_dir(pin_dir)
         obj = BpfObject(abi.object_path)
