@@ -6,8 +6,10 @@ running and its counters continue. Around that it serves /metrics, writes
 drop events as JSON lines, and reloads the policy on SIGHUP or when the file
 changes (inotify, including the Kubernetes ConfigMap symlink swap).
 
-Threads: the main thread owns every change to the fast path (apply, sweep);
-the watcher, event and HTTP threads only read or ask the main thread to act.
+Threads: the main thread owns every change to the fast path (apply, sweep, and
+the CLI's writes forwarded over the control socket, which are handed to it);
+the watcher, event, control and HTTP threads only read or ask the main thread to act.
+It also checks every second that the program is still attached.
 """
 
 from __future__ import annotations
