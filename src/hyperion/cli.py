@@ -18,16 +18,19 @@ from hyperion.compiler import PolicyCompiler
 from hyperion.daemon import DEFAULT_EVENTS_PER_SEC, DEFAULT_METRICS_ADDR
 from hyperion.durations import format_duration, parse_duration
 from hyperion.errors import HyperionError
-from hyperion.fastpath import PIN_ROOT, FastPath, netns_inode, object_capacities
+from hyperion.fastpath import PIN_ROOT, FastPath, ifindex_of, netns_inode, object_capacities
 from hyperion.labcli import add_commands as add_lab_commands
 from hyperion.lifecycle import DEFAULT_DEADLINE
 from hyperion.metrics import class_label
 from hyperion.neverblock import Provenance, discover_host_facts, never_block_sources
+from hyperion.owner import InterfaceBusyError, InterfaceLock, Owner, OwnerRole
 from hyperion.policy import Policy, load_policy, parse_policy, policy_diff, read_policy
 from hyperion.slowpath import SlowPathOptions
 from hyperion.top import Snapshot, run_top
 
 EXIT_ERROR = 2
+# A one-shot writer waits this long for another one-shot writer to finish with the interface.
+CLI_WAIT_SECONDS = 10.0
 
 
 def _attached_interfaces() -> list[str]:
@@ -57,6 +60,35 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise HyperionError(f"{text!r} is not an IPv4 or IPv6 address") from None
 
 
+def _writer(ifname: str, command: str) -> InterfaceLock | Owner:
+    """The interface held for this one-shot write, or the daemon that owns it (the caller
+    forwards the write to it or refuses)."""
+    try:
+        return InterfaceLock.acquire(ifname, OwnerRole.CLI, f"hyperion {command}", wait=CLI_WAIT_SECONDS)
+    except InterfaceBusyError as exc:
+        if exc.owner is not None and exc.owner.role is OwnerRole.DAEMON:
+            return exc.owner
+        raise
+
+
+def _exclusive(ifname: str, command: str) -> InterfaceLock:
+    """Holds the interface for a write a running daemon does not take over: refused while one runs."""
+    held = _writer(ifname, command)
+    if isinstance(held, Owner):
+        raise HyperionError(f"{command}: refused: {ifname} is owned by {held.command} (pid {held.pid}); "
+                            f"stop that daemon first (SIGTERM), which detaches unless it runs with --keep-on-exit")
+    return held
+
+
+def _forward(ifname: str, owner: Owner, message: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+    from hyperion import control
+
+    try:
+        return control.request(ifname, message, timeout=timeout)
+    except control.ControlError as exc:
+        raise HyperionError(f"{owner.command} (pid {owner.pid}), which owns {ifname}: {exc}") from None
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     compiled, text = None, ""
     if args.policy:
@@ -64,11 +96,21 @@ def cmd_attach(args: argparse.Namespace) -> int:
         policy, text = read_policy(args.policy)
         abi = load_abi()
         compiled = PolicyCompiler(abi, object_capacities(abi.object_path)).compile(policy)
-    with FastPath.attach(args.iface, args.mode) as fastpath:
+    ifindex_of(args.iface)  # a clear error for a missing interface before anything else
+    applied: list[int] = []
+
+    def fill(fastpath: FastPath) -> None:
+        assert compiled is not None
+        applied.append(fastpath.apply(compiled))
+        fastpath.record_applied_policy(text)
+
+    # The policy goes into the maps before the program is attached: no packet is judged without it.
+    with _exclusive(args.iface, "attach"), \
+            FastPath.attach(args.iface, args.mode, before_link=fill if compiled is not None else None) as fastpath:
         if compiled is not None:
-            generation = fastpath.apply(compiled)
-            fastpath.record_applied_policy(text)
-            print(f"attached to {args.iface}; policy generation {generation}")
+            if not applied:  # an attachment already pinned there: it keeps enforcing until this applies
+                fill(fastpath)
+            print(f"attached to {args.iface}; policy generation {applied[0]}")
         else:
             print(f"attached to {args.iface}; no policy applied (everything passes)")
     return 0
@@ -76,7 +118,9 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 def cmd_detach(args: argparse.Namespace) -> int:
     iface = _iface(args)
-    if FastPath.detach(iface):
+    with _exclusive(iface, "detach"):
+        detached = FastPath.detach(iface)
+    if detached:
         print(f"detached from {iface}")
         return 0
     print(f"Hyperion was not attached to {iface}", file=sys.stderr)
@@ -254,25 +298,40 @@ def _never_block_hit(fastpath: FastPath, address: ipaddress.IPv4Address | ipaddr
 def cmd_block_add(args: argparse.Namespace) -> int:
     address = _address(args.address)
     ttl = parse_duration(args.ttl) if args.ttl else None
-    with FastPath.open(_iface(args)) as fastpath:
+    ifname = _iface(args)
+    with FastPath.open(ifname) as fastpath:
         # The operator may mean it, but a typo here can cut the host off its gateway or resolver.
         hit = _never_block_hit(fastpath, address)
-        if hit is not None:
-            what = f"{address} is in never_block ({hit[0]}, {hit[1].value})"
-            if not args.force:
-                raise HyperionError(f"{what}; refusing to block it (use --force to block it anyway)")
-            print(f"hyperion: warning: {what}; blocking it anyway (--force)", file=sys.stderr)
-        fastpath.block_add(address, ttl)
-    print(f"blocked {address}" + (f" for {format_duration(ttl)}" if ttl else " until removed"))
+    if hit is not None:
+        what = f"{address} is in never_block ({hit[0]}, {hit[1].value})"
+        if not args.force:
+            raise HyperionError(f"{what}; refusing to block it (use --force to block it anyway)")
+        print(f"hyperion: warning: {what}; blocking it anyway (--force)", file=sys.stderr)
+    held = _writer(ifname, "block add")
+    if isinstance(held, Owner):
+        _forward(ifname, held, {"cmd": "block_add", "address": str(address), "ttl": ttl})
+    else:
+        with held, FastPath.open(ifname) as fastpath:
+            fastpath.block_add(address, ttl)
+    print(f"blocked {address}" + (f" for {format_duration(ttl)}" if ttl else " until removed") + _via(held))
     return 0
 
 
 def cmd_block_del(args: argparse.Namespace) -> int:
     address = _address(args.address)
-    with FastPath.open(_iface(args)) as fastpath:
-        removed = fastpath.block_delete(address)
-    print(f"unblocked {address}" if removed else f"{address} was not blocked")
+    ifname = _iface(args)
+    held = _writer(ifname, "block del")
+    if isinstance(held, Owner):
+        removed = bool(_forward(ifname, held, {"cmd": "block_del", "address": str(address)})["removed"])
+    else:
+        with held, FastPath.open(ifname) as fastpath:
+            removed = fastpath.block_delete(address)
+    print((f"unblocked {address}" if removed else f"{address} was not blocked") + _via(held))
     return 0 if removed else 1
+
+
+def _via(held: InterfaceLock | Owner) -> str:
+    return f" (through the daemon, pid {held.pid})" if isinstance(held, Owner) else ""
 
 
 def cmd_block_list(args: argparse.Namespace) -> int:
@@ -304,10 +363,18 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 def cmd_policy_apply(args: argparse.Namespace) -> int:
     policy, text = read_policy(args.file)
-    with FastPath.open(_iface(args)) as fastpath:
-        generation = fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy))
-        fastpath.record_applied_policy(text)
-    print(f"applied {args.file}: generation {generation}")
+    ifname = _iface(args)
+    held = _writer(ifname, "policy apply")
+    if isinstance(held, Owner):
+        # The daemon reads the file itself and applies it on its main thread, between reloads.
+        answer = _forward(ifname, held, {"cmd": "policy_apply", "path": str(Path(args.file).resolve())},
+                          timeout=150.0)
+        generation = int(answer["generation"])
+    else:
+        with held, FastPath.open(ifname) as fastpath:
+            generation = fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy))
+            fastpath.record_applied_policy(text)
+    print(f"applied {args.file}: generation {generation}" + _via(held))
     return 0
 
 

@@ -6,16 +6,22 @@ running and its counters continue. Around that it serves /metrics, writes
 drop events as JSON lines, and reloads the policy on SIGHUP or when the file
 changes (inotify, including the Kubernetes ConfigMap symlink swap).
 
-Threads: the main thread owns every change to the fast path (apply, sweep);
-the watcher, event and HTTP threads only read or ask the main thread to act.
+Threads: the main thread owns every change to the fast path (apply, sweep, and
+the CLI's writes forwarded over the control socket, which are handed to it);
+the watcher, event, control and HTTP threads only read or ask the main thread to act.
+It also checks every second that the program is still attached.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,7 @@ from hyperion.events import EventDecoder, EventReader, json_lines_sink
 from hyperion.fastpath import FastPath, object_capacities
 from hyperion.metrics import FastPathCollector, ReloadStats, serve_metrics
 from hyperion.neverblock import HostFacts, discover_host_facts, effective_never_block
+from hyperion.owner import InterfaceBusyError, InterfaceLock, OwnerRole
 from hyperion.policy import Policy, read_policy
 from hyperion.slowpath import CompiledRules, SlowPath, SlowPathOptions, compile_rules
 from hyperion.watch import PolicyWatcher
@@ -38,6 +45,12 @@ log = logging.getLogger("hyperion.daemon")
 
 # How often expired dynamic blocks are swept; the program ignores them anyway.
 SWEEP_INTERVAL_SECONDS = 5.0
+# How often the main loop checks that the program is still attached to the interface.
+ATTACH_CHECK_SECONDS = 1.0
+# A `run` that finds a one-shot CLI writer holding the interface waits this long for it.
+OWNER_WAIT_SECONDS = 10.0
+# How long a control request waits for the main thread to carry out a write.
+MAIN_THREAD_TIMEOUT = 120.0
 DEFAULT_METRICS_ADDR = "127.0.0.1:2112"
 DEFAULT_EVENTS_PER_SEC = 200
 
@@ -60,6 +73,14 @@ class DaemonOptions:
     host_facts: Callable[[], HostFacts] = discover_host_facts
 
 
+@dataclass
+class _MainThreadCall:
+    action: Callable[[], dict[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: HyperionError | None = None
+
+
 class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
@@ -76,6 +97,10 @@ class Daemon:
         self._event_sink: Callable[[dict[str, Any]], None] | None = None
         self.slowpath: SlowPath | None = None
         self._control: ControlServer | None = None
+        self._owner_lock: InterfaceLock | None = None
+        self._attached = False
+        # Writes asked for over the control socket, carried out by the main thread (the only writer).
+        self._calls: queue.Queue[_MainThreadCall] = queue.Queue()
 
     # ---- policy -------------------------------------------------------------------------
 
@@ -170,7 +195,32 @@ class Daemon:
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Validates the policy first, then attaches and applies it: a bad policy attaches nothing."""
+        """Takes the interface (one owner), validates the policy, fills the maps, then attaches."""
+        self._claim_interface()
+        try:
+            self._start()
+        except BaseException:
+            self._release_interface()
+            raise
+
+    def _claim_interface(self) -> None:
+        """Before anything else: a second daemon on the interface touches nothing and names the owner."""
+        try:
+            self._owner_lock = InterfaceLock.acquire(self.options.ifname, OwnerRole.DAEMON, "hyperion run",
+                                                     wait=OWNER_WAIT_SECONDS)
+        except InterfaceBusyError as exc:
+            raise InterfaceBusyError(exc.ifname, exc.owner, "a second `hyperion run` is refused and nothing was "
+                                     "changed; stop that one first (`hyperion policy apply` and `hyperion block` "
+                                     "go through it)") from None
+
+    def _release_interface(self) -> None:
+        if self._owner_lock is not None:
+            self._owner_lock.release()
+            self._owner_lock = None
+
+    def _start(self) -> None:
+        """Validates the policy first, then fills the maps and only then attaches: a bad policy
+        attaches nothing, and no packet is judged before the policy is in the maps."""
         opts = self.options
         policy, text = read_policy(opts.policy_path)
         # Compiled (capacities checked) before attaching: a policy that cannot be applied
@@ -179,7 +229,8 @@ class Daemon:
         compiled = PolicyCompiler(abi, object_capacities(abi.object_path)).compile(policy)
         # A slow-path rule Hyperscan refuses must not attach anything either.
         rules = self.compile_slow_path(policy) if self._wants_slowpath(policy) else None
-        self.fastpath = FastPath.attach(opts.ifname, opts.attach_mode, opts.object_path)
+        # Loaded and pinned, not attached yet (or the attachment a previous daemon left pinned).
+        self.fastpath = FastPath.prepare(opts.ifname, opts.attach_mode, opts.object_path)
         try:
             if opts.events_path:
                 self._events_out = sys.stdout if opts.events_path == "-" else open(  # noqa: SIM115
@@ -189,8 +240,11 @@ class Daemon:
                 opts.privilege_drop()
             generation = self.apply_policy(policy, text, compiled, rules)
             self.fastpath.set_event_rate(opts.events_per_sec if opts.events_path else 0)
+            self.fastpath.link()  # the policy is in the maps: now the program may see packets
+            self._attached = True
             if opts.metrics_addr:
-                collector = FastPathCollector(self.fastpath, self.reloads, slowpath=lambda: self.slowpath)
+                collector = FastPathCollector(self.fastpath, self.reloads, slowpath=lambda: self.slowpath,
+                                              attached=lambda: self._attached)
                 self._metrics_server = serve_metrics(collector, opts.metrics_addr)
                 log.info("metrics on http://%s/metrics", opts.metrics_addr)
             if opts.events_path:
@@ -241,6 +295,8 @@ class Daemon:
         if command == "queues":
             return {"queues": slowpath.queue_status() if slowpath is not None else [],
                     "slowpath": slowpath is not None}
+        if command in ("block_add", "block_del", "policy_apply"):
+            return self._control_write(command, message)
         if command in ("restart", "withdraw", "restore"):
             if slowpath is None:
                 raise HyperionError("no slow path is running (the policy has no redirect_ports, or --no-slowpath)")
@@ -248,11 +304,96 @@ class Daemon:
             return slowpath.request(command, None if queue is None else int(queue))
         raise HyperionError(f"unknown control command {command!r}")
 
+    def _check_attached(self) -> None:
+        """Logs loudly when the program stops being attached (an external detach, `ip link ... xdp
+        off` forced through, a deleted or re-created netdev). No re-attach: see the README."""
+        assert self.fastpath is not None
+        attached = self.fastpath.is_attached()
+        if attached == self._attached:
+            return
+        if attached:
+            log.warning("the XDP program is attached to %s again", self.options.ifname)
+        else:
+            log.error("the XDP program is NO LONGER ATTACHED to %s: nothing is enforced there; it was detached "
+                      "outside this daemon (or the interface was deleted or re-created). Restart the daemon "
+                      "to attach again.", self.options.ifname)
+        self._attached = attached  # exported as hyperion_fastpath_attached once logged
+
+    def _on_main_thread(self, action: Callable[[], dict[str, Any]], timeout: float = MAIN_THREAD_TIMEOUT
+                        ) -> dict[str, Any]:
+        """Hands a write to the main loop and waits for its answer: writes never race a reload."""
+        call = _MainThreadCall(action)
+        self._calls.put(call)
+        self._wake.set()
+        if self._stopping.is_set():
+            self._refuse_main_thread_calls()  # stop() may have drained the queue before this put
+        if not call.done.wait(timeout):
+            raise HyperionError(f"the daemon's main loop did not carry out the request within {timeout:.0f} s")
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _run_main_thread_calls(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                call.result = call.action()
+            except HyperionError as exc:
+                call.error = exc
+            except Exception as exc:  # a bug answers the client instead of killing the loop
+                log.exception("control request failed unexpectedly")
+                call.error = HyperionError(f"the daemon failed: {exc}")
+            call.done.set()
+
+    def _refuse_main_thread_calls(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            call.error = HyperionError("the daemon is stopping; nothing was changed")
+            call.done.set()
+
+    def _control_write(self, command: str, message: dict[str, Any]) -> dict[str, Any]:
+        """block_add / block_del / policy_apply, forwarded by the CLI while this daemon owns the interface."""
+        if command == "policy_apply":
+            path = Path(str(message["path"]))
+            policy, text = read_policy(path)  # validated before it reaches the main thread
+
+            def apply() -> dict[str, Any]:
+                generation = self.apply_policy(policy, text)
+                log.info("policy applied from %s (hyperion policy apply): generation %d; the next reload "
+                         "applies %s again", path, generation, self.options.policy_path)
+                return {"generation": generation, "pid": os.getpid()}
+
+            return self._on_main_thread(apply)
+        address = ipaddress.ip_address(str(message["address"]))
+        if command == "block_add":
+            ttl = message.get("ttl")
+            ttl_seconds = None if ttl is None else float(ttl)
+
+            def add() -> dict[str, Any]:
+                assert self.fastpath is not None
+                self.fastpath.block_add(address, ttl_seconds)
+                return {"pid": os.getpid()}
+
+            return self._on_main_thread(add)
+
+        def delete() -> dict[str, Any]:
+            assert self.fastpath is not None
+            return {"removed": self.fastpath.block_delete(address), "pid": os.getpid()}
+
+        return self._on_main_thread(delete)
+
     def stop(self) -> None:
         self._stopping.set()
         if self._control is not None:
             self._control.close()
             self._control = None
+        self._refuse_main_thread_calls()
         if self.slowpath is not None:
             # Fences its queues first, so the fast path takes each class's fallback at once.
             self.slowpath.stop()
@@ -268,14 +409,17 @@ class Daemon:
             self._events_out.close()
         self._events_out = None
         if self.fastpath is None:
+            self._release_interface()
             return
+        linked = self.fastpath.linked
         self.fastpath.close()
         self.fastpath = None
-        if self.options.keep_on_exit:
+        if self.options.keep_on_exit and linked:
             log.info("leaving the fast path attached to %s (--keep-on-exit)", self.options.ifname)
         else:
             FastPath.detach(self.options.ifname)
             log.info("detached from %s", self.options.ifname)
+        self._release_interface()
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self._stop_requested = True
@@ -292,17 +436,22 @@ class Daemon:
         signal.signal(signal.SIGHUP, self.request_reload)
         self.start()
         try:
+            next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
             while not self._stop_requested:
-                self._wake.wait(SWEEP_INTERVAL_SECONDS)
+                self._wake.wait(ATTACH_CHECK_SECONDS)
                 self._wake.clear()
                 if self._stop_requested:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
+                self._run_main_thread_calls()
+                self._check_attached()
                 assert self.fastpath is not None
-                swept = self.fastpath.sweep_expired_blocks()
-                if swept:
-                    log.info("removed %d expired dynamic blocks", swept)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+                    swept = self.fastpath.sweep_expired_blocks()
+                    if swept:
+                        log.info("removed %d expired dynamic blocks", swept)
         finally:
             self.stop()

@@ -17,7 +17,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,9 @@ class FastPath:
         self._dyn_value = packer(abi.DynBlock)
         self._evictions = 0  # without pins (a detached program): counted here
         self._class_key = packer(abi.ClassKey)
+        self.linked = pin_dir is not None  # opened from pins: attached; prepare() clears it until link()
+        self._mode = "native"
+        self._ifindex = 0
 
     # ---- construction -------------------------------------------------------------------
 
@@ -180,8 +183,28 @@ class FastPath:
 
     @classmethod
     def attach(cls, ifname: str, mode: str = "native", object_path: Path | None = None,
-               pin_root: Path | None = None) -> FastPath:
-        """Attaches to ifname, or re-uses the attachment already pinned there."""
+               pin_root: Path | None = None, before_link: Callable[[FastPath], object] | None = None) -> FastPath:
+        """Attaches to ifname, or re-uses the attachment already pinned there.
+
+        On a fresh attach, before_link fills the maps (the policy) before the program is
+        attached, so no packet is judged without it; a re-used attachment keeps enforcing
+        what it has, and the caller applies afterwards.
+        """
+        fastpath = cls.prepare(ifname, mode, object_path, pin_root)
+        try:
+            if not fastpath.linked and before_link is not None:
+                before_link(fastpath)
+            fastpath.link()
+        except BaseException:
+            fastpath.abandon()
+            raise
+        return fastpath
+
+    @classmethod
+    def prepare(cls, ifname: str, mode: str = "native", object_path: Path | None = None,
+                pin_root: Path | None = None) -> FastPath:
+        """Loads the program and creates and pins its maps, without attaching it (link() does);
+        or opens the attachment already pinned for ifname (then `linked` is already true)."""
         if mode not in ("native", "generic"):
             raise AttachError(f"attach mode must be 'native' or 'generic', not {mode!r}")
         ifindex = ifindex_of(ifname)
@@ -190,27 +213,62 @@ class FastPath:
             if _pinned_link_ifindex(pin_dir) == ifindex:
                 return cls.open(ifname, object_path, pin_root)
             _remove_pins(pin_dir)  # the interface was deleted and re-created: stale state
+        if xdp_attach_mode(ifname) is not None:
+            # Said now rather than when link() fails, before the caller fills maps and starts workers.
+            raise AttachError(_attach_failure(ifname, mode, 16))
         abi = load_abi(object_path)
         _make_pin_dir(pin_dir)
         obj = BpfObject(abi.object_path)
         try:
             templates = obj.inner_templates()
             obj.load(pin_dir)
-            flags = libbpf.XDP_FLAGS_DRV_MODE if mode == "native" else libbpf.XDP_FLAGS_SKB_MODE
-            opts = libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(libbpf.BpfLinkCreateOpts), flags=flags)
-            link_fd = libbpf.lib().bpf_link_create(obj.program_fd(), ifindex, libbpf.BPF_XDP, ctypes.byref(opts))
-            if link_fd < 0:
-                raise AttachError(_attach_failure(ifname, mode, -link_fd))
-            try:
-                libbpf.obj_pin(link_fd, str(pin_dir / LINK_PIN))
-            finally:
-                os.close(link_fd)
-            return cls(abi, obj.map_fds(), templates, pin_dir, ifname, owned_object=obj)
+            fastpath = cls(abi, obj.map_fds(), templates, pin_dir, ifname, owned_object=obj)
         except BaseException:
             obj.close()
             if not (pin_dir / LINK_PIN).exists():
                 _remove_pins(pin_dir)
             raise
+        fastpath.linked = False
+        fastpath._mode = mode
+        fastpath._ifindex = ifindex
+        return fastpath
+
+    def link(self) -> None:
+        """Attaches the prepared program to its interface and pins the link (no-op when attached)."""
+        if self.linked:
+            return
+        assert self._object is not None and self.pin_dir is not None and self.ifname is not None
+        flags = libbpf.XDP_FLAGS_DRV_MODE if self._mode == "native" else libbpf.XDP_FLAGS_SKB_MODE
+        opts = libbpf.BpfLinkCreateOpts(sz=ctypes.sizeof(libbpf.BpfLinkCreateOpts), flags=flags)
+        link_fd = libbpf.lib().bpf_link_create(self._object.program_fd(), self._ifindex, libbpf.BPF_XDP,
+                                               ctypes.byref(opts))
+        if link_fd < 0:
+            raise AttachError(_attach_failure(self.ifname, self._mode, -link_fd))
+        try:
+            libbpf.obj_pin(link_fd, str(self.pin_dir / LINK_PIN))
+        except BaseException:
+            libbpf.lib().bpf_link_detach(link_fd)
+            raise
+        finally:
+            os.close(link_fd)
+        self.linked = True
+
+    def abandon(self) -> None:
+        """Closes a prepared fast path that was never attached and removes its pins and state
+        (nothing else used them); an attached one is only closed."""
+        self.close()
+        if not self.linked and self.pin_dir is not None and not (self.pin_dir / LINK_PIN).exists():
+            _detach_pin_dir(self.pin_dir)
+
+    def is_attached(self) -> bool:
+        """True while the pinned link still attaches the program to the interface of that name: false
+        after an external detach (the link is defunct), a deleted netdev, or one re-created (new ifindex)."""
+        if not self.linked or self.pin_dir is None or self.ifname is None:
+            return False
+        try:
+            return _pinned_link_ifindex(self.pin_dir) == ifindex_of(self.ifname) != 0
+        except HyperionError:
+            return False
 
     @classmethod
     def open(cls, ifname: str, object_path: Path | None = None, pin_root: Path | None = None) -> FastPath:
@@ -622,6 +680,10 @@ def detach_netns(netns_ino: int, pin_root: Path | None = None) -> list[str]:
     for pin_dir in sorted(root.iterdir()):
         if pin_dir.name.startswith(prefix) and _detach_pin_dir(pin_dir):
             done.append(pin_dir.name[len(prefix):])
+    if pin_root is None and STATE_ROOT.is_dir():
+        # The namespace goes away with its interfaces: their owner locks (hyperion.owner) too.
+        for lock in STATE_ROOT.glob(f"{prefix}*.lock"):
+            lock.unlink(missing_ok=True)
     return done
 
 

@@ -47,8 +47,11 @@ def class_label(protocol: int, port: int) -> str:
 
 class FastPathCollector(Collector):
     def __init__(self, fastpath: FastPath, reloads: ReloadStats | None = None,
-                 slowpath: Callable[[], SlowPath | None] | None = None) -> None:
+                 slowpath: Callable[[], SlowPath | None] | None = None,
+                 attached: Callable[[], bool] | None = None) -> None:
         self.fastpath = fastpath
+        # The daemon passes what its periodic check last saw (it logs each change before exporting it).
+        self.attached = attached or fastpath.is_attached
         self.reloads = reloads or ReloadStats()
         self.slowpath = slowpath or (lambda: None)
         # Serialises scrapes: map reads are not reentrant on one FastPath.
@@ -74,6 +77,9 @@ class FastPathCollector(Collector):
         up = GaugeMetricFamily("hyperion_fastpath_up", "1 if the fast path's maps could be read.")
         up.add_metric([], 1)
         yield up
+        yield GaugeMetricFamily("hyperion_fastpath_attached",
+                                "1 while the program is attached to the interface (0 after an external detach, "
+                                "or a deleted or re-created netdev).", value=1 if self.attached() else 0)
 
         packets = CounterMetricFamily("hyperion_fastpath_packets", "Packets by fast-path verdict and reason.",
                                       labels=["verdict", "reason"])
