@@ -53,6 +53,7 @@ from hyperion.lifecycle import (
 )
 from hyperion.policy import Policy
 from hyperion.policy import SlowPath as SlowPathSection
+from hyperion.privileges import DEFAULT_WORKER_USER, resolve_worker_user
 from hyperion.worker import CONTROL_BYTES
 
 log = logging.getLogger("hyperion.slowpath")
@@ -238,6 +239,9 @@ class SlowPathOptions:
     start_timeout: float = 15.0          # a fresh worker must be ready within this
     stable_after: float = 10.0           # an active worker this old resets the failure count
     fault_injection: bool = False        # workers accept SIGUSR1 (starve the fill ring), for `hyperion chaos`
+    # Once its socket is bound a worker runs as this user, with no capability and a seccomp
+    # allowlist (hyperion.privileges.confine_worker); None: workers keep the daemon's privileges.
+    worker_user: str | None = DEFAULT_WORKER_USER
 
 
 # Worker stats that are levels, not counters: not summed across a queue's successive workers.
@@ -327,6 +331,7 @@ class SlowPath:
         self._channels: int | None = None
         self._last_steering_check = 0.0
         self.interface_recoveries: dict[str, int] = {}
+        self._worker_ids = resolve_worker_user(self.options.worker_user) if self.options.worker_user else None
 
     # ---- start and stop -------------------------------------------------------------------
 
@@ -390,6 +395,8 @@ class SlowPath:
                 argv.append("--fault-injection")
             if self.options.cpus:
                 argv += ["--cpu", str(self.options.cpus[mq.position % len(self.options.cpus)])]
+            if self._worker_ids is not None:
+                argv += ["--run-as", "{}:{}".format(*self._worker_ids)]
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                     pass_fds=tuple(fds.values()), bufsize=1)
         finally:

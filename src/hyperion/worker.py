@@ -79,6 +79,7 @@ class Worker:
                 raise
             self.queue = self.open_queue(self.rules, zerocopy=False)
             zerocopy = False
+        confine(self.args)  # bound and in xsk_map: nothing privileged is left to do
         self.send({"type": "ready", "zerocopy": zerocopy, "generation": self.generation})
 
     def handle(self, command: dict[str, Any]) -> None:
@@ -130,6 +131,17 @@ class Worker:
         self.stop()  # end of file: the supervisor is gone
 
 
+def confine(args: argparse.Namespace) -> None:
+    """Drops to --run-as with no capabilities, no_new_privs and the seccomp allowlist
+    (hyperion.privileges.confine_worker); without --run-as the worker keeps what it inherited."""
+    if args.run_as is None:
+        return
+    from hyperion.privileges import confine_worker
+
+    uid, _, gid = args.run_as.partition(":")
+    confine_worker(int(uid), int(gid))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hyperion.worker")
     parser.add_argument("--ifname", required=True)
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", action="store_true")
     parser.add_argument("--cpu", type=int)
     parser.add_argument("--fault-injection", action="store_true")
+    parser.add_argument("--run-as", metavar="UID:GID", help="confine the worker once its socket is bound")
     args = parser.parse_args(argv)
 
     import os
