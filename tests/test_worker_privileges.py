@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -24,7 +25,10 @@ from typing import Any
 
 import pytest
 
-from hyperion.sandbox import Sandbox
+from hyperion.errors import HyperionError
+from hyperion.fastpath import pin_dir_for
+from hyperion.privileges import resolve_worker_user
+from hyperion.sandbox import Sandbox, entered_netns
 from tests.netutil import Daemon, hyperion, wait_for
 from tests.test_slowpath import dig, dnsmasq
 
@@ -216,6 +220,20 @@ def test_an_unknown_worker_user_is_refused_before_anything_attaches(sandbox: San
                                           "--policy", str(policy), "--worker-user", "no-such-user-hyp"],
                         check=False)
     assert proc.returncode != 0
-    assert "--worker-user: no user 'no-such-user-hyp'" in proc.stderr
-    assert json.loads(hyperion(sandbox, "status", "--iface", sandbox.host_if, "--json",
-                               check=False).stdout or "{}").get("attached") in (None, False)
+    assert "hyperion: error: --worker-user: no user 'no-such-user-hyp'" in proc.stderr
+    with entered_netns(sandbox.host_ns):
+        assert not pin_dir_for(sandbox.host_if).exists()  # nothing attached
+
+
+def test_worker_user_forms() -> None:
+    nobody = pwd.getpwnam("nobody")
+    assert resolve_worker_user("nobody") == (nobody.pw_uid, nobody.pw_gid)
+    assert resolve_worker_user(str(nobody.pw_uid)) == (nobody.pw_uid, nobody.pw_gid)
+    assert resolve_worker_user("64999:64998") == (64999, 64998)
+    assert resolve_worker_user("64997") == (64997, 64997)  # no passwd entry: the same number
+    for spec, problem in [("root", "is root"), ("0:5", "is root"), ("5:0", "is root"),
+                          ("no-such-user-hyp", "no user"), ("a:b", "is not USER, UID or UID:GID"),
+                          ("4294967295:1", "id out of range")]:
+        with pytest.raises(HyperionError, match=f"^--worker-user: '{spec}'|^--worker-user: no user '{spec}'") as e:
+            resolve_worker_user(spec)
+        assert problem in str(e.value)

@@ -4,8 +4,8 @@
  * policy and live in Python (hyperion.privileges); this only turns them into a filter
  * for the native architecture and loads it. libseccomp resolves the names (a name the
  * architecture lacks, e.g. "open" on arm64, is a pseudo-syscall it skips), builds the
- * architecture check (a foreign-ABI call, e.g. int 0x80 on x86_64, kills the process)
- * and the BPF program.
+ * architecture check and the BPF program. Loaded with SCMP_FLTATR_CTL_TSYNC (every thread) and a foreign-ABI
+ * call ending the process.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -100,8 +100,12 @@ static PyObject *load(PyObject *module, PyObject *args)
 		}
 	}
 	Py_DECREF(seq);
+	/* A call through a foreign ABI (int 0x80 on x86_64) is never a path of ours: the process
+	 * ends, not just the thread (libseccomp's default). */
+	rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
 	/* Every thread, should there be any: a filter is per thread otherwise. */
-	rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+	if (!rc)
+		rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
 	if (!rc)
 		rc = seccomp_load(ctx);
 	seccomp_release(ctx);
