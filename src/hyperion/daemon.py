@@ -56,6 +56,7 @@ def open_events_file(path: str) -> IO[str]:
         raise HyperionError(f"--events {path}: cannot open the events file: {reason}") from None
     return os.fdopen(fd, "a", encoding="utf-8")
 
+
 @dataclass
 class DaemonOptions:
     ifname: str
