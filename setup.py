@@ -59,4 +59,12 @@ slowpath = Extension(
     extra_compile_args=["-O2", "-Wall", "-Werror", "-std=gnu11"],
 )
 
-setup(cmdclass={"build_py": BuildPyWithBpf, "build_bpf": BuildBpf}, ext_modules=[slowpath])
+# The workers' seccomp filter (hyperion.privileges.confine_worker), built with libseccomp.
+seccomp = Extension(
+    "hyperion._seccomp",
+    sources=["native/seccomp/seccomp.c"],
+    libraries=["seccomp"],
+    extra_compile_args=["-O2", "-Wall", "-Werror", "-std=gnu11"],
+)
+
+setup(cmdclass={"build_py": BuildPyWithBpf, "build_bpf": BuildBpf}, ext_modules=[slowpath, seccomp])

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev libxdp-dev bpftool linux-libc-dev libelf-dev zlib1g-dev pkg-config
   iproute2 ethtool make gcc python3-venv python3-dev
   tcpdump dnsutils prometheus libhyperscan-dev dnsmasq dnsperf iperf3 tcpreplay libclang-rt-14-dev
-  iptables nftables
+  iptables nftables libseccomp-dev
   iputils-ping
 )
 

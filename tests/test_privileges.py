@@ -7,8 +7,9 @@ the rest of the privilege surface: pins and state 0700, /metrics on loopback, no
 - A process holding only the kept set can do what the running daemon does (load the program,
   create a reload's maps, pins, AF_XDP sockets with a 16 MiB UMEM, TUN devices) and cannot do
   what needs CAP_SYS_ADMIN, which it does not need.
-- `hyperion run` in a sandbox: the daemon, each of its threads and its AF_XDP worker processes
-  hold exactly the documented set (bounding set included) with no_new_privs; DNS through the
+- `hyperion run` in a sandbox: the daemon and each of its threads hold exactly the documented set
+  (bounding set included) with no_new_privs, the workers' switch capabilities permitted but not
+  effective; its AF_XDP workers are confined (tests/test_worker_privileges.py); DNS through the
   slow path, a block_source written by a worker, a SIGHUP reload and the detach at exit work.
 - --keep-privileges keeps everything.
 """
@@ -41,6 +42,7 @@ from hyperion.privileges import (
     PR_CAP_AMBIENT_CLEAR_ALL,
     PR_CAPBSET_DROP,
     PR_SET_NO_NEW_PRIVS,
+    WORKER_SWITCH_CAPABILITIES,
     current_capabilities,
     daemon_capabilities,
     drop_privileges,
@@ -53,6 +55,7 @@ from tests.test_slowpath import dig, dnsmasq
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "hyperion"
 KEPT = frozenset(DAEMON_CAPABILITIES)
+SWITCH = frozenset(WORKER_SWITCH_CAPABILITIES)
 
 
 # ---- drop_privileges against a recorder --------------------------------------------------------
@@ -92,6 +95,19 @@ def test_drop_asks_for_exactly_the_kept_set() -> None:
         *[("prctl", PR_CAPBSET_DROP, cap) for cap in range(41) if cap not in (5, 12, 39)],
         ("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL),
         ("capset", mask, mask, 0),
+        ("prctl", PR_SET_NO_NEW_PRIVS, 1),
+    ]
+
+
+def test_permitted_only_capabilities_stay_out_of_the_effective_set() -> None:
+    recorder = Recorder(bounding=set(range(41)))
+    kept = drop_privileges(["CAP_KILL"], recorder, permitted_only=WORKER_SWITCH_CAPABILITIES)
+    assert kept == {"CAP_KILL"}
+    switch = (1 << 6) | (1 << 7) | (1 << 8)  # CAP_SETGID, CAP_SETUID, CAP_SETPCAP
+    assert recorder.calls == [
+        *[("prctl", PR_CAPBSET_DROP, cap) for cap in range(41) if cap not in (5, 6, 7, 8)],
+        ("prctl", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL),
+        ("capset", 1 << 5, (1 << 5) | switch, 0),
         ("prctl", PR_SET_NO_NEW_PRIVS, 1),
     ]
 
@@ -137,6 +153,7 @@ def test_status_parsing() -> None:
                                         ("127.0.0.1:443", ("CAP_NET_BIND_SERVICE",))])
 def test_daemon_capabilities(addr: str | None, extra: tuple[str, ...]) -> None:
     assert daemon_capabilities(addr) == (*DAEMON_CAPABILITIES, *extra)
+    assert daemon_capabilities(addr, confined_workers=True) == (*DAEMON_CAPABILITIES, "CAP_KILL", *extra)
 
 
 def test_metrics_listen_on_loopback_by_default() -> None:
@@ -319,14 +336,18 @@ def test_daemon_keeps_only_the_documented_capabilities(protected: tuple[Sandbox,
     assert daemon.proc is not None
     pid = daemon.proc.pid
     assert "hyperion.cli" in Path(f"/proc/{pid}/cmdline").read_text()
-    expected = privileges.Capabilities(effective=KEPT, permitted=KEPT, inheritable=frozenset(), bounding=KEPT,
-                                       ambient=frozenset(), no_new_privs=True)
+    # CAP_KILL: the watchdog signals workers that run as another user; the switch capabilities only
+    # permitted, for the workers (a root exec makes them effective there), not used by the daemon.
+    effective = KEPT | {"CAP_KILL"}
+    expected = privileges.Capabilities(effective=effective, permitted=effective | SWITCH, inheritable=frozenset(),
+                                       bounding=effective | SWITCH, ambient=frozenset(), no_new_privs=True)
     threads = _thread_capabilities(pid)
     assert len(threads) > 1  # metrics, watchdog, control...: all started after the drop
     assert threads == {t: expected for t in threads}
     workers = [child for child in _children(pid) if "hyperion.worker" in Path(f"/proc/{child}/cmdline").read_text()]
     assert len(workers) == 1  # one rx queue
-    assert current_capabilities(workers[0]) == expected
+    worker = current_capabilities(workers[0])
+    assert worker.effective == worker.permitted == worker.bounding == frozenset() and worker.no_new_privs
     assert _listening_tcp(pid) == {("127.0.0.1", 2112)}
     assert STATE_ROOT.stat().st_mode & 0o777 == 0o700
 
@@ -347,7 +368,8 @@ def test_daemon_keeps_only_the_documented_capabilities(protected: tuple[Sandbox,
     assert dig(sb, "good.test") == "NOERROR 203.0.113.80"
     code, err = daemon.stop()
     assert code == 0, err
-    assert "capabilities dropped; kept CAP_BPF, CAP_IPC_LOCK, CAP_NET_ADMIN, CAP_NET_RAW, CAP_PERFMON" in err
+    assert ("capabilities dropped; kept CAP_BPF, CAP_IPC_LOCK, CAP_KILL, CAP_NET_ADMIN, CAP_NET_RAW, CAP_PERFMON; "
+            "permitted only, for the workers: CAP_SETGID, CAP_SETPCAP, CAP_SETUID") in err
     with entered_netns(sb.host_ns):
         assert not pin_dir_for(sb.host_if).exists()  # detached at exit with the reduced set
 

@@ -25,6 +25,7 @@ from hyperion.metrics import class_label
 from hyperion.neverblock import Provenance, discover_host_facts, never_block_sources
 from hyperion.owner import InterfaceBusyError, InterfaceLock, Owner, OwnerRole
 from hyperion.policy import Policy, load_policy, parse_policy, policy_diff, read_policy
+from hyperion.privileges import DEFAULT_WORKER_USER
 from hyperion.slowpath import SlowPathOptions
 from hyperion.top import Snapshot, run_top
 
@@ -152,10 +153,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from functools import partial
 
     from hyperion.daemon import Daemon, DaemonOptions
-    from hyperion.privileges import daemon_capabilities, drop_privileges
+    from hyperion.privileges import (
+        WORKER_SWITCH_CAPABILITIES,
+        daemon_capabilities,
+        drop_privileges,
+        resolve_worker_user,
+    )
 
     metrics_addr = None if args.no_metrics else args.metrics_addr
-    privilege_drop = None if args.keep_privileges else partial(drop_privileges, daemon_capabilities(metrics_addr))
+    # Workers are confined unless the daemon keeps its privileges (debugging) or runs none.
+    worker_user = None if args.keep_privileges or args.no_slowpath else args.worker_user
+    if worker_user is not None:
+        resolve_worker_user(worker_user)  # a bad --worker-user is refused before anything attaches
+    privilege_drop = None if args.keep_privileges else partial(
+        drop_privileges, daemon_capabilities(metrics_addr, confined_workers=worker_user is not None),
+        permitted_only=WORKER_SWITCH_CAPABILITIES if worker_user is not None else ())
     daemon = Daemon(DaemonOptions(
         ifname=args.iface, policy_path=Path(args.policy), attach_mode=args.mode,
         keep_on_exit=args.keep_on_exit, metrics_addr=metrics_addr, privilege_drop=privilege_drop,
@@ -164,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         slowpath_options=SlowPathOptions(
             zerocopy=args.zerocopy, cpus=_cpus(args.cpus), deadline=args.watchdog_deadline,
             max_queue_restarts=args.max_queue_restarts, escalate=args.escalate,
-            fault_injection=args.fault_injection),
+            fault_injection=args.fault_injection, worker_user=worker_user),
     ))
     daemon.serve()
     return 0
@@ -457,8 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-injection", action="store_true",
                    help="workers accept SIGUSR1 to stop refilling their fill ring (for hyperion chaos)")
     p.add_argument("--keep-privileges", action="store_true",
-                   help="keep every capability (default: once attached, keep only CAP_BPF, CAP_PERFMON, "
-                        "CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK; see docs/security.md)")
+                   help="keep every capability, in the daemon and its workers (default: once attached, keep "
+                        "only CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK, CAP_KILL; workers "
+                        "confined; see docs/security.md)")
+    p.add_argument("--worker-user", default=DEFAULT_WORKER_USER, metavar="USER",
+                   help="once its socket is bound, each AF_XDP worker runs as this user (name, UID or UID:GID; "
+                        f"default {DEFAULT_WORKER_USER}; a dedicated user is better) with no capabilities and a "
+                        "seccomp allowlist")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chaos", help="inject a queue fault under steady traffic in a sandbox and measure the outcome")

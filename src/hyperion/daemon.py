@@ -14,6 +14,7 @@ It also checks every second that the program is still attached.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -53,6 +54,21 @@ OWNER_WAIT_SECONDS = 10.0
 MAIN_THREAD_TIMEOUT = 120.0
 DEFAULT_METRICS_ADDR = "127.0.0.1:2112"
 DEFAULT_EVENTS_PER_SEC = 200
+
+
+def open_events_file(path: str) -> IO[str]:
+    """`run --events FILE`: appended to, created 0600 (events name clients and the names they
+    looked up), never through a symlink (one planted at the path would aim root's writes at
+    another file), and not inherited by the processes the daemon starts."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
+                     0o600)
+    except OSError as exc:
+        reason = ("it is a symbolic link (give the file itself)" if exc.errno == errno.ELOOP and os.path.islink(path)
+                  else exc.strerror or str(exc))
+        raise HyperionError(f"--events {path}: cannot open the events file: {reason}") from None
+    return os.fdopen(fd, "a", encoding="utf-8")
+
 
 @dataclass
 class DaemonOptions:
@@ -233,8 +249,7 @@ class Daemon:
         self.fastpath = FastPath.prepare(opts.ifname, opts.attach_mode, opts.object_path)
         try:
             if opts.events_path:
-                self._events_out = sys.stdout if opts.events_path == "-" else open(  # noqa: SIM115
-                    opts.events_path, "a", encoding="utf-8")
+                self._events_out = sys.stdout if opts.events_path == "-" else open_events_file(opts.events_path)
                 self._event_sink = json_lines_sink(self._events_out)
             if opts.privilege_drop is not None:  # from here on only what hyperion.privileges keeps
                 opts.privilege_drop()

@@ -16,6 +16,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import re
@@ -31,7 +32,6 @@ from ipaddress import (
     ip_address,
     ip_network,
 )
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
@@ -956,21 +956,143 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise _invalid(source, ["document is nested too deeply"]) from None
 
 
-def _refuse_shared_write(source: str) -> None:
-    """A policy others can write is a policy others can set: refused (through symlinks, as read)."""
-    mode = os.stat(source).st_mode
-    if stat.S_ISREG(mode) and mode & (stat.S_IWGRP | stat.S_IWOTH):
-        who = " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if mode & bit)
-        raise PolicyError(f"{source}: refusing a policy file writable by {who}, not only its owner "
-                          f"(mode {stat.S_IMODE(mode):04o}; chmod go-w {source})")
+MAX_SYMLINKS = 40  # as the kernel's path walk allows
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+
+
+def _who(mode: int) -> str:
+    return " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if mode & bit)
+
+
+def _mode(mode: int) -> str:
+    return f"0{stat.S_IMODE(mode):03o}"
+
+
+def _untrusted_owner(st: os.stat_result) -> str | None:
+    euid = os.geteuid()
+    if st.st_uid in (0, euid):
+        return None
+    return f"owned by uid {st.st_uid}, not root or this process's user (uid {euid}"
+
+
+def _check_directory(source: str, name: str, fd: int, st: os.stat_result, holds_the_file: bool) -> None:
+    """A directory the lookup passes through: whoever can write it can swap what is below it."""
+    owner = _untrusted_owner(st)
+    if owner:
+        raise PolicyError(f"{source}: refusing a policy in directory {name}, {owner})")
+    if not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return
+    if os.fstatvfs(fd).f_flag & os.ST_RDONLY:
+        return  # a read-only mount (a Kubernetes ConfigMap volume): nobody writes it, whatever the bits
+    if st.st_mode & stat.S_ISVTX and st.st_uid == 0 and not holds_the_file:
+        # Like /tmp: others may add names but not rename or remove ours, and the next directory
+        # down is checked too. As the policy's own directory it is refused: anyone could have
+        # made the name first, or the siblings a ..data layout resolves through.
+        return
+    hint = ("a shared directory: keep the policy in a directory of its own" if st.st_mode & stat.S_ISVTX
+            else f"chmod go-w {name}")
+    raise PolicyError(f"{source}: refusing a policy in directory {name}, writable by {_who(st.st_mode)} "
+                      f"(mode {_mode(st.st_mode)}; {hint})")
+
+
+def _not_regular(source: str, st: os.stat_result) -> PolicyError:
+    kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a file")
+    return PolicyError(f"{source}: refusing a policy that is not a regular file ({kind})")
+
+
+def _open_trusted(source: str) -> int:
+    """Resolves `source` one name at a time from /, on descriptors (O_PATH, O_NOFOLLOW), so that
+    each directory checked is the one the next name is looked up in, and symlinks (the Kubernetes
+    ..data layout) are followed deliberately rather than by the kernel. Every directory a name is
+    looked up in, those holding the symlinks included, must be trusted (_check_directory).
+    Returns a descriptor of the final file, opened with O_NOFOLLOW; the file's own checks are the
+    caller's, on that descriptor. OSError for what the kernel would say."""
+    pending = [part for part in reversed(os.path.abspath(source).split("/")) if part]  # next name last
+    names: list[str] = []  # the physical path so far, for messages
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    looked_up_in: list[tuple[str, int, os.stat_result]] = []
+    links = 0
+    try:
+        while pending:
+            name = pending.pop()
+            if name == ".":
+                continue
+            if name == "..":
+                parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd, names = parent, names[:-1]
+                continue
+            looked_up_in.append(("/" + "/".join(names), os.dup(fd), os.fstat(fd)))
+            child = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            st = os.fstat(child)
+            if stat.S_ISLNK(st.st_mode):
+                try:
+                    links += 1
+                    if links > MAX_SYMLINKS:
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                    target = os.readlink("", dir_fd=child)  # the link this descriptor holds
+                finally:
+                    os.close(child)
+                pending.extend(part for part in reversed(target.split("/")) if part)
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd, names = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), []
+                continue
+            if pending:
+                if not stat.S_ISDIR(st.st_mode):
+                    os.close(child)
+                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+                os.close(fd)
+                fd = child
+                names.append(name)
+                continue
+            os.close(child)
+            if stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_regular(source, st)
+            for i, (dir_name, dir_fd, dir_st) in enumerate(looked_up_in):
+                _check_directory(source, dir_name, dir_fd, dir_st, holds_the_file=i == len(looked_up_in) - 1)
+            # O_NONBLOCK: should the name have become a FIFO meanwhile, the open does not wait.
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, dir_fd=fd)
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))  # the path names a directory (or /)
+    finally:
+        os.close(fd)
+        for _, dir_fd, _ in looked_up_in:
+            os.close(dir_fd)
+
+
+def _read_trusted(source: str) -> bytes:
+    """The policy's bytes, read from the one descriptor whose owner and mode were checked."""
+    fd = _open_trusted(source)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(source, st)
+        owner = _untrusted_owner(st)
+        if owner:
+            raise PolicyError(f"{source}: refusing a policy file {owner}; chown root {source})")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PolicyError(f"{source}: refusing a policy file writable by {_who(st.st_mode)}, not only its "
+                              f"owner (mode {_mode(st.st_mode)}; chmod go-w {source})")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def read_policy(path: str | os.PathLike[str]) -> tuple[Policy, str]:
-    """Read and validate a policy file; returns it with its text (kept to diff against later)."""
+    """Read and validate a policy file; returns it with its text (kept to diff against later).
+
+    Trust first: the file and every directory its lookup passes through must be owned by root or
+    this process's user and writable by nobody else (see _open_trusted); the text is read from the
+    descriptor that was checked, so a swap of the path meanwhile cannot slip other content in."""
     source = os.fspath(path)
     try:
-        _refuse_shared_write(source)
-        text = Path(source).read_text(encoding="utf-8")
+        text = _read_trusted(source).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(
             f"{source}: cannot read policy file: not valid UTF-8 (byte offset {exc.start})"

@@ -54,6 +54,7 @@ from hyperion.lifecycle import (
 from hyperion.neverblock import HostFacts, effective_never_block
 from hyperion.policy import Policy
 from hyperion.policy import SlowPath as SlowPathSection
+from hyperion.privileges import DEFAULT_WORKER_USER, resolve_worker_user
 from hyperion.worker import CONTROL_BYTES, PIPE_MESSAGE_MAX, REQUIRED_SEALS, ControlBlock, encode_rules
 
 log = logging.getLogger("hyperion.slowpath")
@@ -269,6 +270,9 @@ class SlowPathOptions:
     # A worker must acknowledge a reload's rules within this, or the watchdog fences it and starts a
     # fresh one with the new rules (building them from serialized databases takes milliseconds).
     reload_deadline: float = 2.0
+    # Once its socket is bound a worker runs as this user, with no capability and a seccomp
+    # allowlist (hyperion.privileges.confine_worker); None: workers keep the daemon's privileges.
+    worker_user: str | None = DEFAULT_WORKER_USER
 
 
 # Slow-path events waiting for the sink (pump_events) at most; beyond it they are counted in
@@ -437,6 +441,7 @@ class SlowPath:
         self._channels: int | None = None
         self._last_steering_check = 0.0
         self.interface_recoveries: dict[str, int] = {}
+        self._worker_ids = resolve_worker_user(self.options.worker_user) if self.options.worker_user else None
 
     # ---- start and stop -------------------------------------------------------------------
 
@@ -515,6 +520,8 @@ class SlowPath:
                 argv.append("--fault-injection")
             if self.options.cpus:
                 argv += ["--cpu", str(self.options.cpus[mq.position % len(self.options.cpus)])]
+            if self._worker_ids is not None:
+                argv += ["--run-as", "{}:{}".format(*self._worker_ids)]
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                     pass_fds=tuple(fds.values()), bufsize=1)
         except BaseException:

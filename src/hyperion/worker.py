@@ -207,6 +207,7 @@ class Worker:
                 raise
             self.queue = self.open_queue(self.rules, zerocopy=False)
             zerocopy = False
+        confine(self.args)  # bound and in xsk_map: nothing privileged is left to do
         # compiles: Hyperscan compiles this process did (0: it took the supervisor's databases).
         self.send({"type": "ready", "zerocopy": zerocopy, "generation": self.generation,
                    "compiles": _slowpath.compile_count()})
@@ -288,6 +289,17 @@ class Worker:
         self.stop()  # end of file: the supervisor is gone
 
 
+def confine(args: argparse.Namespace) -> None:
+    """Drops to --run-as with no capabilities, no_new_privs and the seccomp allowlist
+    (hyperion.privileges.confine_worker); without --run-as the worker keeps what it inherited."""
+    if args.run_as is None:
+        return
+    from hyperion.privileges import confine_worker
+
+    uid, _, gid = args.run_as.partition(":")
+    confine_worker(int(uid), int(gid))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hyperion.worker")
     parser.add_argument("--ifname", required=True)
@@ -302,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-injection", action="store_true")
     parser.add_argument("--rules-memfd", type=int, help="sealed memfd with the first rule set (else: stdin)")
     parser.add_argument("--rules-socket", type=int, help="seqpacket socket later rule sets arrive on")
+    parser.add_argument("--run-as", metavar="UID:GID", help="confine the worker once its socket is bound")
     args = parser.parse_args(argv)
 
     if args.cpu is not None:
