@@ -270,10 +270,6 @@ class Sandbox:
         self.exec(ns, ["sysctl", "-qw", f"net.ipv4.conf.{ifname}.rp_filter=0"])
         self.ip(ns, "addr", "add", f"{v4}/24", "dev", ifname)
         self.ip(ns, "-6", "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
-        # Full checksums on the wire, as a NIC would deliver them: veth's TX offload leaves
-        # partial checksums that only the peer's stack knows to trust, and the slow path
-        # re-injects packets into a stack that does verify them.
-        self.exec(ns, ["ethtool", "-K", ifname, "tx", "off"])
         self.ip(ns, "link", "set", ifname, "up")
 
     def _neighbours(self, ns: str, ifname: str, peer_ns: str, peer_if: str, peer_addrs: Sequence[str]) -> None:
