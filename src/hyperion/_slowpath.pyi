@@ -1,6 +1,6 @@
 """Type stub of the C extension (native/slowpath/module.c)."""
 
-from typing import Any
+from typing import Any, Literal
 
 DROP: int
 PASS: int
@@ -12,6 +12,9 @@ EXACT: int
 SUFFIX: int
 
 def parse_dns(message: bytes, /) -> tuple[str, int] | None: ...
+def complete_checksum(
+    frame: bytes, /
+) -> tuple[Literal["not_parsed", "not_checked", "valid", "absent", "completed", "bad"], bytes]: ...
 
 class Rules:
     def __init__(

@@ -153,6 +153,9 @@ class FastPathCollector(Collector):
 
 SLOWPATH_OUTCOMES = ("passed", "dropped", "alerted", "nxdomain", "refused", "blocked_sources", "malformed_dns",
                      "not_parsed", "deliver_errors", "block_errors", "tx_failed", "events_lost")
+# Checksums of delivered packets: completed (an offloading sender's partial one), bad (neither valid
+# nor partial: delivered unchanged, for the stack to drop and count). Worker stat csum_<outcome>.
+CHECKSUM_OUTCOMES = ("completed", "bad")
 XDP_STATISTICS = ("rx_dropped", "rx_ring_full", "rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs")
 
 
@@ -168,6 +171,9 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                                     labels=["queue"])
     outcomes = CounterMetricFamily("hyperion_slowpath_packets", "Slow-path outcomes per queue.",
                                    labels=["queue", "outcome"])
+    checksums = CounterMetricFamily("hyperion_slowpath_checksums", "Checksums of the packets the slow path "
+                                    "delivered: completed (partial, from checksum offload) or bad (left "
+                                    "for the stack to drop).", labels=["queue", "outcome"])
     free = GaugeMetricFamily("hyperion_afxdp_free_frames", "UMEM frames not posted to the fill ring.",
                              labels=["queue"])
     kernel = {name: CounterMetricFamily(f"hyperion_afxdp_{name}", f"XDP_STATISTICS {name} of the AF_XDP socket.",
@@ -187,6 +193,8 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
             free.add_metric(label, st["free_frames"])
             for outcome in SLOWPATH_OUTCOMES:
                 outcomes.add_metric([str(queue), outcome], st[outcome])
+            for outcome in CHECKSUM_OUTCOMES:
+                checksums.add_metric([str(queue), outcome], st.get(f"csum_{outcome}", 0))
             for name, family in kernel.items():
                 family.add_metric(label, st.get(f"xdp_{name}", 0))
             cumulative, buckets = 0, []
@@ -194,7 +202,7 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric(label, buckets, sum_value=st["busy_ns"] / 1e9)
-    yield from (drops, verdicts, pressure, inspected, outcomes, free, *kernel.values(), latency)
+    yield from (drops, verdicts, pressure, inspected, outcomes, checksums, free, *kernel.values(), latency)
     yield from _lifecycle_families_of(slowpath)
 
 
