@@ -110,20 +110,21 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 }
 
 /* One's-complement sum of big-endian 16-bit words, folded later. The bulk is
- * summed as native 32-bit words into 64 bits (it runs over every delivered
- * packet): one's-complement sums do not depend on byte order (RFC 1071 2(B)),
- * so the folded bulk is swapped to network order once. */
+ * summed as native 64-bit words with end-around carry (it runs over every
+ * delivered packet; 2^64 = 1 modulo 0xFFFF): one's-complement sums do not
+ * depend on byte order (RFC 1071 2(B)), so the folded bulk is swapped to
+ * network order once. */
 static uint32_t csum_add(uint32_t sum, const uint8_t *data, size_t len)
 {
-	uint64_t acc = 0;
+	uint64_t acc = 0, w;
 	size_t i = 0;
 
-	for (; i + 4 <= len; i += 4) {
-		uint32_t w;
-
-		memcpy(&w, data + i, 4);
+	for (; i + 8 <= len; i += 8) {
+		memcpy(&w, data + i, 8);
 		acc += w;
+		acc += acc < w;
 	}
+	acc = (acc & 0xFFFFFFFF) + (acc >> 32);
 	while (acc >> 16)
 		acc = (acc & 0xFFFF) + (acc >> 16);
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
