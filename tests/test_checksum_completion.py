@@ -23,12 +23,16 @@ from hyperion import _slowpath
 
 V4 = ("198.51.100.7", "192.0.2.1")
 V6 = ("2001:db8:ff::7", "2001:db8:1::1")
-MACS = {"src": "02:00:00:00:00:02", "dst": "02:00:00:00:00:01"}  # explicit: scapy would resolve them
+
+
+def eth() -> Packet:
+    # Explicit addresses: scapy would otherwise resolve them (ARP, with a timeout).
+    return Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
 
 
 def frame(version: int, tcp: bool, payload: bytes, options: int = 0, vlan: bool = False,
           ext: tuple[str, ...] = ()) -> Packet:
-    l2 = Ether(**MACS) / Dot1Q(vlan=7) if vlan else Ether(**MACS)
+    l2 = eth() / Dot1Q(vlan=7) if vlan else eth()
     if version == 4:
         l3: Packet = IP(src=V4[0], dst=V4[1], options=[IPOption_NOP()] * options)
     else:
@@ -119,7 +123,7 @@ def test_tcp_partial_zero_and_ffff_are_one_value() -> None:
     zero) is then the partial value too."""
     def segment(last: int) -> Packet:
         src = str(ipaddress.ip_address(V6[0]) + last)
-        return Ether(bytes(Ether(**MACS) / IPv6(src=src, dst=V6[1]) / TCP(dport=8080) / Raw(b"payload")))
+        return Ether(bytes(eth() / IPv6(src=src, dst=V6[1]) / TCP(dport=8080) / Raw(b"payload")))
 
     pkt = segment(0xFFFF - partial_value(segment(0)))  # the source's last word shifts the sum by as much
     assert partial_value(pkt) == 0xFFFF
@@ -129,9 +133,9 @@ def test_tcp_partial_zero_and_ffff_are_one_value() -> None:
 
 
 def test_fragments_are_left_to_the_stack() -> None:
-    first_v4 = bytes(Ether(**MACS) / IP(src=V4[0], dst=V4[1], flags="MF") / TCP(dport=8080, chksum=0x1234)
+    first_v4 = bytes(eth() / IP(src=V4[0], dst=V4[1], flags="MF") / TCP(dport=8080, chksum=0x1234)
                      / Raw(b"a" * 32))
-    first_v6 = bytes(Ether(**MACS) / IPv6(src=V6[0], dst=V6[1]) / IPv6ExtHdrFragment(offset=0, m=1)
+    first_v6 = bytes(eth() / IPv6(src=V6[0], dst=V6[1]) / IPv6ExtHdrFragment(offset=0, m=1)
                      / TCP(dport=8080, chksum=0x1234) / Raw(b"a" * 32))
     assert _slowpath.complete_checksum(first_v4) == ("not_checked", first_v4)
     assert _slowpath.complete_checksum(first_v6) == ("not_checked", first_v6)
