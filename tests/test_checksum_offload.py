@@ -32,6 +32,8 @@ from tests.netutil import Daemon, Receiver, scrape, send, wait_for
 from tests.test_slowpath import dig, dnsmasq
 from tests.test_telemetry import parse_metrics
 
+pytestmark = [pytest.mark.kernel, pytest.mark.netns]
+
 POLICY = r"""
 fast_path:
   redirect_ports:
