@@ -84,6 +84,21 @@ def snmp(sb: Sandbox, key: str) -> int:
     return int({row[0]: row[1] for row in rows if len(row) == 2}[key])
 
 
+def udp_idle(sb: Sandbox, port: int) -> bool:
+    """Every datagram queued to port's sockets has been read."""
+    rows = [line.split() for line in sb.exec(sb.host_ns, ["ss", "-Hlun", f"sport = :{port}"]).stdout.splitlines()]
+    return bool(rows) and all(row[1] == "0" for row in rows)
+
+
+def tcp_idle(sb: Sandbox, port: int) -> bool:
+    """No connection to port waits in the host's accept queue or is still open to be read."""
+    listening = sb.exec(sb.host_ns, ["ss", "-Hltn", f"sport = :{port}"]).stdout.split()
+    open_ = sb.exec(sb.host_ns, ["ss", "-Htn", "state", "established", "state", "close-wait",
+                                 f"sport = :{port}"]).stdout.strip()
+    backlog = [int(listening[i + 1]) for i, word in enumerate(listening) if word == "LISTEN"]
+    return bool(backlog) and not any(backlog) and not open_
+
+
 # ---- real senders ------------------------------------------------------------------------------
 
 
@@ -113,6 +128,8 @@ def test_tcp_through_the_slow_path_delivers_clean_payloads(offloaded: Sandbox, d
     sent = send(sb, "", dst=dst, count=3, port=8080, tag="clean", payload="GET /index", tcp=True)
     send(sb, "", dst=dst, count=1, port=8080, tag="dirty", payload="GET /root", tcp=True)
     assert sent == 3
+    # The receiver reads one connection at a time: let it take every one before it stops.
+    wait_for(lambda: tcp_idle(sb, 8080), 20)
     assert receiver.result()["by_tag"] == {"clean": 3}
     assert checksums(sb, "completed") > 0
     assert snmp(sb, "Tcp.InCsumErrors") == 0
@@ -185,6 +202,7 @@ def test_partial_checksums_are_completed_and_wrong_ones_are_not_accepted(
     inject(sb, frames)
     wait_for(lambda: snmp(sb, csum_errors) - before["errors"] >= 1 and snmp(sb, datagrams) - before["in"] >= 2, 10)
     wait_for(lambda: checksums(sb, "bad") - before["bad"] >= 1, 10)
+    wait_for(lambda: udp_idle(sb, PORT), 10)
     # Valid and completed ones reach the socket; the wrong one is handed to the stack unchanged,
     # which drops and counts it (and so does Hyperion), exactly once each.
     assert receiver.result()["by_tag"] == {"valid": 1, "partial": 1}
@@ -205,7 +223,7 @@ def test_zero_udp_checksum_follows_the_rfcs(offloaded: Sandbox, version: int) ->
               "bad": checksums(sb, "bad")}
     inject(sb, [crafted(sb, version, "zero", "zero")])
     if version == 4:
-        wait_for(lambda: snmp(sb, datagrams) - before["in"] >= 1, 10)
+        wait_for(lambda: snmp(sb, datagrams) - before["in"] >= 1 and udp_idle(sb, PORT), 10)
         assert receiver.result()["by_tag"] == {"zero": 1}
         assert snmp(sb, csum_errors) == before["errors"]
         assert checksums(sb, "bad") == before["bad"]
