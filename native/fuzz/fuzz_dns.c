@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* libFuzzer harness for the slow path's parsers: hostile bytes as a DNS message,
- * and as a whole frame (parse, match, and build an in-place answer). Built with
- * AddressSanitizer and UBSan by `make fuzz`. */
+ * and as a whole frame (parse, match, complete the checksum, and build an
+ * in-place answer). Built with AddressSanitizer and UBSan by `make fuzz`. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +56,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		sp_match_payload(rules, rules->scratch_proto, p.protocol, p.dst_port, frame + p.payload_offset,
 				 p.payload_len);
+		/* The delivery step: a completed checksum must verify. */
+		if (sp_complete_checksum(frame, &p) == SP_CSUM_COMPLETED &&
+		    sp_complete_checksum(frame, &p) != SP_CSUM_VALID)
+			abort();
 		if (p.protocol == 17 && dns_parse_query(frame + p.payload_offset, p.payload_len, &q) == DNS_OK) {
 			size_t answer = sp_build_dns_answer(frame, size, &p, &q, 3);
 

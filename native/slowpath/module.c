@@ -525,6 +525,7 @@ static const char *stat_names[ST_COUNT] = {
 	"rx", "passed", "dropped", "alerted", "nxdomain", "refused", "blocked_sources", "malformed_dns",
 	"dns_inspected", "not_parsed", "tx_sent", "tx_failed", "deliver_errors", "block_errors", "events_lost",
 	"batches", "busy_ns", "block_never_block", "block_rate_limited", "block_not_established",
+	"csum_completed", "csum_bad",
 };
 
 typedef struct {
@@ -746,9 +747,17 @@ static void block_source(QueueObject *q, const struct sp_decision *d)
 		q->stats[ST_BLOCKED_SOURCES]++;
 }
 
-/* Hands a passing packet to the local stack (the TUN device): the IP datagram only. */
-static void deliver(QueueObject *q, const uint8_t *frame, const struct sp_decision *d)
+/* Hands a passing packet to the local stack (the TUN device): the IP datagram only.
+ * The stack verifies its checksum, so an offloading sender's partial one is
+ * completed first; a wrong one is left for the stack to drop and count. */
+static void deliver(QueueObject *q, uint8_t *frame, const struct sp_decision *d)
 {
+	if (!(d->flags & SP_NOT_PARSED)) {
+		enum sp_csum_result csum = sp_complete_checksum(frame, &d->pkt);
+
+		q->stats[ST_CSUM_COMPLETED] += csum == SP_CSUM_COMPLETED;
+		q->stats[ST_CSUM_BAD] += csum == SP_CSUM_BAD;
+	}
 	if (q->deliver_fd < 0 || write(q->deliver_fd, frame + d->pkt.l3_offset, d->pkt.l3_len) < 0)
 		q->stats[ST_DELIVER_ERRORS]++;
 	else
@@ -1226,10 +1235,36 @@ static PyObject *compile_count(PyObject *self, PyObject *unused)
 	return PyLong_FromUnsignedLong(sp_compile_count());
 }
 
+/* The workers' checksum step on one frame, for tests against independent checksums. */
+static PyObject *complete_checksum(PyObject *module, PyObject *arg)
+{
+	static const char *names[] = {
+		[SP_CSUM_NOT_CHECKED] = "not_checked", [SP_CSUM_VALID] = "valid", [SP_CSUM_ABSENT] = "absent",
+		[SP_CSUM_COMPLETED] = "completed", [SP_CSUM_BAD] = "bad",
+	};
+	Py_buffer in;
+	struct sp_packet p;
+	PyObject *out;
+
+	if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE))
+		return NULL;
+	out = PyBytes_FromStringAndSize(in.buf, in.len);
+	PyBuffer_Release(&in);
+	if (!out)
+		return NULL;
+	uint8_t *frame = (uint8_t *)PyBytes_AS_STRING(out);
+
+	if (sp_parse_frame(frame, (size_t)PyBytes_GET_SIZE(out), &p) != 0)
+		return Py_BuildValue("(sN)", "not_parsed", out);
+	return Py_BuildValue("(sN)", names[sp_complete_checksum(frame, &p)], out);
+}
+
 static PyMethodDef module_methods[] = {
 	{"compile_count", compile_count, METH_NOARGS, "compile_count() -> int: Hyperscan compiles in this process."},
 	{"parse_dns", parse_dns, METH_O,
 	 "parse_dns(message) -> (qname, qtype) | None (not a query); ValueError if malformed."},
+	{"complete_checksum", complete_checksum, METH_O,
+	 "complete_checksum(frame) -> (outcome, frame): the workers' checksum step before delivery."},
 	{NULL},
 };
 

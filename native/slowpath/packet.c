@@ -126,10 +126,29 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 	return 0;
 }
 
-/* One's-complement sum, folded later. */
+/* One's-complement sum of big-endian 16-bit words, folded later. The bulk is
+ * summed as native 64-bit words with end-around carry (it runs over every
+ * delivered packet; 2^64 = 1 modulo 0xFFFF): one's-complement sums do not
+ * depend on byte order (RFC 1071 2(B)), so the folded bulk is swapped to
+ * network order once. */
 static uint32_t csum_add(uint32_t sum, const uint8_t *data, size_t len)
 {
-	for (size_t i = 0; i + 1 < len; i += 2)
+	uint64_t acc = 0, w;
+	size_t i = 0;
+
+	for (; i + 8 <= len; i += 8) {
+		memcpy(&w, data + i, 8);
+		acc += w;
+		acc += acc < w;
+	}
+	acc = (acc & 0xFFFFFFFF) + (acc >> 32);
+	while (acc >> 16)
+		acc = (acc & 0xFFFF) + (acc >> 16);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	acc = __builtin_bswap16((uint16_t)acc);
+#endif
+	sum += (uint32_t)acc;
+	for (; i + 1 < len; i += 2)
 		sum += (uint32_t)(data[i] << 8 | data[i + 1]);
 	if (len & 1)
 		sum += (uint32_t)data[len - 1] << 8;
@@ -189,4 +208,52 @@ size_t sp_build_dns_answer(uint8_t *frame, size_t len, const struct sp_packet *p
 
 	wr16(udp + 6, check ? check : 0xFFFF); /* 0 means "no checksum" in UDP */
 	return p->payload_offset + dns_len;
+}
+
+enum sp_csum_result sp_complete_checksum(uint8_t *frame, const struct sp_packet *p)
+{
+	const uint8_t *ip = frame + p->l3_offset;
+	uint8_t *l4 = frame + p->l4_offset;
+	size_t alen = p->ip_version == 4 ? 4 : 16, l4_len, field;
+	uint32_t pseudo, data;
+	uint16_t stored, partial, complete;
+
+	/* A fragment's checksum covers the whole datagram, which only the stack
+	 * reassembles; senders never offload it (the stack checksums before it
+	 * fragments). */
+	if (p->first_fragment) /* the parser refuses later fragments */
+		return SP_CSUM_NOT_CHECKED;
+	if (p->protocol == 17) {
+		l4_len = rd16(l4 + 4);
+		field = 6;
+	} else if (p->protocol == 6) {
+		l4_len = p->l3_offset + p->l3_len - p->l4_offset;
+		field = 16;
+	} else {
+		return SP_CSUM_NOT_CHECKED;
+	}
+	if (l4_len < field + 2 || p->l4_offset + l4_len > p->l3_offset + p->l3_len)
+		return SP_CSUM_NOT_CHECKED; /* the stack drops such a length itself */
+	stored = rd16(l4 + field);
+	if (p->protocol == 17 && stored == 0) /* no checksum: allowed over IPv4 only (RFC 8200 8.1) */
+		return p->ip_version == 4 ? SP_CSUM_ABSENT : SP_CSUM_BAD;
+	/* Pseudo-header (RFC 768, RFC 9293, RFC 8200 8.1). At the receiver, the IPv6
+	 * destination is the final one even with a routing header. */
+	pseudo = csum_add(csum_add(0, ip + (alen == 4 ? 12 : 8), alen), ip + (alen == 4 ? 16 : 24), alen) +
+		 p->protocol + (uint32_t)l4_len;
+	data = csum_add(0, l4, l4_len);
+	if (csum_fold(pseudo + data) == 0)
+		return SP_CSUM_VALID;
+	/* What an offloading sender leaves: the folded pseudo-header sum, not
+	 * complemented (Linux: ~csum_tcpudp_magic(..., 0), ~csum_ipv6_magic(..., 0)).
+	 * It is never 0; compared in one's complement, where 0 and 0xFFFF are one. */
+	partial = (uint16_t)~csum_fold(pseudo);
+	if (stored != partial && !(p->protocol == 6 && stored == 0 && partial == 0xFFFF))
+		return SP_CSUM_BAD;
+	/* The data sum without the field, then the checksum in its place. */
+	complete = csum_fold(pseudo + data + (uint16_t)~stored);
+	if (p->protocol == 17 && complete == 0)
+		complete = 0xFFFF; /* 0 means "no checksum" in UDP */
+	wr16(l4 + field, complete);
+	return SP_CSUM_COMPLETED;
 }

@@ -39,4 +39,17 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p);
 size_t sp_build_dns_answer(uint8_t *frame, size_t len, const struct sp_packet *p,
 			   const struct dns_question *q, uint8_t rcode);
 
+enum sp_csum_result {
+	SP_CSUM_NOT_CHECKED, /* not UDP/TCP, or a fragment: left to the stack */
+	SP_CSUM_VALID,
+	SP_CSUM_ABSENT,      /* UDP over IPv4 without a checksum (0) */
+	SP_CSUM_COMPLETED,   /* was partial (pseudo-header sum only); now complete */
+	SP_CSUM_BAD,         /* neither valid nor partial: left as it is */
+};
+
+/* Completes an offloading sender's partial UDP/TCP checksum in place, before
+ * delivery to a stack that verifies it (AF_XDP loses the skb's "partial" mark).
+ * Any other checksum is left unchanged. p must come from sp_parse_frame. */
+enum sp_csum_result sp_complete_checksum(uint8_t *frame, const struct sp_packet *p);
+
 #endif

@@ -1,6 +1,6 @@
 """Type stub of the C extension (native/slowpath/module.c)."""
 
-from typing import Any
+from typing import Any, Literal
 
 DROP: int
 PASS: int
@@ -20,6 +20,10 @@ def compile_count() -> int: ...
 
 # Rules.serialize(): the DNS regex database and one per signature class (None where a set is empty).
 SerializedDatabases = tuple[bytes | None, list[bytes | None]]
+
+def complete_checksum(
+    frame: bytes, /
+) -> tuple[Literal["not_parsed", "not_checked", "valid", "absent", "completed", "bad"], bytes]: ...
 
 class Rules:
     def __init__(

@@ -163,6 +163,9 @@ SLOWPATH_OUTCOMES = ("passed", "dropped", "alerted", "nxdomain", "refused", "blo
 BLOCK_SOURCE_OUTCOMES = {"blocked": "blocked_sources", "never_block": "block_never_block",
                          "rate_limited": "block_rate_limited", "not_established": "block_not_established",
                          "error": "block_errors"}
+# Checksums of delivered packets: completed (an offloading sender's partial one), bad (neither valid
+# nor partial: delivered unchanged, for the stack to drop and count). Worker stat csum_<outcome>.
+CHECKSUM_OUTCOMES = ("completed", "bad")
 XDP_STATISTICS = ("rx_dropped", "rx_ring_full", "rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs")
 
 
@@ -182,6 +185,9 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
         "hyperion_slowpath_block_source", "block_source matches per queue by what happened to the source: blocked, "
         "or not because it is in never_block, over its rule's max_blocks_per_second, on a TCP flow not established, "
         "or a map error (the packet is dropped in every case).", labels=["queue", "outcome"])
+    checksums = CounterMetricFamily("hyperion_slowpath_checksums", "Checksums of the packets the slow path "
+                                    "delivered: completed (partial, from checksum offload) or bad (left "
+                                    "for the stack to drop).", labels=["queue", "outcome"])
     free = GaugeMetricFamily("hyperion_afxdp_free_frames", "UMEM frames not posted to the fill ring.",
                              labels=["queue"])
     kernel = {name: CounterMetricFamily(f"hyperion_afxdp_{name}", f"XDP_STATISTICS {name} of the AF_XDP socket.",
@@ -207,6 +213,8 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                 outcomes.add_metric([str(queue), outcome], st[outcome])
             for outcome, stat in BLOCK_SOURCE_OUTCOMES.items():
                 block_source.add_metric([str(queue), outcome], st.get(stat, 0))
+            for outcome in CHECKSUM_OUTCOMES:
+                checksums.add_metric([str(queue), outcome], st.get(f"csum_{outcome}", 0))
             for name, family in kernel.items():
                 family.add_metric(label, st.get(f"xdp_{name}", 0))
             cumulative, buckets = 0, []
@@ -214,8 +222,8 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric(label, buckets, sum_value=st["busy_ns"] / 1e9)
-    yield from (drops, verdicts, pressure, inspected, outcomes, block_source, free, *kernel.values(), latency,
-                events_dropped)
+    yield from (drops, verdicts, pressure, inspected, outcomes, block_source, checksums, free, *kernel.values(),
+                latency, events_dropped)
     yield from _lifecycle_families_of(slowpath)
 
 

@@ -332,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             if not first:
                 return 0
             first_command = json.loads(first)
+        # Made before the worker confines itself: wrapping a descriptor asks the kernel for its family
+        # (getsockname), which the seccomp allowlist refuses.
+        channel = socket.socket(fileno=args.rules_socket) if args.rules_socket is not None else None
         worker.start(first_command)
     except Exception as exc:
         worker.send({"type": "error", "message": f"{type(exc).__name__}: {exc}", "fatal": True})
@@ -339,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = threading.Thread(target=worker.queue.run, name="xsk-loop", daemon=True)
     loop.start()
     threading.Thread(target=worker.commands, args=(sys.stdin,), name="commands", daemon=True).start()
-    if args.rules_socket is not None:
-        channel = socket.socket(fileno=args.rules_socket)
+    if channel is not None:
         threading.Thread(target=worker.rules_channel, args=(channel,), name="rules", daemon=True).start()
     threading.Thread(target=worker.reporter, name="reporter", daemon=True).start()
     # The main thread only waits, so that signal handlers run promptly.
