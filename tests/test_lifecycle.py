@@ -81,13 +81,12 @@ def test_a_stale_heartbeat_is_fenced_only_past_the_deadline() -> None:
 
 def test_fill_ring_starvation_walks_pressured_degraded_fenced() -> None:
     health = QueueHealth(0.2)
-    health.observe(obs(0.0, fill_ring_empty=0), "active")
+    health.observe(obs(0.0, fill_ring_empty=0, received=500), "active")
     steps = []
     state = "active"
     for i in range(1, 8):
-        # The worker stopped posting frames: they pile up in its free list, the RX ring drains.
-        d = health.observe(obs(0.05 * i, fill_ring_empty=10 * i, fill_ring_level=0, free_frames=4000,
-                               rx_ring_level=0), state)
+        # The worker stopped posting frames: the kernel finds none, the worker receives nothing.
+        d = health.observe(obs(0.05 * i, fill_ring_empty=10 * i, fill_ring_level=0, received=500), state)
         if d is not None:
             steps.append((round(0.05 * i, 2), d.to_state, d.reason))
             state = d.to_state
@@ -110,8 +109,8 @@ def test_overload_that_empties_the_fill_ring_is_saturation_not_starvation() -> N
     health.observe(obs(1.0), "active")
     state, seen = "active", set()
     for i in range(1, 41):  # two seconds of overload
-        d = health.observe(obs(1.0 + 0.05 * i, fill_ring_empty=500 * i, fill_ring_level=0, free_frames=64,
-                               rx_ring_level=2048, rx_overflow=1000 * i), state)
+        d = health.observe(obs(1.0 + 0.05 * i, fill_ring_empty=500 * i, fill_ring_level=0, received=3000 * i,
+                               rx_overflow=1000 * i), state)
         if d is not None:
             seen.add((d.to_state, d.reason))
             state = d.to_state
@@ -126,14 +125,25 @@ def test_one_sample_of_an_empty_fill_ring_then_posted_frames_is_not_starvation()
     health = QueueHealth(0.2)
     health.observe(obs(1.0), "active")
     state = "active"
-    racy = obs(1.05, fill_ring_empty=100, fill_ring_level=0, free_frames=2048, rx_ring_level=0, rx_overflow=100)
-    samples = [racy] + [obs(1.05 + 0.05 * i, fill_ring_empty=100 + 50 * i, fill_ring_level=1792, free_frames=291,
-                            rx_ring_level=1536, rx_overflow=100 + 1000 * i) for i in range(1, 20)]
+    racy = obs(1.05, fill_ring_empty=100, fill_ring_level=0, rx_overflow=100)
+    samples = [racy] + [obs(1.05 + 0.05 * i, fill_ring_empty=100 + 50 * i, fill_ring_level=1792,
+                            received=3000 * i, rx_overflow=100 + 1000 * i) for i in range(1, 20)]
     for sample in samples:
         d = health.observe(sample, state)
         if d is not None:
             assert d.to_state != "fenced", d
             state = d.to_state
+
+
+def test_an_empty_fill_ring_while_the_worker_receives_is_overload() -> None:
+    """At a flood's start the kernel takes every posted frame at once: the fill ring reads empty and
+    empty-descriptor counts rise, while the worker keeps receiving: overload, not a worker that
+    stopped giving frames back (seen as the first detection under load)."""
+    health = QueueHealth(0.2)
+    health.observe(obs(1.0), "active")
+    d = health.observe(obs(1.05, fill_ring_empty=500, fill_ring_level=0, received=3000, rx_overflow=1500),
+                       "active")
+    assert d is not None and (d.to_state, d.reason) == ("pressured", "rx_ring_overflow")
 
 
 def test_overflow_is_pressure_then_saturation_and_clears_but_is_never_fenced() -> None:

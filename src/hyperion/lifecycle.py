@@ -123,8 +123,7 @@ class Observation:
     heartbeat: float | None       # monotonic time of the loop's last heartbeat; None before the first
     fill_ring_empty: int = 0      # XDP_STATISTICS rx_fill_ring_empty_descs
     fill_ring_level: int = 0      # descriptors posted to the fill ring
-    free_frames: int = 0          # frames the worker holds, posted to no ring
-    rx_ring_level: int = 0        # descriptors waiting in the RX ring
+    received: int = 0             # packets the worker took off its RX ring
     rx_overflow: int = 0          # XDP_STATISTICS rx_ring_full + rx_dropped
     redirect_failures: int = 0    # the fast path's per-queue count (no socket in xsk_map)
     steered: bool = True          # the queue is among the interface's active channels
@@ -186,10 +185,11 @@ class QueueHealth:
                              f"{obs.redirect_failures - previous.redirect_failures} redirects found no socket",
                              since_sample)
 
-        # Starvation is frames that do not come back: the worker holds them instead of posting them.
-        # Under overload the fill ring also reads empty, but the frames wait in the full RX ring.
+        # Starvation is frames that do not come back: the kernel finds the fill ring empty and the
+        # worker receives nothing. Under overload the fill ring reads empty too (the kernel takes
+        # frames as fast as they come back), but the worker keeps receiving.
         self._starvation.sample(obs.fill_ring_empty > previous.fill_ring_empty and obs.fill_ring_level == 0
-                                and obs.free_frames > obs.rx_ring_level,
+                                and obs.received == previous.received,
                                 previous.now, obs.now, self.deadline)
         if obs.fill_ring_level > 0:  # frames are being posted again: the worker gives them back
             self._starvation = _Episode()

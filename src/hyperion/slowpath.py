@@ -754,7 +754,7 @@ class SlowPath:
             now=now, alive=alive, heartbeat=worker.heartbeat(),
             fill_ring_empty=stats.get("xdp_rx_fill_ring_empty_descs", 0),
             fill_ring_level=stats.get("fill_ring_level", 0),
-            free_frames=stats.get("free_frames", 0), rx_ring_level=stats.get("rx_ring_level", 0),
+            received=stats.get("rx", 0),
             rx_overflow=stats.get("xdp_rx_ring_full", 0) + stats.get("xdp_rx_dropped", 0),
             redirect_failures=self._redirect_failures(mq.queue_id) - mq.failure_baseline,
             steered=self._channels is None or mq.queue_id < self._channels,
