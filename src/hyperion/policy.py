@@ -524,6 +524,13 @@ class FastPath(_Strict):
         return value
 
 
+def _blocks_per_second(action: str, block_rate: int | None) -> int | None:
+    """The cap in force: the policy's, the default for block_source, None for other actions."""
+    if action != "block_source":
+        return None
+    return block_rate if block_rate is not None else DEFAULT_MAX_BLOCKS_PER_SECOND
+
+
 class DnsRule(_Strict):
     """Match a query name (exact/suffix or regex), optionally a qtype, and act on it."""
 
@@ -537,10 +544,7 @@ class DnsRule(_Strict):
 
     @property
     def max_blocks_per_second(self) -> int | None:
-        """The cap in force: the policy's, the default for block_source, None for other actions."""
-        if self.action != "block_source":
-            return None
-        return self.block_rate if self.block_rate is not None else DEFAULT_MAX_BLOCKS_PER_SECOND
+        return _blocks_per_second(self.action, self.block_rate)
 
     @model_validator(mode="after")
     def _consistent(self) -> DnsRule:
@@ -584,9 +588,7 @@ class Signature(_Strict):
 
     @property
     def max_blocks_per_second(self) -> int | None:
-        if self.action != "block_source":
-            return None
-        return self.block_rate if self.block_rate is not None else DEFAULT_MAX_BLOCKS_PER_SECOND
+        return _blocks_per_second(self.action, self.block_rate)
 
     @model_validator(mode="after")
     def _consistent(self) -> Signature:
