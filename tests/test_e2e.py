@@ -21,7 +21,7 @@ from scapy.utils import wrpcap
 from hyperion.bench import BaselineProgram
 from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox, entered_netns, stale_namespaces
 from tests.conftest import IN_CI
-from tests.netutil import Daemon, hyperion, send, settle, status, wait_for
+from tests.netutil import WAIT, Daemon, hyperion, send, status, wait_for
 from tests.test_slowpath import dig, dnsmasq
 
 
@@ -144,9 +144,11 @@ def test_tcpreplay_counters_equal_the_replay_predictions(sandbox: Sandbox, tmp_p
             if seen == before:
                 break
             before = seen
-            time.sleep(1.2)
+            time.sleep(1.2)  # the observation window of the stability poll above, not a fixed wait
         sb.exec(sb.client_ns, ["tcpreplay", "-q", "-i", sb.client_if, str(capture)])
-        settle()
+        # Every frame of the scene is counted under some reason: wait until all of them are.
+        wait_for(lambda: sum(c["packets"] for c in status(sb)["counters"]) - sum(before.values())
+                 >= len(packets), WAIT)
         after = {(c["verdict"], c["reason"]): c["packets"] for c in status(sb)["counters"]}
     finally:
         hyperion(sb, "detach", "--iface", sb.host_if)
