@@ -121,7 +121,8 @@ class Daemon:
         self.argv = [*HYPERION, "run", "--iface", sb.host_if, "--policy", str(policy), *extra]
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, min_generation: int = 1, timeout: float = 20.0) -> Daemon:
+    def start(self, min_generation: int = 1, timeout: float = 60.0) -> Daemon:
+        # Generous: a large policy compiles slowly on a loaded machine; a daemon that dies fails at once.
         self.proc = self.sb.popen(self.sb.host_ns, self.argv, stderr=subprocess.PIPE)
         wait_for(lambda: generation(self.sb) >= min_generation, timeout, self._died)
         return self
