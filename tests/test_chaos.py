@@ -16,7 +16,7 @@ import pytest
 
 from hyperion.chaos import ScenarioResult, run_scenario
 from hyperion.sandbox import Sandbox
-from tests.netutil import Daemon, counter, hyperion, scrape, send, settle, status, wait_for
+from tests.netutil import Daemon, counter, hyperion, scrape, send, status, wait_counter, wait_for
 from tests.test_telemetry import parse_metrics, value
 
 pytestmark = [pytest.mark.kernel, pytest.mark.netns]
@@ -198,7 +198,7 @@ def test_workers_exit_with_a_killed_daemon_and_the_class_falls_back(sandbox: San
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10)
         before = counter(status(sb), "drop", "redirect_failed")
         send(sb, "192.0.2.2", count=3, port=5300)
-        settle()
-        assert counter(status(sb), "drop", "redirect_failed") - before == 3
+        failed = wait_counter(sb, "drop", "redirect_failed", before + 3)
+        assert counter(failed, "drop", "redirect_failed") - before == 3
     finally:
         hyperion(sb, "detach", "--iface", sb.host_if, check=False)

@@ -32,7 +32,7 @@ from hyperion.sandbox import (
     list_sandboxes,
     read_state,
 )
-from tests.netutil import HYPERION, UDPTOOL, settle
+from tests.netutil import HYPERION, UDPTOOL, WAIT, wait_for
 
 # ---- generator: no kernel needed ----------------------------------------------------------------
 
@@ -105,8 +105,12 @@ def test_spread_sources_arrive_with_valid_checksums(gro_sandbox: Sandbox, src: s
     before = _stack_counters(sb)
     with entered_netns(sb.client_ns), Generator(sb.client_if, spec.sources) as gen:
         result = gen.send(spec.frames(), count=10_000)
-    settle()
-    after = _stack_counters(sb)
+    after: dict[str, int] = {}
+
+    def arrived() -> bool:
+        after.update(_stack_counters(sb))
+        return after[counter] - before[counter] >= 10_000
+    wait_for(arrived, WAIT)
     assert result.sent == 10_000 and result.templates == (2 if protocol == "dns" else 1)
     assert after[counter] - before[counter] == 10_000
     assert all(after[k] == before.get(k, 0) for k in after if "CsumErrors" in k or k.endswith("InErrs"))
@@ -125,7 +129,8 @@ def test_sources_get_exactly_equal_shares(gro_sandbox: Sandbox) -> None:
                                       "--dst", HOST_V6, "--dst-mac", sb.mac(sb.host_ns, sb.host_if),
                                       "--count", "25600"])
         assert json.loads(proc.stdout)["sources"] == 256
-        settle()
+        wait_for(lambda: fastpath.counters().get(("drop", "blocklist_ip"), (0, 0))[0] >= 12_800
+                 and fastpath.counters().get(("pass", "no_match"), (0, 0))[0] >= 12_800, WAIT)
         counters = fastpath.counters()
         assert counters[("drop", "blocklist_ip")][0] == 12_800
         assert 12_800 <= counters[("pass", "no_match")][0] <= 12_810  # + stray IPv6 neighbour/MLD frames
@@ -173,7 +178,12 @@ def test_sandbox_cli_gateway_up_is_idempotent_and_down_removes_everything(kernel
         assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
         for src, dst in (("192.0.2.2", SERVER_V4), ("2001:db8:1::2", SERVER_V6)):
             sb.exec(sb.client_ns, [*UDPTOOL, "send", "--src", src, "--dst", dst, "--port", "5000", "--count", "3"])
-        settle()
+
+        def all_arrived() -> bool:  # the probe answers SIGUSR1 with what it has counted so far
+            assert receiver.stdout is not None
+            receiver.send_signal(signal.SIGUSR1)
+            return sum(json.loads(receiver.stdout.readline())["by_source"].values()) >= 6
+        wait_for(all_arrived, WAIT)
         receiver.send_signal(signal.SIGTERM)
         out, _ = receiver.communicate(timeout=10)
         assert json.loads(out.strip().splitlines()[-1])["by_source"] == {"192.0.2.2": 3, "2001:db8:1::2": 3}

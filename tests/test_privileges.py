@@ -50,7 +50,7 @@ from hyperion.privileges import (
     parse_status,
 )
 from hyperion.sandbox import Sandbox, entered_netns
-from tests.netutil import Daemon, counter, generation, hyperion, send, settle, status, wait_for
+from tests.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
 from tests.test_slowpath import dig, dnsmasq
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "hyperion"
@@ -363,8 +363,8 @@ def test_daemon_keeps_only_the_documented_capabilities(protected: tuple[Sandbox,
     sb.add_client_address("198.51.100.20")
     before = counter(status(sb), "drop", "blocklist_ip")
     send(sb, "198.51.100.20", count=5)
-    settle()
-    assert counter(status(sb), "drop", "blocklist_ip") - before == 5
+    dropped = wait_counter(sb, "drop", "blocklist_ip", before + 5)
+    assert counter(dropped, "drop", "blocklist_ip") - before == 5
     assert dig(sb, "good.test") == "NOERROR 203.0.113.80"
     code, err = daemon.stop()
     assert code == 0, err

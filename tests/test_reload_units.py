@@ -45,7 +45,10 @@ def test_a_big_regex_compile_leaves_other_threads_running() -> None:
     thread = threading.Thread(target=ticker)
     thread.start()
     try:
-        time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while len(ticks) < 2:  # the ticker runs
+            assert time.monotonic() < deadline, "the ticker thread never ticked"
+            time.sleep(0.005)
         start = time.monotonic()
         _slowpath.Rules([(0, 0, 0.0)] * len(SLOW_REGEXES), [], SLOW_REGEXES, [])
         took = time.monotonic() - start
@@ -198,10 +201,16 @@ def test_an_update_does_not_hold_the_lifecycle_lock_while_a_worker_is_silent() -
         except SlowPathError as exc:
             errors.append(exc)
 
+    worker = sp.queues[0].worker
+    assert isinstance(worker, FakeWorker)
+    offered = worker.offered_generation
     thread = threading.Thread(target=reload)
     thread.start()
     try:
-        time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while worker.offered_generation == offered:  # until update() waits for the worker's answer
+            assert time.monotonic() < deadline, "update() never offered the rules"
+            time.sleep(0.005)
         got = sp._lock.acquire(timeout=0.2)  # what the watchdog and /metrics need
         assert got, "update() holds the lifecycle lock while it waits for a worker"
         sp._lock.release()

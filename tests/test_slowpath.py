@@ -17,7 +17,7 @@ import pytest
 
 from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox
 from tests.conftest import IN_CI
-from tests.netutil import Daemon, Receiver, counter, hyperion, scrape, send, settle, status, wait_for
+from tests.netutil import Daemon, Receiver, counter, hyperion, scrape, send, status, wait_counter, wait_for
 from tests.test_telemetry import parse_metrics, value
 
 POLICY = r"""
@@ -119,9 +119,10 @@ def test_block_source_sends_later_packets_to_die_in_xdp(protected: tuple[Sandbox
     assert [b["address"] for b in blocks] == ["198.51.100.10"] and 590 < blocks[0]["expires_in"] <= 600
     receiver = Receiver(sb)
     send(sb, "198.51.100.10", count=5, tag="after")
-    settle()
+    dropped = wait_counter(sb, "drop", "blocklist_dynamic", before + 5)
+    receiver.barrier("192.0.2.2")  # an unlisted source, same veth queue: "after" was judged before it
     assert receiver.result()["by_tag"] == {}
-    assert counter(status(sb), "drop", "blocklist_dynamic") - before == 5
+    assert counter(dropped, "drop", "blocklist_dynamic") - before == 5
     assert dig(sb, "good.test") == "NOERROR 203.0.113.80"  # other clients unaffected
 
 
@@ -136,7 +137,11 @@ def test_payload_signatures_over_udp_and_tcp(protected: tuple[Sandbox, Path]) ->
     send(sb, "198.51.100.12", count=2, port=9999, tag="later", payload="hello")
     send(sb, "198.51.100.11", count=2, port=8080, tag="tcpclean", payload="GET /index", tcp=True)
     send(sb, "198.51.100.11", count=1, port=8080, tag="tcproot", payload="GET /root", tcp=True)
-    settle()
+    # UDP: a clean datagram after the others through the same queue and worker. TCP: the receiver
+    # takes connections one at a time, in order, so once a clean connection made after "tcproot"
+    # is counted, "tcproot" has been read (or has timed out with nothing).
+    receiver.barrier("198.51.100.11")
+    tcp_receiver.barrier("198.51.100.11", tcp=True)
     udp = receiver.result()["by_tag"]
     # The matching datagram is dropped and its source blocked, so the later ones die in XDP.
     assert udp == {"clean": 3}
@@ -213,7 +218,7 @@ def test_after_the_workers_stop_each_class_takes_its_fallback(sandbox: Sandbox, 
         assert [(q["queue"], q["state"], q["reason"]) for q in queues["queues"]] == [(0, "fenced", "shutdown")]
         tcp_receiver = Receiver(sb, duration=20, port=8080)
         send(sb, "192.0.2.2", count=2, port=8080, tag="root", payload="root", tcp=True)
-        settle()
+        tcp_receiver.wait_tags({"root": 2})
         # Fail-open: uninspected, so even the signature's payload arrives.
         assert tcp_receiver.result()["by_tag"] == {"root": 2}
         assert counter(status(sb), "pass", "queue_fenced") >= 2

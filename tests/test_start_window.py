@@ -18,7 +18,7 @@ import pytest
 
 from hyperion.bench import BaselineProgram
 from hyperion.fastpath import PIN_ROOT
-from hyperion.sandbox import HOST_V4, Sandbox, entered_netns
+from hyperion.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
 from tests.netutil import (
     HYPERION,
     PORT,
@@ -28,8 +28,8 @@ from tests.netutil import (
     counter,
     generation,
     hyperion,
-    settle,
     status,
+    wait_counter,
     wait_for,
 )
 
@@ -85,7 +85,7 @@ def test_run_fills_the_maps_before_attaching(sandbox: Sandbox, stream: subproces
         receiver = Receiver(sb)
         wait_for(lambda: counter(status(sb), "drop", "blocklist_ip") >= 400, 20)
         _stop(stream)
-        settle()
+        receiver.barrier(CLIENT_V4)  # unlisted, same veth queue: the stream was judged before it
         assert receiver.result()["by_source"].get(BLOCKED, 0) == 0
         st = status(sb)
         assert counter(st, "pass", "no_config") == 0, st["counters"]
@@ -103,7 +103,7 @@ def test_attach_with_policy_fills_the_maps_before_attaching(sandbox: Sandbox, st
         receiver = Receiver(sb)
         wait_for(lambda: counter(status(sb), "drop", "blocklist_ip") >= 200, 20)
         _stop(stream)
-        settle()
+        receiver.barrier(CLIENT_V4)  # unlisted, same veth queue: the stream was judged before it
         assert receiver.result()["by_source"].get(BLOCKED, 0) == 0
         st = status(sb)
         assert counter(st, "pass", "no_config") == 0, st["counters"]
@@ -130,9 +130,10 @@ def test_restart_over_pins_keeps_enforcing(sandbox: Sandbox, tmp_path: Path) -> 
         wait_for(lambda: counter(status(sb), "drop", "blocklist_ip") - stopped_at >= 100, 20)
         daemon = Daemon(sb, policy, "--no-watch").start(min_generation=2)
         assert proc.wait(timeout=60) == 0
-        settle()
         assert proc.stdout is not None
         sent = int(json.loads(proc.stdout.read())["sent"])
+        wait_counter(sb, "drop", "blocklist_ip", before + sent)
+        receiver.barrier(CLIENT_V4)
         st = status(sb)
         assert generation(sb) == 2
         assert receiver.result()["by_source"].get(BLOCKED, 0) == 0

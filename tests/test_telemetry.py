@@ -21,7 +21,7 @@ from hyperion.metrics import FastPathCollector, parse_listen_address
 from hyperion.policy import parse_policy
 from hyperion.sandbox import HOST_V4, Sandbox
 from hyperion.testrun import run_xdp
-from tests.netutil import Daemon, hyperion, scrape, send, settle
+from tests.netutil import WAIT, Daemon, counter, hyperion, scrape, send, status, wait_for
 
 POLICY = """
 fast_path:
@@ -69,8 +69,20 @@ def test_scrape_over_http_has_exact_values(running: tuple[Sandbox, Path]) -> Non
     send(sb, "198.51.100.42", count=20)
     send(sb, "203.0.113.7", count=15)
     send(sb, "198.51.100.10", count=7, port=53)
-    settle()
-    after, families = parse_metrics(scrape(sb))
+    # Every one of the 27 datagrams is dropped or passed by the fast path: wait until all are counted.
+    judged = [("blocklist_ip", "drop"), ("allowlist", "pass"), ("redirect_failed", "drop")]
+
+    def counted() -> tuple[Samples, set[str]]:
+        return parse_metrics(scrape(sb))
+
+    def all_counted() -> bool:
+        now = counted()[0]
+        return sum(value(now, "hyperion_fastpath_packets_total", verdict=v, reason=r)
+                   - before.get(("hyperion_fastpath_packets_total",
+                                 frozenset({"verdict": v, "reason": r}.items())), 0.0)
+                   for r, v in judged) >= 27
+    wait_for(all_counted, WAIT)
+    after, families = counted()
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - before.get((name, frozenset(labels.items())), 0.0)
@@ -97,7 +109,7 @@ def test_scrape_over_http_has_exact_values(running: tuple[Sandbox, Path]) -> Non
 def test_drop_events_as_json_lines(running: tuple[Sandbox, Path]) -> None:
     sb, events = running
     send(sb, "198.51.100.42", count=12)
-    settle()
+    wait_for(lambda: len(events.read_text().splitlines()) >= 12, WAIT)
     records = [json.loads(line) for line in events.read_text().splitlines()]
     assert len(records) == 12
     first = records[0]
@@ -113,7 +125,7 @@ def test_drop_events_as_json_lines(running: tuple[Sandbox, Path]) -> None:
 def test_top_once_against_the_running_daemon(running: tuple[Sandbox, Path]) -> None:
     sb, _ = running
     send(sb, "198.51.100.42", count=10)
-    settle()
+    wait_for(lambda: counter(status(sb), "drop", "blocklist_ip") >= 10, WAIT)
     out = hyperion(sb, "top", "--once", "--interval", "0.2").stdout
     assert sb.host_if in out and "policy gen 1" in out
     assert "blocklist_ip" in out and "hyp_bip4" in out

@@ -3,7 +3,9 @@
 `send` sends tagged messages (UDP datagrams, or one TCP connection each with
 --tcp); `recv` listens on a port for both, and on exit (SIGTERM or
 --duration) prints one JSON object: messages counted by source address and by
-tag. Every loop is bounded in count and time.
+tag. SIGUSR1 prints the same object for the messages counted so far, so that a
+test can wait until what it expects has arrived. Every loop is bounded in count
+and time.
 """
 
 from __future__ import annotations
@@ -72,7 +74,14 @@ def recv(args: argparse.Namespace) -> None:
         nonlocal stop
         stop = True
 
+    snapshot = False
+
+    def on_usr1(signum: int, frame: object) -> None:
+        nonlocal snapshot
+        snapshot = True
+
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_usr1)
     counts: dict[str, int] = {}
     tags: dict[str, int] = {}
 
@@ -84,6 +93,9 @@ def recv(args: argparse.Namespace) -> None:
     print("ready", flush=True)
     deadline = time.monotonic() + args.duration
     while not stop and time.monotonic() < deadline:
+        if snapshot:
+            snapshot = False
+            print(json.dumps({"by_source": counts, "by_tag": tags}), flush=True)
         for key, _ in sel.select(timeout=0.1):
             ready = key.fileobj
             assert isinstance(ready, socket.socket)
