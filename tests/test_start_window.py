@@ -120,7 +120,7 @@ def test_restart_over_pins_keeps_enforcing(sandbox: Sandbox, tmp_path: Path) -> 
     receiver = Receiver(sb)
     before = counter(status(sb), "drop", "blocklist_ip")
     proc = sb.popen(sb.client_ns, [*UDPTOOL, "send", "--src", BLOCKED, "--dst", HOST_V4, "--port", str(PORT),
-                                   "--count", "6000", "--interval", "0.001", "--max-seconds", "40",
+                                   "--count", "15000", "--interval", "0.001", "--max-seconds", "60",
                                    "--tag", "stream"], stdout=subprocess.PIPE)
     try:
         wait_for(lambda: counter(status(sb), "drop", "blocklist_ip") - before >= 100, 20)
@@ -129,7 +129,7 @@ def test_restart_over_pins_keeps_enforcing(sandbox: Sandbox, tmp_path: Path) -> 
         stopped_at = counter(status(sb), "drop", "blocklist_ip")
         wait_for(lambda: counter(status(sb), "drop", "blocklist_ip") - stopped_at >= 100, 20)
         daemon = Daemon(sb, policy, "--no-watch").start(min_generation=2)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=90) == 0
         assert proc.stdout is not None
         sent = int(json.loads(proc.stdout.read())["sent"])
         wait_counter(sb, "drop", "blocklist_ip", before + sent)
