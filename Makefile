@@ -23,15 +23,15 @@ test: setup ## set up, lint, run the whole test suite (kernel tests need root)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup ## set up and run the demo scene (sandbox, attach, traffic, counters)
-	$(PY) -m hyperion.demo
+	$(PY) -m hyperion.lab.demo
 
 BENCH_OUT ?= bench-out
 
 bench-quick: setup ## every benchmark section, small (smoke, < 2 min): report in BENCH_OUT/quick
-	$(PY) -m hyperion.bench --quick --out $(BENCH_OUT)/quick
+	$(PY) -m hyperion.lab.bench --quick --out $(BENCH_OUT)/quick
 
 bench: setup ## drop, pass-through, slow path, DNS, scale, reload: REPORT.md, results.json, plots in BENCH_OUT (bench-out)
-	$(PY) -m hyperion.bench --out $(BENCH_OUT)
+	$(PY) -m hyperion.lab.bench --out $(BENCH_OUT)
 
 FUZZ_BIN := build/fuzz/fuzz_dns
 FUZZ_SECONDS ?= 600
@@ -46,7 +46,7 @@ fuzz-build: setup $(FUZZ_BIN) ## build the libFuzzer harness of the slow path's 
 
 fuzz: fuzz-build ## fuzz the slow path's DNS and frame parsers for FUZZ_SECONDS (default 600)
 	@mkdir -p build/fuzz/corpus
-	$(PY) -m hyperion.fuzzseeds build/fuzz/corpus ../shared/captures
+	$(PY) -m hyperion.lab.fuzzseeds build/fuzz/corpus ../shared/captures
 	$(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus native/fuzz/corpus
 
 FUZZ_PACKETS ?= 1000000

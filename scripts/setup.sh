@@ -47,7 +47,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
    || [ -n "$(find native bpf/include -newer "$stamp" -print -quit)" ]; then
   log "installing Python dependencies and the package (editable)"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test,bench]'
+  .venv/bin/pip install -q -e '.[test,lab]'
   touch "$stamp"
 fi
 # The XDP object is rebuilt whenever its sources change (make is incremental).

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.abi import Abi, load_abi
-from hyperion.compiler import PolicyCompiler
-from hyperion.fastpath import FastPath
-from hyperion.policy import parse_policy
-from hyperion.sandbox import Sandbox
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel.abi import Abi, load_abi
+from hyperion.lab.sandbox import Sandbox
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.policy.loading import parse_policy
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

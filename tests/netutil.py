@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hyperion.sandbox import HOST_V4, Sandbox
+from hyperion.lab.sandbox import HOST_V4, Sandbox
 
 HYPERION = [sys.executable, "-m", "hyperion.cli"]
-UDPTOOL = [sys.executable, "-m", "hyperion.probe"]
+HYPERION_LAB = [sys.executable, "-m", "hyperion.lab.cli"]
+UDPTOOL = [sys.executable, "-m", "hyperion.lab.probe"]
 PORT = 5000
 
 def hyperion(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

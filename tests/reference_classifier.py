@@ -42,7 +42,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from hyperion.policy import Policy
+from hyperion.policy.model import Policy
 
 ETH_HLEN = 14
 VLAN_ETHERTYPES = (0x8100, 0x88A8)

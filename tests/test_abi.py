@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hyperion import compiler, fastpath
-from hyperion.abi import Abi, packer
 from hyperion.errors import AbiError
+from hyperion.fastpath import program as fastpath
+from hyperion.kernel.abi import Abi, packer
+from hyperion.policy import compiler
 
 HEADER = Path(__file__).resolve().parent.parent / "bpf" / "include" / "hyperion_abi.h"
 

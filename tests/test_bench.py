@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.benchmarks.report import PLOTS, RESULT_KEYS, SCHEMA
-from hyperion.benchmarks.sections import SECTIONS
+from hyperion.lab.benchmarks.report import PLOTS, RESULT_KEYS, SCHEMA
+from hyperion.lab.benchmarks.sections import SECTIONS
 from tests.conftest import IN_CI
 
 TELEMETRY_KEYS = {"seconds", "cpu", "interrupts", "softirqs", "softnet", "ethtool", "bpf", "xsk"}
@@ -32,7 +32,7 @@ def quick_report(kernel: None, tmp_path_factory: pytest.TempPathFactory) -> Path
             pytest.skip(f"{tool} is not installed")
     out = tmp_path_factory.mktemp("bench")
     # What `make bench-quick` runs.
-    proc = subprocess.run([sys.executable, "-m", "hyperion.bench", "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "hyperion.lab.bench", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from hyperion.chaos import ScenarioResult, run_scenario
-from hyperion.sandbox import Sandbox
+from hyperion.lab.chaos import ScenarioResult, run_scenario
+from hyperion.lab.sandbox import Sandbox
 from tests.netutil import Daemon, counter, hyperion, scrape, send, status, wait_counter, wait_for
 from tests.test_telemetry import parse_metrics, value
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.cli import main
+from hyperion.cli.main import main
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
 

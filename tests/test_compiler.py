@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hyperion.abi import Abi
-from hyperion.compiler import PolicyCompiler
 from hyperion.errors import CapacityError
-from hyperion.policy import parse_policy
+from hyperion.kernel.abi import Abi
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.policy.loading import parse_policy
 
 POLICY = """
 fast_path:

@@ -18,8 +18,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import wrpcap
 
-from hyperion.bench import BaselineProgram
-from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox, entered_netns, stale_namespaces
+from hyperion.lab.bench import BaselineProgram
+from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox, entered_netns, stale_namespaces
 from tests.conftest import IN_CI
 from tests.netutil import WAIT, Daemon, hyperion, scrape, send, status, wait_for
 from tests.test_slowpath import dig, dnsmasq
@@ -34,7 +34,7 @@ def need(tool: str) -> None:
 
 
 def test_demo_runs_and_leaves_nothing(kernel: None) -> None:
-    proc = subprocess.run([sys.executable, "-m", "hyperion.demo"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "hyperion.lab.demo"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     prefix = re.search(r"sandbox (hyp[0-9a-f]+):", out)

@@ -26,16 +26,16 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from hyperion import libbpf
-from hyperion.abi import load_abi
-from hyperion.compiler import PolicyCompiler
-from hyperion.daemon import Daemon, DaemonOptions
-from hyperion.events import EventDecoder, EventReader
-from hyperion.fastpath import FastPath
-from hyperion.metrics import FastPathCollector
-from hyperion.policy import parse_policy
-from hyperion.sandbox import HOST_V4, Sandbox, entered_netns
-from hyperion.testrun import run_xdp
+from hyperion.daemon.daemon import Daemon, DaemonOptions
+from hyperion.daemon.events import EventDecoder, EventReader
+from hyperion.daemon.metrics import FastPathCollector
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel import libbpf
+from hyperion.kernel.abi import load_abi
+from hyperion.kernel.testrun import run_xdp
+from hyperion.lab.sandbox import HOST_V4, Sandbox, entered_netns
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.policy.loading import parse_policy
 from tests.netutil import hyperion, send, status, wait_counter
 from tests.test_telemetry import parse_metrics, value
 

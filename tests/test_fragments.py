@@ -29,11 +29,11 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from hyperion import _slowpath
-from hyperion.fastpath import FastPath
-from hyperion.policy import parse_policy
-from hyperion.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox, entered_netns
-from hyperion.slowpath import compile_rules
-from hyperion.testrun import run_xdp
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel.testrun import run_xdp
+from hyperion.lab.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox, entered_netns
+from hyperion.policy.loading import parse_policy
+from hyperion.slowpath.rules import compile_rules
 from tests.conftest import program_with_policy
 from tests.netutil import Daemon, counter, hyperion, status, wait_for
 from tests.reference_classifier import ReferenceFastPath

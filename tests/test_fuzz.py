@@ -20,8 +20,8 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from hyperion.fastpath import FastPath
-from hyperion.testrun import MIN_FRAME, run_xdp
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel.testrun import MIN_FRAME, run_xdp
 from tests.conftest import IN_CI, program_with_policy
 
 ROOT = Path(__file__).resolve().parent.parent

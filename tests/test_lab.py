@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.compiler import PolicyCompiler
 from hyperion.errors import HyperionError
-from hyperion.fastpath import FastPath
-from hyperion.generator import Generator, TrafficSpec, source_addresses
-from hyperion.policy import Policy
-from hyperion.sandbox import (
+from hyperion.fastpath.program import FastPath
+from hyperion.lab.generator import Generator, TrafficSpec, source_addresses
+from hyperion.lab.sandbox import (
     HOST_V4,
     HOST_V6,
     NETNS_DIR,
@@ -32,7 +30,9 @@ from hyperion.sandbox import (
     list_sandboxes,
     read_state,
 )
-from tests.netutil import HYPERION, UDPTOOL, WAIT, wait_for
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.policy.model import Policy
+from tests.netutil import HYPERION_LAB, UDPTOOL, WAIT, wait_for
 
 # ---- generator: no kernel needed ----------------------------------------------------------------
 
@@ -125,7 +125,7 @@ def test_sources_get_exactly_equal_shares(gro_sandbox: Sandbox) -> None:
     try:
         policy = Policy.model_validate({"fast_path": {"drop_ips": sources[::2]}})
         fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy))
-        proc = sb.exec(sb.client_ns, [*HYPERION, "generate", "--iface", sb.client_if, "--src", "2001:db8:ff00::/120",
+        proc = sb.exec(sb.client_ns, [*HYPERION_LAB, "generate", "--iface", sb.client_if, "--src", "2001:db8:ff00::/120",
                                       "--dst", HOST_V6, "--dst-mac", sb.mac(sb.host_ns, sb.host_if),
                                       "--count", "25600"])
         assert json.loads(proc.stdout)["sources"] == 256
@@ -143,7 +143,7 @@ def test_sources_get_exactly_equal_shares(gro_sandbox: Sandbox) -> None:
 def test_generate_with_a_duration_stops_in_time(gro_sandbox: Sandbox) -> None:
     sb = gro_sandbox
     start = time.monotonic()
-    proc = sb.exec(sb.client_ns, [*HYPERION, "generate", "--iface", sb.client_if, "--src", "192.0.2.2",
+    proc = sb.exec(sb.client_ns, [*HYPERION_LAB, "generate", "--iface", sb.client_if, "--src", "192.0.2.2",
                                   "--dst", HOST_V4, "--dst-mac", sb.mac(sb.host_ns, sb.host_if), "--duration", "1"])
     out = json.loads(proc.stdout)
     assert out["sent"] > 0 and 1.0 <= out["seconds"] < 3.0 and time.monotonic() - start < 15
@@ -153,7 +153,7 @@ def test_generate_with_a_duration_stops_in_time(gro_sandbox: Sandbox) -> None:
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*HYPERION, *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*HYPERION_LAB, *args], capture_output=True, text=True, timeout=120)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -197,7 +197,7 @@ def test_sandbox_cli_gateway_up_is_idempotent_and_down_removes_everything(kernel
 
 
 def test_a_crashed_owners_sandbox_is_removed_as_stale(kernel: None) -> None:
-    code = ("import sys, time; from hyperion.sandbox import Sandbox; sb = Sandbox().up(); "
+    code = ("import sys, time; from hyperion.lab.sandbox import Sandbox; sb = Sandbox().up(); "
             "print(sb.prefix, flush=True); time.sleep(60)")
     owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

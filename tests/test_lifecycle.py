@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from hyperion import slowpath as slowpath_module
-from hyperion.lifecycle import (
+from hyperion.policy.loading import parse_policy
+from hyperion.slowpath import supervisor as slowpath_module
+from hyperion.slowpath.supervisor import ManagedQueue, SlowPath, SlowPathOptions
+from hyperion.slowpath.watchdog import (
     FENCED_STATES,
     STATES,
     TRANSITIONS,
@@ -20,14 +22,12 @@ from hyperion.lifecycle import (
     QueueStateMachine,
     TransitionError,
 )
-from hyperion.policy import parse_policy
-from hyperion.slowpath import ManagedQueue, SlowPath, SlowPathOptions
 
 
 def test_states_are_the_abi_enum(abi: object) -> None:
     """The Python names are the kernel's enum hyp_queue_state_id, in order, and the program fences
     exactly the states Python calls fenced."""
-    from hyperion.abi import load_abi
+    from hyperion.kernel.abi import load_abi
 
     kernel = load_abi().queue_states
     assert [kernel[i] for i in sorted(kernel)] == list(STATES)
@@ -273,7 +273,7 @@ def test_failed_recoveries_end_in_failed_without_escalation() -> None:
 
 def test_failed_recoveries_escalate_to_the_interface_when_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     commands: list[list[str]] = []
-    monkeypatch.setattr(slowpath_module, "_run", lambda argv: commands.append(argv))
+    monkeypatch.setattr(slowpath_module, "run_checked", lambda argv: commands.append(argv))
     sp, _fast, mq = supervisor(escalate="interface")
     sp._begin_recovery(mq, "starting")
     run_watchdog_ticks(sp, mq, 5)  # fail, restart, fail, restart, fail: escalate

@@ -23,17 +23,17 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from hyperion import slowpath
-from hyperion.abi import Abi
-from hyperion.compiler import PolicyCompiler
-from hyperion.errors import HyperionError
-from hyperion.fastpath import FastPath, ifindex_of
-from hyperion.generator import Generator, TrafficSpec
-from hyperion.metrics import _slowpath_families_of
-from hyperion.policy import parse_policy
-from hyperion.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
-from hyperion.slowpath import SlowPath, SlowPathError
-from hyperion.testrun import run_xdp
+from hyperion.daemon.metrics import _slowpath_families_of
+from hyperion.errors import HyperionError, SlowPathError
+from hyperion.fastpath.program import FastPath, ifindex_of
+from hyperion.kernel.abi import Abi
+from hyperion.kernel.testrun import run_xdp
+from hyperion.lab.generator import Generator, TrafficSpec
+from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.policy.loading import parse_policy
+from hyperion.slowpath import supervisor as slowpath
+from hyperion.slowpath.supervisor import SlowPath
 from tests.conftest import program_with_policy
 from tests.netutil import UDPTOOL, Daemon, Receiver, counter, scrape, send, status, wait_for
 from tests.test_slowpath import dig
@@ -302,7 +302,7 @@ def test_answers_of_a_burst_are_all_sent_and_later_queries_answered(sandbox: San
 def test_control_block_layout_matches_the_c_struct() -> None:
     """control.h defines the layout; Python's ctypes mirror must agree field by field."""
     from hyperion import _slowpath
-    from hyperion.worker import CONTROL_BYTES, ControlLayout
+    from hyperion.slowpath.protocol import CONTROL_BYTES, ControlLayout
     layout = dict(_slowpath.CONTROL_LAYOUT)
     assert ctypes.sizeof(ControlLayout) == layout.pop("size") <= CONTROL_BYTES
     assert {name: getattr(ControlLayout, name).offset for name in layout} == layout
@@ -313,8 +313,8 @@ def test_control_block_layout_matches_the_c_struct() -> None:
 
 def test_supervisor_reads_counters_from_the_control_block_not_the_last_report() -> None:
     from hyperion import _slowpath
-    from hyperion.slowpath import WorkerProcess
-    from hyperion.worker import CONTROL_BYTES, ControlLayout
+    from hyperion.slowpath.protocol import CONTROL_BYTES, ControlLayout
+    from hyperion.slowpath.supervisor import WorkerProcess
     block = mmap.mmap(-1, CONTROL_BYTES)
     try:
         view = ControlLayout.from_buffer(block)
@@ -390,10 +390,10 @@ def test_the_next_scrape_shows_every_answered_query(sandbox: Sandbox, tmp_path: 
 OVER_CAPACITY = r"""
 import json, sys
 from pathlib import Path
-from hyperion.compiler import PolicyCompiler
-from hyperion.fastpath import FastPath
-from hyperion.policy import parse_policy
-from hyperion.slowpath import SlowPath
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.fastpath.program import FastPath
+from hyperion.policy.loading import parse_policy
+from hyperion.slowpath.supervisor import SlowPath
 ifname, obj, text = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 policy = parse_policy(text)
 fastpath = FastPath.attach(ifname, object_path=obj)

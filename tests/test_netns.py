@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from hyperion.fastpath import PIN_ROOT
-from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox
+from hyperion.fastpath.program import PIN_ROOT
+from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox
 from tests.netutil import (
     HYPERION,
     UDPTOOL,

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.daemon import Daemon, DaemonOptions
+from hyperion.daemon.daemon import Daemon, DaemonOptions
 from hyperion.errors import PolicyError
-from hyperion.neverblock import (
+from hyperion.policy.loading import parse_policy
+from hyperion.policy.neverblock import (
     HostFacts,
     addresses_from_ip_addr,
     discover_host_facts,
@@ -22,9 +23,8 @@ from hyperion.neverblock import (
     never_block_entry,
     resolvers_from_resolv_conf,
 )
-from hyperion.policy import parse_policy
-from hyperion.slowpath import compile_rules
-from hyperion.worker import Worker
+from hyperion.slowpath.rules import compile_rules
+from hyperion.slowpath.worker import Worker
 
 
 def _errors(text: str) -> str:
@@ -257,7 +257,7 @@ def test_the_native_range_check_agrees_with_ipaddress() -> None:
 
 
 def test_policy_diff_shows_never_block_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hyperion.cli import main
+    from hyperion.cli.main import main
 
     old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
     old.write_text('slow_path: {never_block: ["192.0.2.1", "198.51.100.0/24"]}\n')

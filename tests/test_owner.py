@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.sandbox import CLIENT_V4, Sandbox, SandboxError
+from hyperion.lab.sandbox import CLIENT_V4, Sandbox, SandboxError
 from tests.netutil import (
     HYPERION,
     Daemon,
@@ -264,10 +264,10 @@ def test_lock_refuses_a_daemon_owner_at_once_and_waits_for_a_cli_writer(kernel: 
     import sys
     import uuid
 
-    from hyperion.owner import InterfaceBusyError, InterfaceLock, OwnerRole, lock_path
+    from hyperion.daemon.owner import InterfaceBusyError, InterfaceLock, OwnerRole, lock_path
 
     ifname = f"hyp{uuid.uuid4().hex[:8]}l"
-    probe = ("import sys; from hyperion.owner import *\n"
+    probe = ("import sys; from hyperion.daemon.owner import *\n"
              "try:\n"
              f"    InterfaceLock.acquire({ifname!r}, OwnerRole.CLI, 'probe', wait=float(sys.argv[1])).release()\n"
              "    print('acquired')\n"

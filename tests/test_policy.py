@@ -11,18 +11,9 @@ from pydantic import ValidationError
 
 from hyperion.durations import format_duration, parse_duration
 from hyperion.errors import PolicyError
-from hyperion.policy import (
-    DnsRule,
-    FastPath,
-    Policy,
-    RedirectClass,
-    Signature,
-    SlowPath,
-    TrafficClass,
-    load_policy,
-    parse_policy,
-    policy_diff,
-)
+from hyperion.policy.diff import policy_diff
+from hyperion.policy.loading import load_policy, parse_policy
+from hyperion.policy.model import DnsRule, FastPath, Policy, RedirectClass, Signature, SlowPath, TrafficClass
 
 POLICIES = Path(__file__).parent / "policies"
 

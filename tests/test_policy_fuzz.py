@@ -31,13 +31,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hyperion import daemon as daemon_module
-from hyperion.abi import Abi, load_abi
-from hyperion.compiler import CompiledPolicy
-from hyperion.daemon import Daemon, DaemonOptions
+from hyperion.daemon import daemon as daemon_module
+from hyperion.daemon.daemon import Daemon, DaemonOptions
 from hyperion.errors import PolicyError
-from hyperion.fastpath import object_capacities
-from hyperion.policy import Policy, parse_policy, read_policy
+from hyperion.fastpath.program import object_capacities
+from hyperion.kernel.abi import Abi, load_abi
+from hyperion.policy.compiler import CompiledPolicy
+from hyperion.policy.loading import parse_policy, read_policy
+from hyperion.policy.model import Policy
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

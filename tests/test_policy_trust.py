@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from hyperion.errors import HyperionError, PolicyError
-from hyperion.policy import read_policy
+from hyperion.policy.loading import read_policy
 from tests.conftest import IN_CI
 
 GOOD = "fast_path:\n  drop_ips: ['198.51.100.1']\n"
@@ -90,7 +90,7 @@ def test_the_kubernetes_configmap_layout_is_accepted_and_follows_an_update(home:
 READ_ONLY_PROBE = r"""
 import json, os, subprocess, sys
 from hyperion.errors import PolicyError
-from hyperion.policy import read_policy
+from hyperion.policy.loading import read_policy
 volume = sys.argv[1]
 subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0777", "hyp-policy", volume], check=True)
 os.mkdir(os.path.join(volume, "..2024_01_01"), 0o755)
@@ -272,7 +272,7 @@ def test_a_swap_between_check_and_read_cannot_slip_in_other_content(home: Path) 
 # ---- the events file -----------------------------------------------------------------------------------
 
 def test_the_events_file_is_created_0600_whatever_the_umask(home: Path) -> None:
-    from hyperion.daemon import open_events_file
+    from hyperion.daemon.daemon import open_events_file
 
     old = os.umask(0)
     try:
@@ -287,7 +287,7 @@ def test_the_events_file_is_created_0600_whatever_the_umask(home: Path) -> None:
 
 
 def test_the_events_file_is_never_a_planted_symlink(home: Path) -> None:
-    from hyperion.daemon import open_events_file
+    from hyperion.daemon.daemon import open_events_file
 
     victim = write(home / "victim", "precious\n", mode=0o600)
     (home / "events.jsonl").symlink_to(victim)

@@ -30,13 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from hyperion import privileges
-from hyperion.cli import build_parser
-from hyperion.daemon import DEFAULT_METRICS_ADDR
-from hyperion.errors import HyperionError
-from hyperion.fastpath import STATE_ROOT, FastPath, pin_dir_for
-from hyperion.metrics import parse_listen_address
-from hyperion.privileges import (
+from hyperion.cli.main import build_parser
+from hyperion.daemon import privileges
+from hyperion.daemon.daemon import DEFAULT_METRICS_ADDR
+from hyperion.daemon.metrics import parse_listen_address
+from hyperion.daemon.privileges import (
     DAEMON_CAPABILITIES,
     PR_CAP_AMBIENT,
     PR_CAP_AMBIENT_CLEAR_ALL,
@@ -49,7 +47,9 @@ from hyperion.privileges import (
     mask_of,
     parse_status,
 )
-from hyperion.sandbox import Sandbox, entered_netns
+from hyperion.errors import HyperionError
+from hyperion.fastpath.program import STATE_ROOT, FastPath, pin_dir_for
+from hyperion.lab.sandbox import Sandbox, entered_netns
 from tests.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
 from tests.test_slowpath import dig, dnsmasq
 
@@ -204,12 +204,12 @@ def test_no_shell_is_ever_built() -> None:
 
 PROBE = r"""
 import json, os, socket, ctypes, fcntl, struct, mmap, sys
-from hyperion.privileges import drop_privileges, current_capabilities, DAEMON_CAPABILITIES
-from hyperion import libbpf
-from hyperion.compiler import PolicyCompiler
-from hyperion.fastpath import FastPath
-from hyperion.policy import parse_policy
-from hyperion.testrun import run_xdp
+from hyperion.daemon.privileges import drop_privileges, current_capabilities, DAEMON_CAPABILITIES
+from hyperion.kernel import libbpf
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.fastpath.program import FastPath
+from hyperion.policy.loading import parse_policy
+from hyperion.kernel.testrun import run_xdp
 
 drop_privileges(DAEMON_CAPABILITIES)
 out = {"effective": sorted(current_capabilities().effective)}
@@ -344,7 +344,8 @@ def test_daemon_keeps_only_the_documented_capabilities(protected: tuple[Sandbox,
     threads = _thread_capabilities(pid)
     assert len(threads) > 1  # metrics, watchdog, control...: all started after the drop
     assert threads == {t: expected for t in threads}
-    workers = [child for child in _children(pid) if "hyperion.worker" in Path(f"/proc/{child}/cmdline").read_text()]
+    workers = [child for child in _children(pid)
+               if "hyperion.slowpath.worker" in Path(f"/proc/{child}/cmdline").read_text()]
     assert len(workers) == 1  # one rx queue
     worker = current_capabilities(workers[0])
     assert worker.effective == worker.permitted == worker.bounding == frozenset() and worker.no_new_privs

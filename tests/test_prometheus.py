@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.sandbox import Sandbox, SandboxError
+from hyperion.lab.sandbox import Sandbox, SandboxError
 from tests.conftest import IN_CI
 from tests.netutil import Daemon, scrape, send
 

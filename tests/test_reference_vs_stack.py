@@ -42,11 +42,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from hyperion.fastpath import FastPath
-from hyperion.policy import parse_policy
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel.testrun import run_xdp
+from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, HOST_V6, Sandbox, entered_netns
+from hyperion.policy.loading import parse_policy
 from hyperion.replay import read_frames
-from hyperion.sandbox import CLIENT_V4, HOST_V4, HOST_V6, Sandbox, entered_netns
-from hyperion.testrun import run_xdp
 from tests.conftest import program_with_policy
 from tests.reference_classifier import ReferenceFastPath
 

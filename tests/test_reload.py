@@ -12,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from hyperion.compiler import PolicyCompiler
-from hyperion.fastpath import FastPath
-from hyperion.policy import Policy, parse_policy
-from hyperion.sandbox import CLIENT_V4, HOST_V4, HOST_V6, Sandbox, entered_netns
+from hyperion.fastpath.program import FastPath
+from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, HOST_V6, Sandbox, entered_netns
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.policy.loading import parse_policy
+from hyperion.policy.model import Policy
 from tests.netutil import (
     Daemon,
     Receiver,
@@ -108,7 +109,7 @@ def test_sighup_reloads_and_policy_diff_against_running(sandbox: Sandbox, tmp_pa
 
 
 def test_policy_diff_of_two_files(tmp_path: Path) -> None:
-    from hyperion.cli import main
+    from hyperion.cli.main import main
 
     old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
     old.write_text('fast_path:\n  drop_cidrs: ["203.0.113.0/24"]\n  redirect_ports: [{protocol: udp, port: 53}]\n')
@@ -121,7 +122,7 @@ def test_policy_diff_of_two_files(tmp_path: Path) -> None:
 
 
 def _frame(sb: Sandbox, src: str) -> list[str]:
-    return [sys.executable, "-m", "hyperion.generator", "--iface", sb.client_if, "--src", src,
+    return [sys.executable, "-m", "hyperion.lab.generator", "--iface", sb.client_if, "--src", src,
             "--dst", HOST_V6 if ":" in src else HOST_V4, "--dst-mac", sb.mac(sb.host_ns, sb.host_if)]
 
 
@@ -188,7 +189,7 @@ def test_large_reload_loses_no_allowed_packet(sandbox: Sandbox) -> None:
         first, second = compiler.compile(blocklist(0)), compiler.compile(blocklist(500_000))
         fastpath.apply(first)
         receiver = Receiver(sb)
-        stream = sb.popen(sb.client_ns, [sys.executable, "-m", "hyperion.probe", "send", "--src",
+        stream = sb.popen(sb.client_ns, [sys.executable, "-m", "hyperion.lab.probe", "send", "--src",
                                          "198.51.100.10", "--dst", HOST_V4, "--port", "5000", "--count", "1500",
                                          "--interval", "0.001", "--tag", "steady"], stdout=subprocess.PIPE)
         timings = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hyperion.sandbox import Sandbox
+from hyperion.lab.sandbox import Sandbox
 from tests.netutil import Daemon, generation, hyperion, wait_for
 from tests.test_slowpath import dig, dnsmasq
 from tests.test_telemetry import parse_metrics

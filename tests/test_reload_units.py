@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from hyperion import _slowpath
-from hyperion import daemon as daemon_module
-from hyperion.errors import HyperionError, PolicyError
-from hyperion.lifecycle import QueueHealth, QueueStateMachine
-from hyperion.policy import parse_policy
-from hyperion.slowpath import ManagedQueue, SlowPath, SlowPathError, compile_rules
+from hyperion.daemon import daemon as daemon_module
+from hyperion.errors import HyperionError, PolicyError, SlowPathError
+from hyperion.policy.loading import parse_policy
+from hyperion.slowpath.rules import compile_rules
+from hyperion.slowpath.supervisor import ManagedQueue, SlowPath
+from hyperion.slowpath.watchdog import QueueHealth, QueueStateMachine
 
 # A DNS regex set that takes Hyperscan about a second to compile on this class of machine.
 SLOW_REGEXES = [(i, rf"(?i)^[a-z0-9-]{{2,20}}\.x{i}[a-f0-9]{{4,12}}\.(com|net|org)$") for i in range(500)]
@@ -64,7 +65,8 @@ def test_a_big_regex_compile_leaves_other_threads_running() -> None:
 
 
 def test_workers_build_rules_from_the_serialized_databases_without_compiling() -> None:
-    from hyperion.worker import Worker, decode_rules, encode_rules
+    from hyperion.slowpath.protocol import decode_rules, encode_rules
+    from hyperion.slowpath.worker import Worker
 
     text = "slow_path:\n  dns_rules:\n" + "".join(
         f"    - {{regex: '^x{i}-[a-f0-9]{{4,12}}\\.(com|net)$', action: drop}}\n" for i in range(200))
@@ -87,7 +89,7 @@ def test_workers_build_rules_from_the_serialized_databases_without_compiling() -
 
 
 def test_a_corrupt_rules_blob_is_an_error_naming_it() -> None:
-    from hyperion.worker import decode_rules, encode_rules
+    from hyperion.slowpath.protocol import decode_rules, encode_rules
 
     compiled = compile_rules(parse_policy("slow_path:\n  dns_rules: [{regex: '^a+$', action: drop}]\n"))
     blob = bytearray(encode_rules(1, compiled.spec, compiled.rules.serialize()))
@@ -311,7 +313,7 @@ class DeletingMap:
 
 
 def test_the_watchdog_replaces_a_worker_that_does_not_acknowledge_new_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hyperion import slowpath as slowpath_module
+    from hyperion.slowpath import supervisor as slowpath_module
 
     monkeypatch.setattr(slowpath_module, "descriptor_convergence", lambda *a: "no driver counters")
     sp = _supervisor(queues=0)

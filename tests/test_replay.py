@@ -14,7 +14,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from hyperion.policy import parse_policy
+from hyperion.policy.loading import parse_policy
 from hyperion.replay import CaptureError, Replayer, read_frames
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"

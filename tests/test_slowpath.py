@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.sandbox import HOST_V4, HOST_V6, Sandbox
+from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox
 from tests.conftest import IN_CI
 from tests.netutil import Daemon, Receiver, counter, hyperion, scrape, send, status, wait_counter, wait_for
 from tests.test_telemetry import parse_metrics, value

@@ -25,8 +25,8 @@ from scapy.packet import Raw
 
 from hyperion import _slowpath
 from hyperion.errors import PolicyError
-from hyperion.policy import parse_policy
-from hyperion.slowpath import compile_rules
+from hyperion.policy.loading import parse_policy
+from hyperion.slowpath.rules import compile_rules
 
 POLICY = r"""
 fast_path:

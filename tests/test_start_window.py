@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.bench import BaselineProgram
-from hyperion.fastpath import PIN_ROOT
-from hyperion.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
+from hyperion.fastpath.program import PIN_ROOT
+from hyperion.lab.bench import BaselineProgram
+from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
 from tests.netutil import (
     HYPERION,
     PORT,

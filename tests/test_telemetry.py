@@ -14,13 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from hyperion.compiler import PolicyCompiler
-from hyperion.events import EventDecoder, EventReader
-from hyperion.fastpath import FastPath
-from hyperion.metrics import FastPathCollector, parse_listen_address
-from hyperion.policy import parse_policy
-from hyperion.sandbox import HOST_V4, Sandbox
-from hyperion.testrun import run_xdp
+from hyperion.daemon.events import EventDecoder, EventReader
+from hyperion.daemon.metrics import FastPathCollector, parse_listen_address
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel.testrun import run_xdp
+from hyperion.lab.sandbox import HOST_V4, Sandbox
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.policy.loading import parse_policy
 from tests.netutil import WAIT, Daemon, counter, hyperion, scrape, send, status, wait_for
 
 POLICY = """

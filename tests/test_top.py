@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from rich.console import Console
 
+from hyperion.cli.top import Snapshot, human, rates, render, run_top
 from hyperion.errors import NotAttachedError
-from hyperion.top import Snapshot, human, rates, render, run_top
 
 
 def snap(taken_at: float = 10.0, **changes: object) -> Snapshot:

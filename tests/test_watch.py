@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.watch import PolicyWatcher
+from hyperion.daemon.watch import PolicyWatcher
 
 # A change must be reported well within this; "no change" is asserted after a shorter wait.
 CHANGE_TIMEOUT = 2.0

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
+from hyperion.daemon.privileges import resolve_worker_user
 from hyperion.errors import HyperionError
-from hyperion.fastpath import pin_dir_for
-from hyperion.privileges import resolve_worker_user
-from hyperion.sandbox import Sandbox, entered_netns
+from hyperion.fastpath.program import pin_dir_for
+from hyperion.lab.sandbox import Sandbox, entered_netns
 from tests.netutil import Daemon, hyperion, wait_for
 from tests.test_slowpath import dig, dnsmasq
 
@@ -69,7 +69,7 @@ def confined_as(uid: int, gid: int) -> dict[str, Any]:
 
 FILTER_PROBE = r"""
 import errno, json, os, socket, sys, threading
-from hyperion.privileges import install_worker_filter, LibcSyscalls, PR_SET_NO_NEW_PRIVS
+from hyperion.daemon.privileges import install_worker_filter, LibcSyscalls, PR_SET_NO_NEW_PRIVS
 LibcSyscalls().prctl(PR_SET_NO_NEW_PRIVS, 1)
 r, w = os.pipe()
 install_worker_filter()
@@ -108,8 +108,8 @@ def test_the_allowlist_serves_the_steady_state_and_refuses_the_rest() -> None:
 
 CONFINE_PROBE = r"""
 import errno, json, os, sys
-from hyperion import libbpf
-from hyperion.privileges import confine_worker
+from hyperion.kernel import libbpf
+from hyperion.daemon.privileges import confine_worker
 table = libbpf.MapFd(libbpf.map_create(libbpf.BPF_MAP_TYPE_HASH, "probe", 4, 8, 16, 0), 4, 8, "probe")
 confine_worker(int(sys.argv[1]), int(sys.argv[2]))
 out = {}
@@ -174,7 +174,7 @@ def test_a_worker_serves_traffic_confined(served: tuple[Sandbox, Daemon]) -> Non
     sb, _ = served
     pid = _worker_pid(sb)
     assert pid is not None
-    assert "hyperion.worker" in Path(f"/proc/{pid}/cmdline").read_text()
+    assert "hyperion.slowpath.worker" in Path(f"/proc/{pid}/cmdline").read_text()
     assert confinement(pid) == confined_as(NOBODY, NOBODY)
     # Still serving, confined: answers delivered through the TUN device, answers made in the
     # dataplane (nxdomain), and a block_source written into the dynamic blocklist.

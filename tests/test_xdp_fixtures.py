@@ -25,11 +25,11 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from hyperion.compiler import PolicyCompiler
 from hyperion.errors import BpfError
-from hyperion.fastpath import FastPath
-from hyperion.policy import parse_policy
-from hyperion.testrun import run_xdp
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel.testrun import run_xdp
+from hyperion.policy.compiler import PolicyCompiler
+from hyperion.policy.loading import parse_policy
 from tests.conftest import program_with_policy
 
 POLICY = """
@@ -219,7 +219,7 @@ def test_fixture(loaded: tuple[FastPath, int], case: Case) -> None:
 
 def test_every_reason_has_a_case(abi: object) -> None:
     """The table covers every reason the kernel can produce here; the rest are tested below."""
-    from hyperion.abi import load_abi
+    from hyperion.kernel.abi import load_abi
 
     covered = {c.reason for c in CASES}
     tested_elsewhere = {"truncated_eth", "blocklist_dynamic", "no_config", "redirect_class", "queue_fenced",

@@ -49,10 +49,10 @@ from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from hyperion import libbpf
-from hyperion.fastpath import FastPath
-from hyperion.policy import parse_policy
-from hyperion.testrun import run_xdp
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel import libbpf
+from hyperion.kernel.testrun import run_xdp
+from hyperion.policy.loading import parse_policy
 from tests import test_xdp_fixtures as fixtures
 from tests.conftest import program_with_policy
 from tests.reference_classifier import (

@@ -33,3 +33,7 @@ class AttachError(HyperionError):
 
 class NotAttachedError(HyperionError):
     """No pinned Hyperion state exists for the interface."""
+
+
+class SlowPathError(HyperionError):
+    """The slow path could not be set up."""

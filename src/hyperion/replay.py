@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from scapy.utils import RawPcapReader
+import dpkt
 
-from hyperion.compiler import PolicyCompiler, fast_path_rule_name
+from hyperion.daemon.events import EventDecoder, EventReader
 from hyperion.errors import HyperionError
-from hyperion.events import EventDecoder, EventReader
-from hyperion.fastpath import FastPath
-from hyperion.policy import Policy
-from hyperion.slowpath import ACTION_NAMES, compile_rules
-from hyperion.testrun import MIN_FRAME, run_xdp
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel.testrun import MIN_FRAME, run_xdp
+from hyperion.policy.compiler import PolicyCompiler, fast_path_rule_name
+from hyperion.policy.model import Policy
+from hyperion.slowpath.rules import ACTION_NAMES, compile_rules
 
 # Fast-path reasons -> the stage that decided.
 STAGES = {
@@ -48,20 +48,30 @@ class CaptureError(HyperionError):
 
 
 LINKTYPE_ETHERNET = 1
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # a section header block
 
 
 def read_frames(capture: Path) -> Iterator[bytes]:
     """Raw frames of a pcap or pcapng file (Ethernet link type), undissected."""
     try:
-        reader = RawPcapReader(str(capture))  # pcapng is detected from the magic number
-    except Exception as exc:  # scapy raises its own exception type for a bad magic
-        raise CaptureError(f"{capture}: cannot read capture: {exc}") from None
-    with reader:
-        linktype = getattr(reader, "linktype", LINKTYPE_ETHERNET)
+        stream = capture.open("rb")
+    except OSError as exc:
+        raise CaptureError(f"{capture}: cannot read capture: {exc.strerror}") from None
+    with stream:
+        try:
+            magic = stream.read(4)
+            stream.seek(0)
+            reader = dpkt.pcapng.Reader(stream) if magic == PCAPNG_MAGIC else dpkt.pcap.Reader(stream)
+        except (ValueError, dpkt.Error) as exc:  # dpkt says "invalid tcpdump header" and the like
+            raise CaptureError(f"{capture}: cannot read capture: {exc}") from None
+        linktype = reader.datalink()
         if linktype != LINKTYPE_ETHERNET:
             raise CaptureError(f"{capture}: link type {linktype}; only Ethernet captures can be replayed")
-        for data, _meta in reader:
-            yield bytes(data)
+        try:
+            for _timestamp, data in reader:
+                yield bytes(data)
+        except (ValueError, dpkt.Error) as exc:
+            raise CaptureError(f"{capture}: truncated or corrupt capture: {exc}") from None
 
 
 class Replayer:

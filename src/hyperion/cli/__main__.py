@@ -1,0 +1,3 @@
+from hyperion.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,474 @@
+"""`hyperion run`: attach, apply the policy, keep it applied until told to stop.
+
+The daemon owns no packet state: everything lives in pinned maps, so it can
+be stopped (with --keep-on-exit) and started again while the fast path keeps
+running and its counters continue. Around that it serves /metrics, writes
+drop events as JSON lines, and reloads the policy on SIGHUP or when the file
+changes (inotify, including the Kubernetes ConfigMap symlink swap).
+
+Threads: the main thread owns every change to the fast path (apply, sweep, and
+the CLI's writes forwarded over the control socket, which are handed to it);
+the watcher, event, control and HTTP threads only read or ask the main thread to act.
+It also checks every second that the program is still attached.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from hyperion.daemon.control import ControlServer, socket_path
+from hyperion.daemon.events import EventDecoder, EventReader, json_lines_sink
+from hyperion.daemon.metrics import FastPathCollector, ReloadStats, serve_metrics
+from hyperion.daemon.owner import InterfaceBusyError, InterfaceLock, OwnerRole
+from hyperion.daemon.watch import PolicyWatcher
+from hyperion.errors import HyperionError
+from hyperion.fastpath.program import FastPath, object_capacities
+from hyperion.kernel.abi import load_abi
+from hyperion.policy.compiler import CompiledPolicy, PolicyCompiler, fast_path_rule_name
+from hyperion.policy.loading import read_policy
+from hyperion.policy.model import Policy
+from hyperion.policy.neverblock import HostFacts, discover_host_facts, effective_never_block
+from hyperion.slowpath.rules import CompiledRules, compile_rules
+from hyperion.slowpath.supervisor import SlowPath, SlowPathOptions
+
+log = logging.getLogger("hyperion.daemon")
+
+# How often expired dynamic blocks are swept; the program ignores them anyway.
+SWEEP_INTERVAL_SECONDS = 5.0
+# How often the main loop checks that the program is still attached to the interface.
+ATTACH_CHECK_SECONDS = 1.0
+# A `run` that finds a one-shot CLI writer holding the interface waits this long for it.
+OWNER_WAIT_SECONDS = 10.0
+# How long a control request waits for the main thread to carry out a write.
+MAIN_THREAD_TIMEOUT = 120.0
+DEFAULT_METRICS_ADDR = "127.0.0.1:2112"
+DEFAULT_EVENTS_PER_SEC = 200
+
+
+def open_events_file(path: str) -> IO[str]:
+    """`run --events FILE`: appended to, created 0600 (events name clients and the names they
+    looked up), never through a symlink (one planted at the path would aim root's writes at
+    another file), and not inherited by the processes the daemon starts."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
+                     0o600)
+    except OSError as exc:
+        reason = ("it is a symbolic link (give the file itself)" if exc.errno == errno.ELOOP and os.path.islink(path)
+                  else exc.strerror or str(exc))
+        raise HyperionError(f"--events {path}: cannot open the events file: {reason}") from None
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+@dataclass
+class DaemonOptions:
+    ifname: str
+    policy_path: Path
+    attach_mode: str = "native"
+    keep_on_exit: bool = False
+    object_path: Path | None = None
+    metrics_addr: str | None = DEFAULT_METRICS_ADDR
+    events_path: str | None = None  # a file, "-" for stdout, None for no events
+    events_per_sec: int = DEFAULT_EVENTS_PER_SEC
+    watch_policy: bool = True
+    slowpath: bool = True  # AF_XDP workers for the redirect classes
+    slowpath_options: SlowPathOptions = field(default_factory=SlowPathOptions)
+    # Called once attached, before any thread or worker starts (`run` drops capabilities here).
+    privilege_drop: Callable[[], object] | None = None
+    # The host's addresses, gateways and resolvers (never_block defaults); asked at start and every reload.
+    host_facts: Callable[[], HostFacts] = discover_host_facts
+
+
+@dataclass
+class _MainThreadCall:
+    action: Callable[[], dict[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: HyperionError | None = None
+
+
+class Daemon:
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.fastpath: FastPath | None = None
+        self.policy: Policy | None = None
+        self.reloads = ReloadStats()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+        self._threads: list[threading.Thread] = []
+        self._metrics_server: Any = None
+        self._events_out: IO[str] | None = None
+        self._event_sink: Callable[[dict[str, Any]], None] | None = None
+        self.slowpath: SlowPath | None = None
+        self._control: ControlServer | None = None
+        self._owner_lock: InterfaceLock | None = None
+        self._attached = False
+        # Writes asked for over the control socket, carried out by the main thread (the only writer).
+        self._calls: queue.Queue[_MainThreadCall] = queue.Queue()
+
+    # ---- policy -------------------------------------------------------------------------
+
+    def apply_policy(self, policy: Policy, text: str, compiled: CompiledPolicy | None = None,
+                     rules: CompiledRules | None = None) -> int:
+        """Fast path and slow path switch to a new policy together, or neither does; everything is
+        compiled before either changes.
+
+        Sockets come up before the fast path starts redirecting to them, and go away only
+        after it has stopped, so no class takes its fallback because of the daemon itself.
+        The slow path goes first, and only once every worker that serves holds the new rules
+        does the fast path switch. When the slow path cannot take them (a start that fails,
+        or a queue that neither acknowledges them nor comes back with them in time) the fast
+        path keeps the running policy, a new slow path is stopped and not kept, a running one
+        is offered its previous rules again, and the error propagates: the reload counts as
+        failed. The queue that did not take the rules has been fenced (its class's on_failure)
+        and restarts with the rules in force.
+        """
+        assert self.fastpath is not None
+        if compiled is None:
+            compiled = PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy)
+        if rules is None and self._wants_slowpath(policy):
+            rules = self.compile_slow_path(policy)
+        started: SlowPath | None = None
+        previous = self.slowpath.rules if self.slowpath is not None else None
+        if rules is not None and self.slowpath is None:
+            started = SlowPath(self.fastpath, self.options.ifname, policy, self.options.slowpath_options,
+                               event_sink=self._event_sink, compiled=rules)
+            started.start()  # on failure it stopped what it began; nothing is kept
+        elif rules is not None and self.slowpath is not None:
+            try:
+                self.slowpath.update(policy, rules)
+            except BaseException:
+                self._restore_slowpath(previous)
+                raise
+        try:
+            generation = self.fastpath.apply(compiled)
+        except BaseException:
+            if started is not None:
+                started.stop()
+            elif rules is not None:
+                self._restore_slowpath(previous)
+            raise
+        if started is not None:
+            self.slowpath = started
+        if rules is None and self.slowpath is not None:
+            self.slowpath.stop()
+            self.slowpath = None
+        self.policy = policy
+        self.fastpath.record_applied_policy(text)
+        return generation
+
+    def compile_slow_path(self, policy: Policy) -> CompiledRules:
+        """The slow path's rules, with never_block completed by the host's facts as they are now."""
+        never_block = effective_never_block(policy, self.options.host_facts())
+        log.info("never_block: %d networks (%s)", len(never_block),
+                 "with the host's addresses, gateways, resolvers and allow_cidrs"
+                 if policy.slow_path.never_block_defaults else "policy entries only")
+        return compile_rules(policy, never_block)
+
+    def _restore_slowpath(self, previous: CompiledRules | None) -> None:
+        """After a failed switch: the running policy's rules, offered to the workers again."""
+        if self.slowpath is None or previous is None or self.policy is None:
+            return
+        try:
+            self.slowpath.update(self.policy, previous)
+        except HyperionError as exc:  # the watchdog replaces whichever worker still holds other rules
+            log.error("slow path: restoring the running rules: %s", exc)
+
+    def _wants_slowpath(self, policy: Policy) -> bool:
+        return self.options.slowpath and bool(policy.fast_path.redirect_ports)
+
+    def reload(self) -> bool:
+        """Validates and applies the policy file again; a bad file leaves the running policy in place."""
+        try:
+            generation = self.apply_policy(*read_policy(self.options.policy_path))
+        except HyperionError as exc:
+            self.reloads.record(ok=False)
+            log.error("reload rejected, running policy kept: %s", exc)
+            return False
+        except Exception:  # a bug in a loader or compiler must not take enforcement down with it
+            self.reloads.record(ok=False)
+            log.exception("reload failed unexpectedly, running policy kept")
+            return False
+        self.reloads.record(ok=True)
+        log.info("policy reloaded from %s: generation %d", self.options.policy_path, generation)
+        return True
+
+    def rule_name(self, reason: str, rule_id: int) -> str | None:
+        return fast_path_rule_name(self.policy, reason, rule_id) if self.policy else None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Takes the interface (one owner), validates the policy, fills the maps, then attaches."""
+        self._claim_interface()
+        try:
+            self._start()
+        except BaseException:
+            self._release_interface()
+            raise
+
+    def _claim_interface(self) -> None:
+        """Before anything else: a second daemon on the interface touches nothing and names the owner."""
+        try:
+            self._owner_lock = InterfaceLock.acquire(self.options.ifname, OwnerRole.DAEMON, "hyperion run",
+                                                     wait=OWNER_WAIT_SECONDS)
+        except InterfaceBusyError as exc:
+            raise InterfaceBusyError(exc.ifname, exc.owner, "a second `hyperion run` is refused and nothing was "
+                                     "changed; stop that one first (`hyperion policy apply` and `hyperion block` "
+                                     "go through it)") from None
+
+    def _release_interface(self) -> None:
+        if self._owner_lock is not None:
+            self._owner_lock.release()
+            self._owner_lock = None
+
+    def _start(self) -> None:
+        """Validates the policy first, then fills the maps and only then attaches: a bad policy
+        attaches nothing, and no packet is judged before the policy is in the maps."""
+        opts = self.options
+        policy, text = read_policy(opts.policy_path)
+        # Compiled (capacities checked) before attaching: a policy that cannot be applied
+        # must not disturb a fast path left running by an earlier daemon.
+        abi = load_abi(opts.object_path)
+        compiled = PolicyCompiler(abi, object_capacities(abi.object_path)).compile(policy)
+        # A slow-path rule Hyperscan refuses must not attach anything either.
+        rules = self.compile_slow_path(policy) if self._wants_slowpath(policy) else None
+        # Loaded and pinned, not attached yet (or the attachment a previous daemon left pinned).
+        self.fastpath = FastPath.prepare(opts.ifname, opts.attach_mode, opts.object_path)
+        try:
+            if opts.events_path:
+                self._events_out = sys.stdout if opts.events_path == "-" else open_events_file(opts.events_path)
+                self._event_sink = json_lines_sink(self._events_out)
+            if opts.privilege_drop is not None:  # from here on only what hyperion.privileges keeps
+                opts.privilege_drop()
+            generation = self.apply_policy(policy, text, compiled, rules)
+            self.fastpath.set_event_rate(opts.events_per_sec if opts.events_path else 0)
+            self.fastpath.link()  # the policy is in the maps: now the program may see packets
+            self._attached = True
+            if opts.metrics_addr:
+                collector = FastPathCollector(self.fastpath, self.reloads, slowpath=lambda: self.slowpath,
+                                              attached=lambda: self._attached)
+                self._metrics_server = serve_metrics(collector, opts.metrics_addr)
+                log.info("metrics on http://%s/metrics", opts.metrics_addr)
+            if opts.events_path:
+                self._start_events()
+            if opts.watch_policy:
+                self._start_thread("policy-watch", self._watch_policy)
+            self._control = ControlServer(socket_path(opts.ifname), self.control)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("attached to %s (%s), policy generation %d, pins in %s",
+                 opts.ifname, opts.attach_mode, generation, self.fastpath.pin_dir)
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_events(self) -> None:
+        assert self.fastpath is not None and self._event_sink is not None
+        reader = EventReader(self.fastpath.maps["hyp_events"].fd, EventDecoder(self.fastpath.abi, self.rule_name),
+                             self._event_sink)
+
+        def pump() -> None:
+            try:
+                while not self._stopping.is_set():
+                    reader.poll(200)
+                    slowpath = self.slowpath
+                    if slowpath is not None:
+                        slowpath.pump_events()
+                reader.poll(0)  # what arrived before the stop
+            finally:
+                reader.close()
+
+        self._start_thread("events", pump)
+
+    def _watch_policy(self) -> None:
+        with PolicyWatcher(self.options.policy_path) as watcher:
+            while not self._stopping.is_set():
+                if watcher.wait(0.5):
+                    log.info("policy file %s changed", self.options.policy_path)
+                    self.request_reload()
+
+    def control(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A control-socket request (hyperion.control): queue status and queue actions."""
+        slowpath = self.slowpath
+        command = message.get("cmd")
+        if command == "queues":
+            return {"queues": slowpath.queue_status() if slowpath is not None else [],
+                    "slowpath": slowpath is not None}
+        if command in ("block_add", "block_del", "policy_apply"):
+            return self._control_write(command, message)
+        if command in ("restart", "withdraw", "restore"):
+            if slowpath is None:
+                raise HyperionError("no slow path is running (the policy has no redirect_ports, or --no-slowpath)")
+            queue = message.get("queue")
+            return slowpath.request(command, None if queue is None else int(queue))
+        raise HyperionError(f"unknown control command {command!r}")
+
+    def _check_attached(self) -> None:
+        """Logs loudly when the program stops being attached (an external detach, `ip link ... xdp
+        off` forced through, a deleted or re-created netdev). No re-attach: see the README."""
+        assert self.fastpath is not None
+        attached = self.fastpath.is_attached()
+        if attached == self._attached:
+            return
+        if attached:
+            log.warning("the XDP program is attached to %s again", self.options.ifname)
+        else:
+            log.error("the XDP program is NO LONGER ATTACHED to %s: nothing is enforced there; it was detached "
+                      "outside this daemon (or the interface was deleted or re-created). Restart the daemon "
+                      "to attach again.", self.options.ifname)
+        self._attached = attached  # exported as hyperion_fastpath_attached once logged
+
+    def _on_main_thread(self, action: Callable[[], dict[str, Any]], timeout: float = MAIN_THREAD_TIMEOUT
+                        ) -> dict[str, Any]:
+        """Hands a write to the main loop and waits for its answer: writes never race a reload."""
+        call = _MainThreadCall(action)
+        self._calls.put(call)
+        self._wake.set()
+        if self._stopping.is_set():
+            self._refuse_main_thread_calls()  # stop() may have drained the queue before this put
+        if not call.done.wait(timeout):
+            raise HyperionError(f"the daemon's main loop did not carry out the request within {timeout:.0f} s")
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _run_main_thread_calls(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                call.result = call.action()
+            except HyperionError as exc:
+                call.error = exc
+            except Exception as exc:  # a bug answers the client instead of killing the loop
+                log.exception("control request failed unexpectedly")
+                call.error = HyperionError(f"the daemon failed: {exc}")
+            call.done.set()
+
+    def _refuse_main_thread_calls(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            call.error = HyperionError("the daemon is stopping; nothing was changed")
+            call.done.set()
+
+    def _control_write(self, command: str, message: dict[str, Any]) -> dict[str, Any]:
+        """block_add / block_del / policy_apply, forwarded by the CLI while this daemon owns the interface."""
+        if command == "policy_apply":
+            path = Path(str(message["path"]))
+            policy, text = read_policy(path)  # validated before it reaches the main thread
+
+            def apply() -> dict[str, Any]:
+                generation = self.apply_policy(policy, text)
+                log.info("policy applied from %s (hyperion policy apply): generation %d; the next reload "
+                         "applies %s again", path, generation, self.options.policy_path)
+                return {"generation": generation, "pid": os.getpid()}
+
+            return self._on_main_thread(apply)
+        address = ipaddress.ip_address(str(message["address"]))
+        if command == "block_add":
+            ttl = message.get("ttl")
+            ttl_seconds = None if ttl is None else float(ttl)
+
+            def add() -> dict[str, Any]:
+                assert self.fastpath is not None
+                self.fastpath.block_add(address, ttl_seconds)
+                return {"pid": os.getpid()}
+
+            return self._on_main_thread(add)
+
+        def delete() -> dict[str, Any]:
+            assert self.fastpath is not None
+            return {"removed": self.fastpath.block_delete(address), "pid": os.getpid()}
+
+        return self._on_main_thread(delete)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        self._refuse_main_thread_calls()
+        if self.slowpath is not None:
+            # Fences its queues first, so the fast path takes each class's fallback at once.
+            self.slowpath.stop()
+            self.slowpath = None
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if self._events_out is not None and self._events_out is not sys.stdout:
+            self._events_out.close()
+        self._events_out = None
+        if self.fastpath is None:
+            self._release_interface()
+            return
+        linked = self.fastpath.linked
+        self.fastpath.close()
+        self.fastpath = None
+        if self.options.keep_on_exit and linked:
+            log.info("leaving the fast path attached to %s (--keep-on-exit)", self.options.ifname)
+        else:
+            FastPath.detach(self.options.ifname)
+            log.info("detached from %s", self.options.ifname)
+        self._release_interface()
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        self._stop_requested = True
+        self._wake.set()
+
+    def request_reload(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def serve(self) -> None:
+        """Runs until SIGTERM/SIGINT; SIGHUP or a changed policy file reloads the policy."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+        self.start()
+        try:
+            next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+            while not self._stop_requested:
+                self._wake.wait(ATTACH_CHECK_SECONDS)
+                self._wake.clear()
+                if self._stop_requested:
+                    break
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
+                self._run_main_thread_calls()
+                self._check_attached()
+                assert self.fastpath is not None
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+                    swept = self.fastpath.sweep_expired_blocks()
+                    if swept:
+                        log.info("removed %d expired dynamic blocks", swept)
+        finally:
+            self.stop()

@@ -1,0 +1,145 @@
+"""Compiles a validated Policy into the byte images of the fast path's maps.
+
+Pure computation: no kernel access, so it is unit-tested without root. The
+capacities come from the loaded object (injected), and a policy that does not
+fit is refused here, before anything in the kernel changes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from hyperion.errors import CapacityError
+from hyperion.kernel.abi import Abi, packer
+from hyperion.policy.model import Policy
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Item = TypeVar("_Item", IPNetwork, IPAddress)
+
+# Where each policy list lands: (YAML path, pinned map name).
+ALLOW = ("fast_path.allow_cidrs", "hyp_allow4", "hyp_allow6")
+DROP_CIDRS = ("fast_path.drop_cidrs", "hyp_bcidr4", "hyp_bcidr6")
+DROP_IPS = ("fast_path.drop_ips", "hyp_bip4", "hyp_bip6")
+CLASSES_MAP = "hyp_classes"
+
+
+@dataclass(frozen=True)
+class MapImage:
+    """Packed keys and values for one policy map, ready for a batch update."""
+
+    name: str
+    keys: bytes
+    values: bytes
+    count: int
+    source: str  # the policy field it came from, for error messages
+
+    def entries(self, key_size: int, value_size: int) -> Iterable[tuple[bytes, bytes]]:
+        for i in range(self.count):
+            yield (
+                self.keys[i * key_size:(i + 1) * key_size],
+                self.values[i * value_size:(i + 1) * value_size],
+            )
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    mode: int
+    images: dict[str, MapImage]
+
+    def entry_counts(self) -> dict[str, int]:
+        return {name: image.count for name, image in self.images.items()}
+
+
+class PolicyCompiler:
+    def __init__(self, abi: Abi, capacities: Mapping[str, int]) -> None:
+        self.abi = abi
+        self.capacities = capacities
+        self._lpm4 = packer(abi.LpmV4Key)
+        self._lpm6 = packer(abi.LpmV6Key)
+        self._ip4 = packer(abi.IpV4Key)
+        self._ip6 = packer(abi.IpV6Key)
+        self._rule = packer(abi.RuleValue)
+        self._class_key = packer(abi.ClassKey)
+        self._class_value = packer(abi.ClassValue)
+
+    def compile(self, policy: Policy) -> CompiledPolicy:
+        fast = policy.fast_path
+        images: dict[str, MapImage] = {}
+        images.update(self._networks(ALLOW, fast.allow_cidrs))
+        images.update(self._networks(DROP_CIDRS, fast.drop_cidrs))
+        images.update(self._addresses(DROP_IPS, fast.drop_ips))
+        keys, values = [], []
+        for class_id, cls in enumerate(fast.redirect_ports, start=1):
+            keys.append(self._class_key.pack(cls.port, cls.protocol))
+            values.append(self._class_value.pack(class_id, self.abi.fallbacks[cls.on_failure]))
+        images[CLASSES_MAP] = MapImage(
+            CLASSES_MAP, b"".join(keys), b"".join(values), len(keys), "fast_path.redirect_ports"
+        )
+        for image in images.values():
+            capacity = self.capacities.get(image.name)
+            if capacity is not None and image.count > capacity:
+                raise CapacityError(
+                    f"{image.source}: {image.count} entries for map {image.name}, "
+                    f"which holds at most {capacity}; nothing was changed"
+                )
+        return CompiledPolicy(mode=self.abi.modes[policy.mode], images=images)
+
+    def _networks(self, target: tuple[str, str, str], networks: Iterable[IPNetwork]) -> dict[str, MapImage]:
+        return self._by_family(
+            target,
+            networks,
+            lambda n: self._lpm4.pack(n.prefixlen, n.network_address.packed),
+            lambda n: self._lpm6.pack(n.prefixlen, n.network_address.packed),
+        )
+
+    def _addresses(self, target: tuple[str, str, str], addresses: Iterable[IPAddress]) -> dict[str, MapImage]:
+        return self._by_family(
+            target, addresses, lambda a: self._ip4.pack(a.packed), lambda a: self._ip6.pack(a.packed)
+        )
+
+    def _by_family(
+        self,
+        target: tuple[str, str, str],
+        items: Iterable[_Item],
+        key4: Callable[[_Item], bytes],
+        key6: Callable[[_Item], bytes],
+    ) -> dict[str, MapImage]:
+        """Splits a policy list into its IPv4 and IPv6 maps; rule ids are list positions."""
+        source, name4, name6 = target
+        keys: dict[int, list[bytes]] = {4: [], 6: []}
+        values: dict[int, list[bytes]] = {4: [], 6: []}
+        # The policy model has already removed duplicates: one key per address or prefix.
+        for rule_id, item in enumerate(items, start=1):
+            keys[item.version].append(key4(item) if item.version == 4 else key6(item))
+            values[item.version].append(self._rule.pack(rule_id))
+        return {
+            name: MapImage(name, b"".join(keys[version]), b"".join(values[version]), len(keys[version]), source)
+            for version, name in ((4, name4), (6, name6))
+        }
+
+
+# reason -> the policy list whose 1-based positions are the rule ids the program reports.
+RULE_LISTS: dict[str, tuple[str, Callable[[Policy], tuple[Any, ...]]]] = {
+    "allowlist": ("fast_path.allow_cidrs", lambda p: p.fast_path.allow_cidrs),
+    "blocklist_cidr": ("fast_path.drop_cidrs", lambda p: p.fast_path.drop_cidrs),
+    "blocklist_ip": ("fast_path.drop_ips", lambda p: p.fast_path.drop_ips),
+    "redirect_class": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
+    "redirect_failed": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
+}
+
+
+def fast_path_rule_name(policy: Policy, reason: str, rule_id: int) -> str | None:
+    """'fast_path.drop_ips[0] 198.51.100.42' for a (reason, rule id) the program reported."""
+    target = RULE_LISTS.get(reason)
+    if target is None:
+        return None
+    path, entries = target
+    items = entries(policy)
+    if not 0 < rule_id <= len(items):
+        return None
+    item = items[rule_id - 1]
+    return f"{path}[{rule_id - 1}] {item.describe() if hasattr(item, 'describe') else item}"

@@ -1,0 +1,711 @@
+"""Policy file model: YAML in, immutable validated Policy out, or a PolicyError that says why.
+
+The policy is the operator's only interface to the data plane, so every rejection names the
+field path (``slow_path.dns_rules[3].ttl``) and the offending value, and no pydantic, YAML or
+Python traceback ever reaches the user.
+
+Choices worth knowing:
+- A key present with a null value (``fast_path:`` with everything commented out) means
+  "use the default", exactly like an absent key.
+- ``mode``, ``action``, ``on_failure`` and ``malformed_dns_action`` are case-insensitive.
+- Duplicate IPs/CIDRs are dropped silently (first occurrence kept, order preserved);
+  overlapping CIDRs are left alone. Duplicate redirect classes are an error.
+- ``port`` and ``qtype`` also accept decimal strings ("53"); booleans are never numbers.
+"""
+
+from __future__ import annotations
+
+import re
+import reprlib
+import socket
+from collections.abc import Hashable, Iterable, Mapping
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticUndefined
+
+from hyperion.durations import format_duration, parse_duration
+
+_MAX_SHOWN = 60  # longest repr of a bad value quoted in an error line
+
+
+_MAX_PROBLEMS = 50  # a policy with thousands of bad entries should not flood the terminal
+
+
+# YAML aliases may add at most this many nodes to a document (beyond its own): a "billion laughs"
+# document is a few hundred bytes that expand to 10^9 nodes.
+_MAX_ALIAS_EXPANSION = 1_000_000
+
+
+# Bounded repr for containers: an aliased value can be a DAG of 10^9 leaves.
+_REPR = reprlib.Repr()
+
+
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 6, 6
+
+
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = _MAX_SHOWN, _MAX_SHOWN, _MAX_SHOWN
+
+
+PROTOCOL_NUMBERS: dict[str, int] = {"tcp": 6, "udp": 17}
+
+
+_PORTLESS_PROTOCOLS: dict[str, int] = {
+    "icmp": 1,
+    "igmp": 2,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "icmpv6": 58,
+    "ipv6-icmp": 58,
+    "sctp": 132,
+}
+
+
+_PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in PROTOCOL_NUMBERS.items()}
+
+
+QTYPE_NUMBERS: dict[str, int] = {
+    "A": 1,
+    "NS": 2,
+    "CNAME": 5,
+    "SOA": 6,
+    "PTR": 12,
+    "MX": 15,
+    "TXT": 16,
+    "AAAA": 28,
+    "SRV": 33,
+    "NAPTR": 35,
+    "DS": 43,
+    "DNSKEY": 48,
+    "TLSA": 52,
+    "SVCB": 64,
+    "HTTPS": 65,
+    "ANY": 255,
+    "CAA": 257,
+}
+
+
+_QTYPE_NAMES: dict[int, str] = {v: k for k, v in QTYPE_NUMBERS.items()}
+
+
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+
+
+class _ProblemListError(ValueError):
+    """Problems found by a cross-field check, each at a path relative to the checked object.
+
+    Pydantic keeps the raised ValueError in the error context, which lets a model-level
+    validator report ``[2]`` or ``ttl`` instead of only the model's own location.
+    """
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+def _show(value: object) -> str:
+    """repr() of a user value, truncated so one error line stays readable."""
+    text = _REPR.repr(value) if isinstance(value, list | tuple | dict | set | frozenset) else repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _kind(value: object) -> str:
+    """Name a YAML value's type the way a policy author would, with its article."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _parse_network(value: object) -> IPv4Network | IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a CIDR like 192.0.2.0/24")
+    text = value.strip()
+    if "%" in text:
+        raise ValueError(f"{_show(value)} has a zone index (%...); the fast path matches addresses without zones")
+    try:
+        return ip_network(text, strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ip_network(text, strict=False)
+    except ValueError:
+        addr, slash, prefix = text.partition("/")
+        if slash:
+            try:
+                parsed = ip_address(addr)
+            except ValueError:
+                pass
+            else:
+                top = parsed.max_prefixlen
+                raise ValueError(
+                    f"{_show(value)} has an invalid prefix length {prefix!r} "
+                    f"(IPv{parsed.version} allows /0 to /{top})"
+                ) from None
+        raise ValueError(f"{_show(value)} is not a valid IPv4 or IPv6 network") from None
+    raise ValueError(f"{_show(value)} has host bits set (did you mean {loose}?)")
+
+
+def _parse_address(value: object) -> IPv4Address | IPv6Address:
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected an IP address")
+    text = value.strip()
+    if "/" in text:
+        raise ValueError(
+            f"{_show(value)} has a prefix length; drop_ips takes single addresses, "
+            "put networks in drop_cidrs"
+        )
+    if "%" in text:
+        raise ValueError(f"{_show(value)} has a zone index (%...); the fast path matches addresses without zones")
+    try:
+        # inet_pton is ~7x faster than ip_address and as strict; it matters for
+        # million-entry blocklists. Anything it refuses gets ip_address's verdict.
+        if ":" in text:
+            return IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        return IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        pass
+    try:
+        return ip_address(text)
+    except ValueError:
+        raise ValueError(f"{_show(value)} is not a valid IPv4 or IPv6 address") from None
+
+
+def _parse_never_block(value: object) -> IPv4Network | IPv6Network:
+    """An address (taken as a /32 or /128) or a CIDR."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected an address or a CIDR")
+    text = value.strip()
+    if "/" in text:
+        return _parse_network(value)
+    if "%" in text:
+        raise ValueError(f"{_show(value)} has a zone index (%...); never_block matches addresses without zones")
+    try:
+        return ip_network(ip_address(text))
+    except ValueError:
+        raise ValueError(f"{_show(value)} is not a valid IPv4 or IPv6 address or network") from None
+
+
+def _parse_bool(value: object) -> bool:
+    """true/false only: pydantic's lax mode would also take 'no', 'off' or 0."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected true or false")
+    return value
+
+
+DEFAULT_MAX_BLOCKS_PER_SECOND = 10
+
+
+MAX_BLOCKS_PER_SECOND_LIMIT = 100_000
+
+
+def _parse_block_rate(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a whole number of blocks")
+    if isinstance(value, str):
+        if not _is_decimal(value.strip()):
+            raise ValueError(f"{_show(value)} is not a whole number of blocks")
+        value = int(value.strip())
+    if not 1 <= value <= MAX_BLOCKS_PER_SECOND_LIMIT:
+        raise ValueError(f"{value} is out of range (1..{MAX_BLOCKS_PER_SECOND_LIMIT})")
+    return value
+
+
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() then rejects."""
+    return text.isascii() and text.isdigit()
+
+
+def _parse_protocol(value: object) -> int:
+    """tcp/udp by name or number; anything else is rejected because it has no ports."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if _is_decimal(text):
+            number = int(text)
+        elif text in PROTOCOL_NUMBERS:
+            return PROTOCOL_NUMBERS[text]
+        elif text in _PORTLESS_PROTOCOLS:
+            raise ValueError(
+                f"{_show(value)} (protocol {_PORTLESS_PROTOCOLS[text]}) has no ports; "
+                "only tcp and udp can be used here"
+            )
+        else:
+            raise ValueError(f"{_show(value)} is not a known protocol (use tcp, udp, 6 or 17)")
+    if number is None:
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected tcp, udp, 6 or 17")
+    if number in _PROTOCOL_NAMES:
+        return number
+    if 0 <= number <= 255:
+        raise ValueError(
+            f"{_show(value)} is a protocol without ports; only tcp (6) and udp (17) "
+            "can be used here"
+        )
+    raise ValueError(f"{_show(value)} is not an IP protocol number (0..255)")
+
+
+def _parse_port(value: object) -> int:
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _is_decimal(value.strip()):
+        number = int(value.strip())
+    if number is None:
+        raise ValueError(f"{_show(value)} is not a port number (expected an integer 1..65535)")
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{_show(value)} is out of range for a port (1..65535)")
+    return number
+
+
+def _parse_qtype(value: object) -> int:
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().upper()
+        if text in QTYPE_NUMBERS:
+            return QTYPE_NUMBERS[text]
+        digits = text.removeprefix("TYPE")  # RFC 3597 generic form, e.g. TYPE65
+        if _is_decimal(digits):
+            number = int(digits)
+    if number is None:
+        known = ", ".join(QTYPE_NUMBERS)
+        raise ValueError(f"{_show(value)} is not a known DNS query type ({known}, or 1..65535)")
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{_show(value)} is out of range for a DNS query type (1..65535)")
+    return number
+
+
+def _parse_domain(value: object) -> str:
+    """Exact name or leading-wildcard suffix, lower-cased, without the trailing dot."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a domain name")
+    name = value.strip().lower()
+    name = name[:-1] if name.endswith(".") else name
+    if not name:
+        raise ValueError(f"{_show(value)} is empty, expected a domain name like evil.com")
+    suffix = name[2:] if name.startswith("*.") else name
+    if "*" in suffix:
+        raise ValueError(
+            f"{_show(value)}: '*' is only allowed as a whole leading label, as in *.evil.com"
+        )
+    if len(name) > 253:
+        raise ValueError(f"{_show(value)} is {len(name)} characters long; the DNS limit is 253")
+    for label in suffix.split("."):
+        if not label:
+            raise ValueError(f"{_show(value)} has an empty label (two dots in a row?)")
+        if len(label) > 63:
+            raise ValueError(
+                f"{_show(value)} has a {len(label)}-character label; the DNS limit is 63"
+            )
+        if not _LABEL.fullmatch(label):
+            raise ValueError(
+                f"{_show(value)} has label {label!r}; labels may only contain a-z, 0-9, "
+                "'-' and '_' (write internationalized names in xn-- form)"
+            )
+    return name
+
+
+def _check_unicode(value: str) -> None:
+    """A JSON escape such as \\ud800 gives a lone surrogate, which no UTF-8 consumer accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{_show(value)} is not valid Unicode text ({exc.reason} at {exc.start})") from None
+
+
+def _parse_regex(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a regular expression")
+    if not value:
+        raise ValueError(f"{_show(value)}: regex must not be empty")
+    _check_unicode(value)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{_show(value)} is not a valid regex: {exc}") from None
+    return value
+
+
+def _parse_literal(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a string")
+    if not value:
+        raise ValueError(f"{_show(value)}: literal must not be empty")
+    _check_unicode(value)
+    return value
+
+
+def _parse_ttl(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a duration like 10m")
+    return parse_duration(value)  # its message already quotes the value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _dedupe(items: Iterable[Hashable]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _protocol_name(number: int) -> str:
+    return _PROTOCOL_NAMES.get(number, str(number))
+
+
+def _qtype_name(number: int) -> str:
+    return _QTYPE_NAMES.get(number, f"TYPE{number}")
+
+
+IPNetwork = Annotated[IPv4Network | IPv6Network, PlainValidator(_parse_network)]
+
+
+IPAddress = Annotated[IPv4Address | IPv6Address, PlainValidator(_parse_address)]
+
+
+_Protocol = Annotated[int, PlainValidator(_parse_protocol)]
+
+
+_Port = Annotated[int, PlainValidator(_parse_port)]
+
+
+_QType = Annotated[int, PlainValidator(_parse_qtype)]
+
+
+_Domain = Annotated[str, PlainValidator(_parse_domain)]
+
+
+_Regex = Annotated[str, PlainValidator(_parse_regex)]
+
+
+_Literal = Annotated[str, PlainValidator(_parse_literal)]
+
+
+_Ttl = Annotated[float, PlainValidator(_parse_ttl)]
+
+
+_NeverBlock = Annotated[IPv4Network | IPv6Network, PlainValidator(_parse_never_block)]
+
+
+_StrictBool = Annotated[bool, PlainValidator(_parse_bool)]
+
+
+_BlockRate = Annotated[int, PlainValidator(_parse_block_rate)]
+
+
+Mode = Annotated[Literal["enforce", "monitor"], BeforeValidator(_lower)]
+
+
+OnFailure = Annotated[Literal["pass", "drop"], BeforeValidator(_lower)]
+
+
+MalformedDnsAction = Annotated[Literal["drop", "pass", "alert"], BeforeValidator(_lower)]
+
+
+DnsAction = Annotated[
+    Literal["drop", "pass", "alert", "nxdomain", "refuse", "block_source"],
+    BeforeValidator(_lower),
+]
+
+
+SignatureAction = Annotated[Literal["drop", "alert", "block_source"], BeforeValidator(_lower)]
+
+
+class _Strict(BaseModel):
+    """Frozen, unknown keys rejected; null for a field with a default means that default."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        validate_by_alias=True,
+        validate_by_name=True,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        defaulted = {
+            field.alias or name
+            for name, field in cls.model_fields.items()
+            if field.default_factory is not None or field.default not in (None, PydanticUndefined)
+        }
+        return {k: v for k, v in data.items() if not (v is None and k in defaulted)}
+
+
+def _check_ttl(action: str, ttl_seconds: float | None) -> list[tuple[tuple[str | int, ...], str]]:
+    if action == "block_source" and ttl_seconds is None:
+        return [(("ttl",), "missing; action 'block_source' needs a ttl (e.g. ttl: 10m)")]
+    if action != "block_source" and ttl_seconds is not None:
+        return [
+            (
+                ("ttl",),
+                f"{format_duration(ttl_seconds)!r} given, but ttl is only used with action "
+                f"'block_source' (action is {action!r})",
+            )
+        ]
+    return []
+
+
+def _check_block_rate(action: str, rate: int | None) -> list[tuple[tuple[str | int, ...], str]]:
+    if action != "block_source" and rate is not None:
+        return [(("max_blocks_per_second",), f"{rate} given, but it is only used with action 'block_source' "
+                 f"(action is {action!r})")]
+    return []
+
+
+class TrafficClass(_Strict):
+    """A transport protocol and destination port, e.g. tcp/8080."""
+
+    protocol: _Protocol
+    port: _Port
+
+    def describe(self) -> str:
+        return f"{_protocol_name(self.protocol)}/{self.port}"
+
+
+class RedirectClass(_Strict):
+    """Traffic the fast path hands to the slow path; on_failure says what to do if it can't."""
+
+    protocol: _Protocol
+    port: _Port
+    on_failure: OnFailure = "pass"
+
+    def describe(self) -> str:
+        return f"{_protocol_name(self.protocol)}/{self.port} on_failure={self.on_failure}"
+
+
+class FastPath(_Strict):
+    """Per-packet XDP decisions on addresses and redirect classes."""
+
+    allow_cidrs: tuple[IPNetwork, ...] = ()
+    drop_ips: tuple[IPAddress, ...] = ()
+    drop_cidrs: tuple[IPNetwork, ...] = ()
+    redirect_ports: tuple[RedirectClass, ...] = ()
+
+    @field_validator("allow_cidrs", "drop_ips", "drop_cidrs")
+    @classmethod
+    def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Any, ...]:
+        return _dedupe(value)
+
+    @field_validator("redirect_ports")
+    @classmethod
+    def _unique_classes(cls, value: tuple[RedirectClass, ...]) -> tuple[RedirectClass, ...]:
+        first: dict[tuple[int, int], int] = {}
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for index, item in enumerate(value):
+            key = (item.protocol, item.port)
+            if key in first:
+                name = f"{_protocol_name(item.protocol)}/{item.port}"
+                problems.append(
+                    ((index,), f"duplicate class {name!r} (already listed at [{first[key]}])")
+                )
+            else:
+                first[key] = index
+        if problems:
+            raise _ProblemListError(problems)
+        return value
+
+
+def _blocks_per_second(action: str, block_rate: int | None) -> int | None:
+    """The cap in force: the policy's, the default for block_source, None for other actions."""
+    if action != "block_source":
+        return None
+    return block_rate if block_rate is not None else DEFAULT_MAX_BLOCKS_PER_SECOND
+
+
+class DnsRule(_Strict):
+    """Match a query name (exact/suffix or regex), optionally a qtype, and act on it."""
+
+    match: _Domain | None = None
+    regex: _Regex | None = None
+    qtype: _QType | None = None
+    action: DnsAction
+    ttl_seconds: _Ttl | None = Field(default=None, alias="ttl")
+    # Blocks this rule may insert per second (block_source; None there means the default).
+    block_rate: _BlockRate | None = Field(default=None, alias="max_blocks_per_second")
+
+    @property
+    def max_blocks_per_second(self) -> int | None:
+        return _blocks_per_second(self.action, self.block_rate)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DnsRule:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.match is not None and self.regex is not None:
+            problems.append(
+                (
+                    (),
+                    f"has both match={self.match!r} and regex={_show(self.regex)}; use exactly one",
+                )
+            )
+        elif self.match is None and self.regex is None:
+            problems.append(((), "needs either 'match' (a domain) or 'regex'"))
+        problems += _check_ttl(self.action, self.ttl_seconds)
+        problems += _check_block_rate(self.action, self.block_rate)
+        if problems:
+            raise _ProblemListError(problems)
+        return self
+
+    def describe(self) -> str:
+        parts = [f"match={self.match}" if self.match is not None else f"regex={self.regex!r}"]
+        if self.qtype is not None:
+            parts.append(f"qtype={_qtype_name(self.qtype)}")
+        parts.append(f"action={self.action}")
+        if self.ttl_seconds is not None:
+            parts.append(f"ttl={format_duration(self.ttl_seconds)}")
+        if self.block_rate is not None:
+            parts.append(f"max_blocks_per_second={self.block_rate}")
+        return " ".join(parts)
+
+
+class Signature(_Strict):
+    """A payload pattern (literal or regex) scanned for in one traffic class."""
+
+    class_: TrafficClass = Field(alias="class")
+    literal: _Literal | None = None
+    regex: _Regex | None = None
+    action: SignatureAction
+    ttl_seconds: _Ttl | None = Field(default=None, alias="ttl")
+    block_rate: _BlockRate | None = Field(default=None, alias="max_blocks_per_second")
+
+    @property
+    def max_blocks_per_second(self) -> int | None:
+        return _blocks_per_second(self.action, self.block_rate)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Signature:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.literal is not None and self.regex is not None:
+            problems.append(
+                (
+                    (),
+                    f"has both literal={_show(self.literal)} and regex={_show(self.regex)}; "
+                    "use exactly one",
+                )
+            )
+        elif self.literal is None and self.regex is None:
+            problems.append(((), "needs either 'literal' or 'regex'"))
+        problems += _check_ttl(self.action, self.ttl_seconds)
+        problems += _check_block_rate(self.action, self.block_rate)
+        if problems:
+            raise _ProblemListError(problems)
+        return self
+
+    def describe(self) -> str:
+        pattern = (
+            f"literal={self.literal!r}" if self.literal is not None else f"regex={self.regex!r}"
+        )
+        parts = [self.class_.describe(), pattern, f"action={self.action}"]
+        if self.ttl_seconds is not None:
+            parts.append(f"ttl={format_duration(self.ttl_seconds)}")
+        if self.block_rate is not None:
+            parts.append(f"max_blocks_per_second={self.block_rate}")
+        return " ".join(parts)
+
+
+# Bounds on what Hyperscan compiles for one policy: compile time grows with them (1,500 regexes took
+# about 10 s), and the daemon compiles every reload. Name rules (match:) are a hash table, not bounded here.
+MAX_DNS_REGEX_RULES = 1000
+
+
+MAX_SIGNATURES = 1000
+
+
+MAX_PATTERN_BYTES = 128 * 1024  # regexes and literals together, UTF-8
+
+
+class SlowPath(_Strict):
+    """Userspace inspection of redirected traffic: DNS rules and payload signatures."""
+
+    malformed_dns_action: MalformedDnsAction = "drop"
+    dns_rules: tuple[DnsRule, ...] = ()
+    signatures: tuple[Signature, ...] = ()
+    # Sources block_source never inserts (hyperion.neverblock adds the host's own addresses, gateways,
+    # resolvers and fast_path.allow_cidrs unless never_block_defaults is false).
+    never_block: tuple[_NeverBlock, ...] = ()
+    never_block_defaults: _StrictBool = True
+
+    @field_validator("never_block")
+    @classmethod
+    def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Any, ...]:
+        return _dedupe(value)
+
+    @model_validator(mode="after")
+    def _compile_bounded(self) -> SlowPath:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        regexes = [r.regex for r in self.dns_rules if r.regex is not None]
+        patterns = regexes + [s.regex if s.regex is not None else s.literal or "" for s in self.signatures]
+        if len(regexes) > MAX_DNS_REGEX_RULES:
+            problems.append((("dns_rules",), f"{len(regexes)} regex rules; at most {MAX_DNS_REGEX_RULES} "
+                             "(use match: for names, which is not bounded)"))
+        if len(self.signatures) > MAX_SIGNATURES:
+            problems.append((("signatures",), f"{len(self.signatures)} signatures; at most {MAX_SIGNATURES}"))
+        total = sum(len(p.encode()) for p in patterns)
+        if not problems and total > MAX_PATTERN_BYTES:
+            problems.append(((), f"regexes and literals of dns_rules and signatures total {total} bytes; "
+                             f"at most {MAX_PATTERN_BYTES}"))
+        if problems:
+            raise _ProblemListError(problems)
+        return self
+
+
+class Policy(_Strict):
+    """A whole policy file. ``Policy()`` (and the YAML ``{}``) blocks nothing."""
+
+    LISTS: ClassVar[tuple[str, ...]] = (
+        "allow_cidrs",
+        "drop_ips",
+        "drop_cidrs",
+        "redirect_ports",
+        "dns_rules",
+        "signatures",
+    )
+
+    mode: Mode = "enforce"
+    fast_path: FastPath = Field(default_factory=FastPath)
+    slow_path: SlowPath = Field(default_factory=SlowPath)
+
+    def summary(self) -> dict[str, int]:
+        """Entry count per list, keyed as in Policy.LISTS."""
+        fast, slow = self.fast_path, self.slow_path
+        return {
+            "allow_cidrs": len(fast.allow_cidrs),
+            "drop_ips": len(fast.drop_ips),
+            "drop_cidrs": len(fast.drop_cidrs),
+            "redirect_ports": len(fast.redirect_ports),
+            "dns_rules": len(slow.dns_rules),
+            "signatures": len(slow.signatures),
+        }

@@ -1,0 +1,132 @@
+"""The policy's slow_path section compiled into the native engine's Rules, and the rule spec that
+workers rebuild them from."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
+from typing import Any
+
+from hyperion import _slowpath
+from hyperion.errors import PolicyError
+from hyperion.policy.model import Policy
+from hyperion.policy.model import SlowPath as SlowPathSection
+from hyperion.policy.neverblock import HostFacts, effective_never_block
+
+log = logging.getLogger("hyperion.slowpath")
+
+
+ACTIONS = {
+    "drop": _slowpath.DROP, "pass": _slowpath.PASS, "alert": _slowpath.ALERT,
+    "nxdomain": _slowpath.NXDOMAIN, "refuse": _slowpath.REFUSE, "block_source": _slowpath.BLOCK_SOURCE,
+}
+
+
+ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+
+
+# Actions after which the packet does not reach its destination.
+STOPPING_ACTIONS = {"drop", "block_source", "nxdomain", "refuse"}
+
+
+@dataclass(frozen=True)
+class CompiledRules:
+    rules: Any                  # _slowpath.Rules
+    labels: list[str]           # rule index -> "slow_path.dns_rules[0] match=evil.com action=drop"
+    actions: list[str]          # rule index -> action name
+    # The Rules constructor's arguments, plain JSON: what a worker process builds its own Rules
+    # from, so it needs neither the policy model nor its validation.
+    spec: list[Any] = field(default_factory=list)
+
+
+def _literal_pattern(literal: str) -> str:
+    """A literal as a Hyperscan pattern: every byte escaped, so nothing in it is syntax."""
+    return "".join(f"\\x{b:02x}" for b in literal.encode())
+
+
+def _hyperscan_regex(pattern: str) -> str:
+    """Python's (?i) prefix is understood by Hyperscan as well; nothing else is translated."""
+    return pattern
+
+
+def compile_rules(policy: Policy, never_block: Iterable[IPv4Network | IPv6Network] | None = None) -> CompiledRules:
+    """slow_path -> Rules. Hyperscan refusals become PolicyErrors naming the rule.
+
+    never_block: the effective list (hyperion.neverblock; the daemon adds the host's facts); by
+    default the policy's own entries and, unless never_block_defaults is false, its allow_cidrs."""
+    if never_block is None:
+        never_block = effective_never_block(policy, HostFacts())
+    return compile_slow_path_rules(policy.slow_path, never_block)
+
+
+def never_block_ranges(networks: Iterable[IPv4Network | IPv6Network]) -> list[list[Any]]:
+    """Networks -> sorted, disjoint [version, first, last] ranges (addresses in hex), for the workers."""
+    ranges: list[list[Any]] = []
+    networks = list(networks)
+    for version in (4, 6):
+        family = [n for n in networks if n.version == version]
+        merged = sorted(collapse_addresses(family))  # type: ignore[type-var]
+        for net in merged:
+            first, last = int(net.network_address), int(net.broadcast_address)
+            # Adjacent networks of different sizes stay separate after collapsing: join them.
+            if ranges and ranges[-1][0] == version and int(ranges[-1][2], 16) + 1 >= first:
+                ranges[-1][2] = f"{max(last, int(ranges[-1][2], 16)):0{net.max_prefixlen // 4}x}"
+                continue
+            ranges.append([version, f"{first:0{net.max_prefixlen // 4}x}", f"{last:0{net.max_prefixlen // 4}x}"])
+    return ranges
+
+
+def compile_slow_path_rules(slow: SlowPathSection,
+                            never_block: Iterable[IPv4Network | IPv6Network] | None = None) -> CompiledRules:
+    rules: list[tuple[int, int, float]] = []
+    labels: list[str] = []
+    actions: list[str] = []
+    names: list[tuple[int, int, str]] = []
+    dns_regex: list[tuple[int, str]] = []
+    for i, rule in enumerate(slow.dns_rules):
+        index = len(rules)
+        rules.append((ACTIONS[rule.action], rule.qtype or 0, rule.ttl_seconds or 0.0))
+        labels.append(f"slow_path.dns_rules[{i}] {rule.describe()}")
+        actions.append(rule.action)
+        if rule.match is not None:
+            if rule.match.startswith("*."):
+                names.append((index, _slowpath.SUFFIX, rule.match[2:]))
+            else:
+                names.append((index, _slowpath.EXACT, rule.match))
+        elif rule.regex is not None:
+            dns_regex.append((index, _hyperscan_regex(rule.regex)))
+    by_class: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    for i, sig in enumerate(slow.signatures):
+        index = len(rules)
+        rules.append((ACTIONS[sig.action], 0, sig.ttl_seconds or 0.0))
+        labels.append(f"slow_path.signatures[{i}] {sig.describe()}")
+        actions.append(sig.action)
+        pattern = _literal_pattern(sig.literal) if sig.literal is not None else _hyperscan_regex(sig.regex or "")
+        by_class.setdefault((sig.class_.protocol, sig.class_.port), []).append((index, pattern))
+    classes = [(protocol, port, patterns) for (protocol, port), patterns in by_class.items()]
+    networks = list(slow.never_block if never_block is None else never_block)
+    limits = [r.max_blocks_per_second or 0 for r in slow.dns_rules] + [
+        s.max_blocks_per_second or 0 for s in slow.signatures]
+    try:
+        spec: list[Any] = [rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action],
+                           [tuple(r) for r in never_block_ranges(networks)], limits]
+        compiled = _slowpath.Rules(*spec)
+    except ValueError as exc:
+        raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
+    return CompiledRules(compiled, labels, actions, spec)
+
+
+def _name_failing_rule(message: str, dns_regex: list[tuple[int, str]],
+                       by_class: dict[tuple[int, int], list[tuple[int, str]]], labels: list[str]) -> str:
+    """Hyperscan names the failing pattern by its position in one database; map it to the rule."""
+    found = re.match(r"(DNS regex|signatures of (\d+)/(\d+)): pattern (-?\d+): (.*)", message)
+    if not found:
+        return message
+    position = int(found[4])
+    patterns = dns_regex if found[2] is None else by_class.get((int(found[2]), int(found[3])), [])
+    if 0 <= position < len(patterns):
+        return f"{labels[patterns[position][0]]}: Hyperscan cannot compile it: {found[5]}"
+    return message
