@@ -13,7 +13,15 @@ from hyperion.durations import format_duration, parse_duration
 from hyperion.errors import PolicyError
 from hyperion.policy.diff import policy_diff
 from hyperion.policy.loading import load_policy, parse_policy
-from hyperion.policy.model import DnsRule, FastPath, Policy, RedirectClass, Signature, SlowPath, TrafficClass
+from hyperion.policy.model import (
+    DnsRule,
+    FastPathSection,
+    Policy,
+    RedirectClass,
+    Signature,
+    SlowPathSection,
+    TrafficClass,
+)
 
 POLICIES = Path(__file__).parent / "policies"
 
@@ -74,8 +82,8 @@ def test_empty_mapping_is_a_policy_that_blocks_nothing() -> None:
     policy = load_policy(POLICIES / "empty_mapping.yaml")
     assert policy == Policy()
     assert policy.mode == "enforce"
-    assert policy.fast_path == FastPath()
-    assert policy.slow_path == SlowPath()
+    assert policy.fast_path == FastPathSection()
+    assert policy.slow_path == SlowPathSection()
     assert all(count == 0 for count in policy.summary().values())
 
 

@@ -288,9 +288,8 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     lines += [f"- slow_path.never_block: {n}" for n in old.slow_path.never_block if n not in new.slow_path.never_block]
     lines += [f"+ slow_path.never_block: {n}" for n in new.slow_path.never_block if n not in old.slow_path.never_block]
     for section, change in changes.items():
-        path = f"{'slow_path' if section in ('dns_rules', 'signatures') else 'fast_path'}.{section}"
-        lines += [f"- {path}: {entry}" for entry in change["removed"]]
-        lines += [f"+ {path}: {entry}" for entry in change["added"]]
+        lines += [f"- {section.path}: {entry}" for entry in change["removed"]]
+        lines += [f"+ {section.path}: {entry}" for entry in change["added"]]
     print(f"--- {old_name}\n+++ {new_name}")
     print("\n".join(lines) if lines else "(no changes)")
     return 0

@@ -17,8 +17,10 @@ from typing import IO, Any
 
 from hyperion.kernel import libbpf
 from hyperion.kernel.abi import Abi
+from hyperion.protocols import PORT_PROTOCOLS, PROTOCOL_NAMES, IpProtocol
 
-PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+# Named in events: the protocols the XDP parser decodes; any other is reported by its number.
+PROTOCOLS = {p: PROTOCOL_NAMES[p] for p in (IpProtocol.ICMP, IpProtocol.TCP, IpProtocol.UDP, IpProtocol.ICMPV6)}
 _SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 # Names a rule from (reason, rule id); returns None when it cannot.
@@ -69,8 +71,8 @@ class EventDecoder:
             "src": _address(bytes(event.saddr), event.ip_version),
             "dst": _address(bytes(event.daddr), event.ip_version),
             "protocol": PROTOCOLS.get(event.protocol, event.protocol) if event.ip_version else None,
-            "src_port": event.src_port if event.protocol in (6, 17) else None,
-            "dst_port": event.dst_port if event.protocol in (6, 17) else None,
+            "src_port": event.src_port if event.protocol in PORT_PROTOCOLS else None,
+            "dst_port": event.dst_port if event.protocol in PORT_PROTOCOLS else None,
             "length": event.pkt_len,
             "rule_id": event.rule_id,
             "rule": self.rule_namer(reason, event.rule_id) if self.rule_namer and event.rule_id else None,

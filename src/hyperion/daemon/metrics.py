@@ -22,10 +22,10 @@ from prometheus_client.registry import Collector
 from hyperion import __version__
 from hyperion.errors import HyperionError
 from hyperion.fastpath.program import FastPath
+from hyperion.protocols import protocol_name
 from hyperion.slowpath.supervisor import SlowPath
 from hyperion.slowpath.watchdog import STATES
 
-PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 log = logging.getLogger("hyperion.metrics")
 
 
@@ -42,7 +42,7 @@ class ReloadStats:
 
 
 def class_label(protocol: int, port: int) -> str:
-    return f"{PROTOCOL_NAMES.get(protocol, str(protocol))}/{port}"
+    return f"{protocol_name(protocol)}/{port}"
 
 
 class FastPathCollector(Collector):

@@ -10,20 +10,20 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from hyperion.errors import CapacityError
 from hyperion.kernel.abi import Abi, packer
-from hyperion.policy.model import Policy
+from hyperion.policy.model import Policy, PolicyList, render_entry
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Item = TypeVar("_Item", IPNetwork, IPAddress)
 
 # Where each policy list lands: (YAML path, pinned map name).
-ALLOW = ("fast_path.allow_cidrs", "hyp_allow4", "hyp_allow6")
-DROP_CIDRS = ("fast_path.drop_cidrs", "hyp_bcidr4", "hyp_bcidr6")
-DROP_IPS = ("fast_path.drop_ips", "hyp_bip4", "hyp_bip6")
+ALLOW = (PolicyList.ALLOW_CIDRS.path, "hyp_allow4", "hyp_allow6")
+DROP_CIDRS = (PolicyList.DROP_CIDRS.path, "hyp_bcidr4", "hyp_bcidr6")
+DROP_IPS = (PolicyList.DROP_IPS.path, "hyp_bip4", "hyp_bip6")
 CLASSES_MAP = "hyp_classes"
 
 
@@ -77,7 +77,7 @@ class PolicyCompiler:
             keys.append(self._class_key.pack(cls.port, cls.protocol))
             values.append(self._class_value.pack(class_id, self.abi.fallbacks[cls.on_failure]))
         images[CLASSES_MAP] = MapImage(
-            CLASSES_MAP, b"".join(keys), b"".join(values), len(keys), "fast_path.redirect_ports"
+            CLASSES_MAP, b"".join(keys), b"".join(values), len(keys), PolicyList.REDIRECT_PORTS.path
         )
         for image in images.values():
             capacity = self.capacities.get(image.name)
@@ -123,12 +123,12 @@ class PolicyCompiler:
 
 
 # reason -> the policy list whose 1-based positions are the rule ids the program reports.
-RULE_LISTS: dict[str, tuple[str, Callable[[Policy], tuple[Any, ...]]]] = {
-    "allowlist": ("fast_path.allow_cidrs", lambda p: p.fast_path.allow_cidrs),
-    "blocklist_cidr": ("fast_path.drop_cidrs", lambda p: p.fast_path.drop_cidrs),
-    "blocklist_ip": ("fast_path.drop_ips", lambda p: p.fast_path.drop_ips),
-    "redirect_class": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
-    "redirect_failed": ("fast_path.redirect_ports", lambda p: p.fast_path.redirect_ports),
+RULE_LISTS: dict[str, PolicyList] = {
+    "allowlist": PolicyList.ALLOW_CIDRS,
+    "blocklist_cidr": PolicyList.DROP_CIDRS,
+    "blocklist_ip": PolicyList.DROP_IPS,
+    "redirect_class": PolicyList.REDIRECT_PORTS,
+    "redirect_failed": PolicyList.REDIRECT_PORTS,
 }
 
 
@@ -137,9 +137,7 @@ def fast_path_rule_name(policy: Policy, reason: str, rule_id: int) -> str | None
     target = RULE_LISTS.get(reason)
     if target is None:
         return None
-    path, entries = target
-    items = entries(policy)
+    items = target.entries(policy)
     if not 0 < rule_id <= len(items):
         return None
-    item = items[rule_id - 1]
-    return f"{path}[{rule_id - 1}] {item.describe() if hasattr(item, 'describe') else item}"
+    return f"{target.path}[{rule_id - 1}] {render_entry(items[rule_id - 1])}"

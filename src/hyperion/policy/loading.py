@@ -19,7 +19,14 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from hyperion.errors import PolicyError
-from hyperion.policy.model import _MAX_ALIAS_EXPANSION, _MAX_PROBLEMS, Policy, _kind, _ProblemListError, _show
+from hyperion.policy.model import Policy
+from hyperion.policy.problems import Location, Problem, ProblemListError, kind_of, show_value
+
+MAX_PROBLEMS = 50  # a policy with thousands of bad entries should not flood the terminal
+
+# YAML aliases may add at most this many nodes to a document (beyond its own): a "billion laughs"
+# document is a few hundred bytes that expand to 10^9 nodes.
+MAX_ALIAS_EXPANSION = 1_000_000
 
 # libyaml's parser when PyYAML was built with it: ~20x faster, which is what makes a
 # million-entry policy load in seconds rather than a minute. Same safe semantics.
@@ -42,7 +49,7 @@ class _StrictLoader(_SafeLoader):  # type: ignore[valid-type,misc]
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f"duplicate key {_show(key)} (first defined on line {seen[key] + 1})",
+                    f"duplicate key {show_value(key)} (first defined on line {seen[key] + 1})",
                     key_node.start_mark,
                 )
             seen[key] = key_node.start_mark.line
@@ -73,7 +80,7 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_y
 
 def _check_aliases(root: yaml.Node) -> None:
     """Counts the nodes of the document with every alias expanded (each distinct node once,
-    shared ones by reference): more than _MAX_ALIAS_EXPANSION beyond its distinct nodes, or an
+    shared ones by reference): more than MAX_ALIAS_EXPANSION beyond its distinct nodes, or an
     alias inside its own anchor, is an error. Iterative: libyaml allows 1000 levels of nesting."""
     expanded: dict[int, int] = {}
     open_nodes: set[int] = set()
@@ -90,9 +97,9 @@ def _check_aliases(root: yaml.Node) -> None:
         if children_done:
             open_nodes.discard(key)
             expanded[key] = 1 + sum(expanded[id(child)] for child in children)
-            if expanded[key] - len(expanded) > _MAX_ALIAS_EXPANSION:
+            if expanded[key] - len(expanded) > MAX_ALIAS_EXPANSION:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"aliases expand the document beyond {_MAX_ALIAS_EXPANSION:,} more nodes "
+                    None, None, f"aliases expand the document beyond {MAX_ALIAS_EXPANSION:,} more nodes "
                     "(an alias bomb?)", node.start_mark)
             continue
         if key in expanded:
@@ -116,7 +123,7 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     mapping: dict[str, Any] = {}
     for key, value in pairs:
         if key in mapping:
-            raise _DuplicateJsonKeyError(f"duplicate key {_show(key)}")
+            raise _DuplicateJsonKeyError(f"duplicate key {show_value(key)}")
         mapping[key] = value
     return mapping
 
@@ -144,8 +151,8 @@ def _load_yaml(text: str) -> object:
 
 def _invalid(source: str, lines: list[str]) -> PolicyError:
     count = len(lines)
-    if count > _MAX_PROBLEMS:
-        lines = [*lines[:_MAX_PROBLEMS], f"... and {count - _MAX_PROBLEMS} more problems"]
+    if count > MAX_PROBLEMS:
+        lines = [*lines[:MAX_PROBLEMS], f"... and {count - MAX_PROBLEMS} more problems"]
     noun = "problem" if count == 1 else "problems"
     return PolicyError("\n  ".join([f"{source}: invalid policy ({count} {noun})", *lines]))
 
@@ -170,7 +177,7 @@ def _format_loc(loc: Iterable[str | int]) -> str:
     return path or "(top level)"
 
 
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+def _model_at(loc: Location) -> type[BaseModel] | None:
     """The model class whose field list applies at ``loc`` (for "allowed keys" hints)."""
     model: type[BaseModel] = Policy
     for part in loc:
@@ -190,20 +197,20 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _error_lines(error: ErrorDetails) -> list[tuple[tuple[str | int, ...], str]]:
+def _error_lines(error: ErrorDetails) -> list[Problem]:
     """Turn one pydantic error into (location, message) lines a network engineer can act on."""
     loc = tuple(error["loc"])
     kind = error["type"]
     value = error.get("input")
     ctx = error.get("ctx") or {}
     cause = ctx.get("error")
-    if kind == "value_error" and isinstance(cause, _ProblemListError):
+    if kind == "value_error" and isinstance(cause, ProblemListError):
         return [(loc + sub, message) for sub, message in cause.problems]
     if kind == "value_error" and cause is not None:
         return [(loc, str(cause))]
     if kind == "literal_error":
         expected = str(ctx.get("expected", "")).replace(" or ", ", ")
-        return [(loc, f"{_show(value)} is not one of {expected}")]
+        return [(loc, f"{show_value(value)} is not one of {expected}")]
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else ""
         model = _model_at(loc[:-1])
@@ -214,14 +221,14 @@ def _error_lines(error: ErrorDetails) -> list[tuple[tuple[str | int, ...], str]]
         hint = f"did you mean {close[0]!r}? " if close else ""
         return [(loc, f"unknown key; {hint}allowed keys: {', '.join(allowed)}")]
     if kind == "invalid_key":
-        return [(loc[:-1], f"key {_show(value)} is {_kind(value)}; keys must be names")]
+        return [(loc[:-1], f"key {show_value(value)} is {kind_of(value)}; keys must be names")]
     if kind == "missing":
         return [(loc, "required key is missing")]
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return [(loc, f"{_show(value)} is {_kind(value)}, expected a mapping")]
+        return [(loc, f"{show_value(value)} is {kind_of(value)}, expected a mapping")]
     if kind in ("tuple_type", "list_type"):
-        return [(loc, f"{_show(value)} is {_kind(value)}, expected a list")]
-    return [(loc, f"{_show(value)}: {error['msg']}")]
+        return [(loc, f"{show_value(value)} is {kind_of(value)}, expected a list")]
+    return [(loc, f"{show_value(value)}: {error['msg']}")]
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
@@ -238,7 +245,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise _invalid(source, ["policy file is empty (use {} for a policy that blocks nothing)"])
     if not isinstance(document, dict):
         raise _invalid(
-            source, [f"top level is {_kind(document)}, expected a mapping (e.g. mode: enforce)"]
+            source, [f"top level is {kind_of(document)}, expected a mapping (e.g. mode: enforce)"]
         )
     try:
         # by_name=False: the file must say "class" and "ttl", not the Python names.

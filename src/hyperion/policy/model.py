@@ -16,9 +16,9 @@ Choices worth knowing:
 from __future__ import annotations
 
 import re
-import reprlib
 import socket
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable
+from enum import StrEnum
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -27,7 +27,7 @@ from ipaddress import (
     ip_address,
     ip_network,
 )
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Final, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -41,45 +41,8 @@ from pydantic import (
 from pydantic_core import PydanticUndefined
 
 from hyperion.durations import format_duration, parse_duration
-
-_MAX_SHOWN = 60  # longest repr of a bad value quoted in an error line
-
-
-_MAX_PROBLEMS = 50  # a policy with thousands of bad entries should not flood the terminal
-
-
-# YAML aliases may add at most this many nodes to a document (beyond its own): a "billion laughs"
-# document is a few hundred bytes that expand to 10^9 nodes.
-_MAX_ALIAS_EXPANSION = 1_000_000
-
-
-# Bounded repr for containers: an aliased value can be a DAG of 10^9 leaves.
-_REPR = reprlib.Repr()
-
-
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 6, 6
-
-
-_REPR.maxstring, _REPR.maxother, _REPR.maxlong = _MAX_SHOWN, _MAX_SHOWN, _MAX_SHOWN
-
-
-PROTOCOL_NUMBERS: dict[str, int] = {"tcp": 6, "udp": 17}
-
-
-_PORTLESS_PROTOCOLS: dict[str, int] = {
-    "icmp": 1,
-    "igmp": 2,
-    "gre": 47,
-    "esp": 50,
-    "ah": 51,
-    "icmpv6": 58,
-    "ipv6-icmp": 58,
-    "sctp": 132,
-}
-
-
-_PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in PROTOCOL_NUMBERS.items()}
-
+from hyperion.policy.problems import Problem, ProblemListError, kind_of, show_value
+from hyperion.protocols import PORT_PROTOCOLS, PROTOCOL_NUMBERS, protocol_name
 
 QTYPE_NUMBERS: dict[str, int] = {
     "A": 1,
@@ -108,49 +71,12 @@ _QTYPE_NAMES: dict[int, str] = {v: k for k, v in QTYPE_NUMBERS.items()}
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 
 
-class _ProblemListError(ValueError):
-    """Problems found by a cross-field check, each at a path relative to the checked object.
-
-    Pydantic keeps the raised ValueError in the error context, which lets a model-level
-    validator report ``[2]`` or ``ttl`` instead of only the model's own location.
-    """
-
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
-        super().__init__("; ".join(message for _, message in problems))
-        self.problems = problems
-
-
-def _show(value: object) -> str:
-    """repr() of a user value, truncated so one error line stays readable."""
-    text = _REPR.repr(value) if isinstance(value, list | tuple | dict | set | frozenset) else repr(value)
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
-
-
-def _kind(value: object) -> str:
-    """Name a YAML value's type the way a policy author would, with its article."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
 def _parse_network(value: object) -> IPv4Network | IPv6Network:
     if not isinstance(value, str):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a CIDR like 192.0.2.0/24")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected a CIDR like 192.0.2.0/24")
     text = value.strip()
     if "%" in text:
-        raise ValueError(f"{_show(value)} has a zone index (%...); the fast path matches addresses without zones")
+        raise ValueError(f"{show_value(value)} has a zone index (%...); the fast path matches addresses without zones")
     try:
         return ip_network(text, strict=True)
     except ValueError:
@@ -167,24 +93,24 @@ def _parse_network(value: object) -> IPv4Network | IPv6Network:
             else:
                 top = parsed.max_prefixlen
                 raise ValueError(
-                    f"{_show(value)} has an invalid prefix length {prefix!r} "
+                    f"{show_value(value)} has an invalid prefix length {prefix!r} "
                     f"(IPv{parsed.version} allows /0 to /{top})"
                 ) from None
-        raise ValueError(f"{_show(value)} is not a valid IPv4 or IPv6 network") from None
-    raise ValueError(f"{_show(value)} has host bits set (did you mean {loose}?)")
+        raise ValueError(f"{show_value(value)} is not a valid IPv4 or IPv6 network") from None
+    raise ValueError(f"{show_value(value)} has host bits set (did you mean {loose}?)")
 
 
 def _parse_address(value: object) -> IPv4Address | IPv6Address:
     if not isinstance(value, str):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected an IP address")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected an IP address")
     text = value.strip()
     if "/" in text:
         raise ValueError(
-            f"{_show(value)} has a prefix length; drop_ips takes single addresses, "
+            f"{show_value(value)} has a prefix length; drop_ips takes single addresses, "
             "put networks in drop_cidrs"
         )
     if "%" in text:
-        raise ValueError(f"{_show(value)} has a zone index (%...); the fast path matches addresses without zones")
+        raise ValueError(f"{show_value(value)} has a zone index (%...); the fast path matches addresses without zones")
     try:
         # inet_pton is ~7x faster than ip_address and as strict; it matters for
         # million-entry blocklists. Anything it refuses gets ip_address's verdict.
@@ -196,28 +122,28 @@ def _parse_address(value: object) -> IPv4Address | IPv6Address:
     try:
         return ip_address(text)
     except ValueError:
-        raise ValueError(f"{_show(value)} is not a valid IPv4 or IPv6 address") from None
+        raise ValueError(f"{show_value(value)} is not a valid IPv4 or IPv6 address") from None
 
 
 def _parse_never_block(value: object) -> IPv4Network | IPv6Network:
     """An address (taken as a /32 or /128) or a CIDR."""
     if not isinstance(value, str):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected an address or a CIDR")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected an address or a CIDR")
     text = value.strip()
     if "/" in text:
         return _parse_network(value)
     if "%" in text:
-        raise ValueError(f"{_show(value)} has a zone index (%...); never_block matches addresses without zones")
+        raise ValueError(f"{show_value(value)} has a zone index (%...); never_block matches addresses without zones")
     try:
         return ip_network(ip_address(text))
     except ValueError:
-        raise ValueError(f"{_show(value)} is not a valid IPv4 or IPv6 address or network") from None
+        raise ValueError(f"{show_value(value)} is not a valid IPv4 or IPv6 address or network") from None
 
 
 def _parse_bool(value: object) -> bool:
     """true/false only: pydantic's lax mode would also take 'no', 'off' or 0."""
     if not isinstance(value, bool):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected true or false")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected true or false")
     return value
 
 
@@ -229,10 +155,10 @@ MAX_BLOCKS_PER_SECOND_LIMIT = 100_000
 
 def _parse_block_rate(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a whole number of blocks")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected a whole number of blocks")
     if isinstance(value, str):
         if not _is_decimal(value.strip()):
-            raise ValueError(f"{_show(value)} is not a whole number of blocks")
+            raise ValueError(f"{show_value(value)} is not a whole number of blocks")
         value = int(value.strip())
     if not 1 <= value <= MAX_BLOCKS_PER_SECOND_LIMIT:
         raise ValueError(f"{value} is out of range (1..{MAX_BLOCKS_PER_SECOND_LIMIT})")
@@ -254,24 +180,24 @@ def _parse_protocol(value: object) -> int:
         if _is_decimal(text):
             number = int(text)
         elif text in PROTOCOL_NUMBERS:
-            return PROTOCOL_NUMBERS[text]
-        elif text in _PORTLESS_PROTOCOLS:
+            if PROTOCOL_NUMBERS[text] in PORT_PROTOCOLS:
+                return PROTOCOL_NUMBERS[text]
             raise ValueError(
-                f"{_show(value)} (protocol {_PORTLESS_PROTOCOLS[text]}) has no ports; "
+                f"{show_value(value)} (protocol {PROTOCOL_NUMBERS[text]}) has no ports; "
                 "only tcp and udp can be used here"
             )
         else:
-            raise ValueError(f"{_show(value)} is not a known protocol (use tcp, udp, 6 or 17)")
+            raise ValueError(f"{show_value(value)} is not a known protocol (use tcp, udp, 6 or 17)")
     if number is None:
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected tcp, udp, 6 or 17")
-    if number in _PROTOCOL_NAMES:
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected tcp, udp, 6 or 17")
+    if number in PORT_PROTOCOLS:
         return number
     if 0 <= number <= 255:
         raise ValueError(
-            f"{_show(value)} is a protocol without ports; only tcp (6) and udp (17) "
+            f"{show_value(value)} is a protocol without ports; only tcp (6) and udp (17) "
             "can be used here"
         )
-    raise ValueError(f"{_show(value)} is not an IP protocol number (0..255)")
+    raise ValueError(f"{show_value(value)} is not an IP protocol number (0..255)")
 
 
 def _parse_port(value: object) -> int:
@@ -281,9 +207,9 @@ def _parse_port(value: object) -> int:
     elif isinstance(value, str) and _is_decimal(value.strip()):
         number = int(value.strip())
     if number is None:
-        raise ValueError(f"{_show(value)} is not a port number (expected an integer 1..65535)")
+        raise ValueError(f"{show_value(value)} is not a port number (expected an integer 1..65535)")
     if not 1 <= number <= 65535:
-        raise ValueError(f"{_show(value)} is out of range for a port (1..65535)")
+        raise ValueError(f"{show_value(value)} is out of range for a port (1..65535)")
     return number
 
 
@@ -300,37 +226,37 @@ def _parse_qtype(value: object) -> int:
             number = int(digits)
     if number is None:
         known = ", ".join(QTYPE_NUMBERS)
-        raise ValueError(f"{_show(value)} is not a known DNS query type ({known}, or 1..65535)")
+        raise ValueError(f"{show_value(value)} is not a known DNS query type ({known}, or 1..65535)")
     if not 1 <= number <= 65535:
-        raise ValueError(f"{_show(value)} is out of range for a DNS query type (1..65535)")
+        raise ValueError(f"{show_value(value)} is out of range for a DNS query type (1..65535)")
     return number
 
 
 def _parse_domain(value: object) -> str:
     """Exact name or leading-wildcard suffix, lower-cased, without the trailing dot."""
     if not isinstance(value, str):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a domain name")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected a domain name")
     name = value.strip().lower()
     name = name[:-1] if name.endswith(".") else name
     if not name:
-        raise ValueError(f"{_show(value)} is empty, expected a domain name like evil.com")
+        raise ValueError(f"{show_value(value)} is empty, expected a domain name like evil.com")
     suffix = name[2:] if name.startswith("*.") else name
     if "*" in suffix:
         raise ValueError(
-            f"{_show(value)}: '*' is only allowed as a whole leading label, as in *.evil.com"
+            f"{show_value(value)}: '*' is only allowed as a whole leading label, as in *.evil.com"
         )
     if len(name) > 253:
-        raise ValueError(f"{_show(value)} is {len(name)} characters long; the DNS limit is 253")
+        raise ValueError(f"{show_value(value)} is {len(name)} characters long; the DNS limit is 253")
     for label in suffix.split("."):
         if not label:
-            raise ValueError(f"{_show(value)} has an empty label (two dots in a row?)")
+            raise ValueError(f"{show_value(value)} has an empty label (two dots in a row?)")
         if len(label) > 63:
             raise ValueError(
-                f"{_show(value)} has a {len(label)}-character label; the DNS limit is 63"
+                f"{show_value(value)} has a {len(label)}-character label; the DNS limit is 63"
             )
         if not _LABEL.fullmatch(label):
             raise ValueError(
-                f"{_show(value)} has label {label!r}; labels may only contain a-z, 0-9, "
+                f"{show_value(value)} has label {label!r}; labels may only contain a-z, 0-9, "
                 "'-' and '_' (write internationalized names in xn-- form)"
             )
     return name
@@ -341,34 +267,34 @@ def _check_unicode(value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"{_show(value)} is not valid Unicode text ({exc.reason} at {exc.start})") from None
+        raise ValueError(f"{show_value(value)} is not valid Unicode text ({exc.reason} at {exc.start})") from None
 
 
 def _parse_regex(value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a regular expression")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected a regular expression")
     if not value:
-        raise ValueError(f"{_show(value)}: regex must not be empty")
+        raise ValueError(f"{show_value(value)}: regex must not be empty")
     _check_unicode(value)
     try:
         re.compile(value)
     except re.error as exc:
-        raise ValueError(f"{_show(value)} is not a valid regex: {exc}") from None
+        raise ValueError(f"{show_value(value)} is not a valid regex: {exc}") from None
     return value
 
 
 def _parse_literal(value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a string")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected a string")
     if not value:
-        raise ValueError(f"{_show(value)}: literal must not be empty")
+        raise ValueError(f"{show_value(value)}: literal must not be empty")
     _check_unicode(value)
     return value
 
 
 def _parse_ttl(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{_show(value)} is {_kind(value)}, expected a duration like 10m")
+        raise ValueError(f"{show_value(value)} is {kind_of(value)}, expected a duration like 10m")
     return parse_duration(value)  # its message already quotes the value
 
 
@@ -376,12 +302,11 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
-def _dedupe(items: Iterable[Hashable]) -> tuple[Any, ...]:
+_H = TypeVar("_H", bound=Hashable)
+
+
+def _dedupe(items: Iterable[_H]) -> tuple[_H, ...]:
     return tuple(dict.fromkeys(items))
-
-
-def _protocol_name(number: int) -> str:
-    return _PROTOCOL_NAMES.get(number, str(number))
 
 
 def _qtype_name(number: int) -> str:
@@ -424,22 +349,36 @@ _StrictBool = Annotated[bool, PlainValidator(_parse_bool)]
 _BlockRate = Annotated[int, PlainValidator(_parse_block_rate)]
 
 
-Mode = Annotated[Literal["enforce", "monitor"], BeforeValidator(_lower)]
+# The words a policy may use, each set defined here once. Literals rather than enums: pydantic's
+# literal_error names the allowed values, which the error messages quote, and the fields hold the
+# plain strings every consumer compares and prints.
+Mode = Literal["enforce", "monitor"]
 
 
-OnFailure = Annotated[Literal["pass", "drop"], BeforeValidator(_lower)]
+OnFailure = Literal["pass", "drop"]
 
 
-MalformedDnsAction = Annotated[Literal["drop", "pass", "alert"], BeforeValidator(_lower)]
+# Every action a rule can take; the slow path maps each to its native constant by name.
+Action = Literal["drop", "pass", "alert", "nxdomain", "refuse", "block_source"]
 
 
-DnsAction = Annotated[
-    Literal["drop", "pass", "alert", "nxdomain", "refuse", "block_source"],
-    BeforeValidator(_lower),
-]
+ACTIONS: Final[tuple[Action, ...]] = get_args(Action)
 
 
-SignatureAction = Annotated[Literal["drop", "alert", "block_source"], BeforeValidator(_lower)]
+DnsAction = Action  # a DNS rule may take any of them
+
+
+SignatureAction = Literal["drop", "alert", "block_source"]
+
+
+MalformedDnsAction = Literal["drop", "pass", "alert"]
+
+
+# Actions after which the packet does not reach its destination.
+STOPPING_ACTIONS: Final[frozenset[Action]] = frozenset({"drop", "block_source", "nxdomain", "refuse"})
+
+
+_CaseInsensitive = BeforeValidator(_lower)
 
 
 class _Strict(BaseModel):
@@ -465,7 +404,7 @@ class _Strict(BaseModel):
         return {k: v for k, v in data.items() if not (v is None and k in defaulted)}
 
 
-def _check_ttl(action: str, ttl_seconds: float | None) -> list[tuple[tuple[str | int, ...], str]]:
+def _check_ttl(action: Action, ttl_seconds: float | None) -> list[Problem]:
     if action == "block_source" and ttl_seconds is None:
         return [(("ttl",), "missing; action 'block_source' needs a ttl (e.g. ttl: 10m)")]
     if action != "block_source" and ttl_seconds is not None:
@@ -479,7 +418,7 @@ def _check_ttl(action: str, ttl_seconds: float | None) -> list[tuple[tuple[str |
     return []
 
 
-def _check_block_rate(action: str, rate: int | None) -> list[tuple[tuple[str | int, ...], str]]:
+def _check_block_rate(action: Action, rate: int | None) -> list[Problem]:
     if action != "block_source" and rate is not None:
         return [(("max_blocks_per_second",), f"{rate} given, but it is only used with action 'block_source' "
                  f"(action is {action!r})")]
@@ -493,7 +432,7 @@ class TrafficClass(_Strict):
     port: _Port
 
     def describe(self) -> str:
-        return f"{_protocol_name(self.protocol)}/{self.port}"
+        return f"{protocol_name(self.protocol)}/{self.port}"
 
 
 class RedirectClass(_Strict):
@@ -501,13 +440,13 @@ class RedirectClass(_Strict):
 
     protocol: _Protocol
     port: _Port
-    on_failure: OnFailure = "pass"
+    on_failure: Annotated[OnFailure, _CaseInsensitive] = "pass"
 
     def describe(self) -> str:
-        return f"{_protocol_name(self.protocol)}/{self.port} on_failure={self.on_failure}"
+        return f"{protocol_name(self.protocol)}/{self.port} on_failure={self.on_failure}"
 
 
-class FastPath(_Strict):
+class FastPathSection(_Strict):
     """Per-packet XDP decisions on addresses and redirect classes."""
 
     allow_cidrs: tuple[IPNetwork, ...] = ()
@@ -517,29 +456,29 @@ class FastPath(_Strict):
 
     @field_validator("allow_cidrs", "drop_ips", "drop_cidrs")
     @classmethod
-    def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Any, ...]:
+    def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Hashable, ...]:
         return _dedupe(value)
 
     @field_validator("redirect_ports")
     @classmethod
     def _unique_classes(cls, value: tuple[RedirectClass, ...]) -> tuple[RedirectClass, ...]:
         first: dict[tuple[int, int], int] = {}
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[Problem] = []
         for index, item in enumerate(value):
             key = (item.protocol, item.port)
             if key in first:
-                name = f"{_protocol_name(item.protocol)}/{item.port}"
+                name = f"{protocol_name(item.protocol)}/{item.port}"
                 problems.append(
                     ((index,), f"duplicate class {name!r} (already listed at [{first[key]}])")
                 )
             else:
                 first[key] = index
         if problems:
-            raise _ProblemListError(problems)
+            raise ProblemListError(problems)
         return value
 
 
-def _blocks_per_second(action: str, block_rate: int | None) -> int | None:
+def _blocks_per_second(action: Action, block_rate: int | None) -> int | None:
     """The cap in force: the policy's, the default for block_source, None for other actions."""
     if action != "block_source":
         return None
@@ -552,7 +491,7 @@ class DnsRule(_Strict):
     match: _Domain | None = None
     regex: _Regex | None = None
     qtype: _QType | None = None
-    action: DnsAction
+    action: Annotated[DnsAction, _CaseInsensitive]
     ttl_seconds: _Ttl | None = Field(default=None, alias="ttl")
     # Blocks this rule may insert per second (block_source; None there means the default).
     block_rate: _BlockRate | None = Field(default=None, alias="max_blocks_per_second")
@@ -563,12 +502,12 @@ class DnsRule(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> DnsRule:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[Problem] = []
         if self.match is not None and self.regex is not None:
             problems.append(
                 (
                     (),
-                    f"has both match={self.match!r} and regex={_show(self.regex)}; use exactly one",
+                    f"has both match={self.match!r} and regex={show_value(self.regex)}; use exactly one",
                 )
             )
         elif self.match is None and self.regex is None:
@@ -576,7 +515,7 @@ class DnsRule(_Strict):
         problems += _check_ttl(self.action, self.ttl_seconds)
         problems += _check_block_rate(self.action, self.block_rate)
         if problems:
-            raise _ProblemListError(problems)
+            raise ProblemListError(problems)
         return self
 
     def describe(self) -> str:
@@ -597,7 +536,7 @@ class Signature(_Strict):
     class_: TrafficClass = Field(alias="class")
     literal: _Literal | None = None
     regex: _Regex | None = None
-    action: SignatureAction
+    action: Annotated[SignatureAction, _CaseInsensitive]
     ttl_seconds: _Ttl | None = Field(default=None, alias="ttl")
     block_rate: _BlockRate | None = Field(default=None, alias="max_blocks_per_second")
 
@@ -607,12 +546,12 @@ class Signature(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Signature:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[Problem] = []
         if self.literal is not None and self.regex is not None:
             problems.append(
                 (
                     (),
-                    f"has both literal={_show(self.literal)} and regex={_show(self.regex)}; "
+                    f"has both literal={show_value(self.literal)} and regex={show_value(self.regex)}; "
                     "use exactly one",
                 )
             )
@@ -621,7 +560,7 @@ class Signature(_Strict):
         problems += _check_ttl(self.action, self.ttl_seconds)
         problems += _check_block_rate(self.action, self.block_rate)
         if problems:
-            raise _ProblemListError(problems)
+            raise ProblemListError(problems)
         return self
 
     def describe(self) -> str:
@@ -647,10 +586,10 @@ MAX_SIGNATURES = 1000
 MAX_PATTERN_BYTES = 128 * 1024  # regexes and literals together, UTF-8
 
 
-class SlowPath(_Strict):
+class SlowPathSection(_Strict):
     """Userspace inspection of redirected traffic: DNS rules and payload signatures."""
 
-    malformed_dns_action: MalformedDnsAction = "drop"
+    malformed_dns_action: Annotated[MalformedDnsAction, _CaseInsensitive] = "drop"
     dns_rules: tuple[DnsRule, ...] = ()
     signatures: tuple[Signature, ...] = ()
     # Sources block_source never inserts (hyperion.neverblock adds the host's own addresses, gateways,
@@ -660,12 +599,12 @@ class SlowPath(_Strict):
 
     @field_validator("never_block")
     @classmethod
-    def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Any, ...]:
+    def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Hashable, ...]:
         return _dedupe(value)
 
     @model_validator(mode="after")
-    def _compile_bounded(self) -> SlowPath:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+    def _compile_bounded(self) -> SlowPathSection:
+        problems: list[Problem] = []
         regexes = [r.regex for r in self.dns_rules if r.regex is not None]
         patterns = regexes + [s.regex if s.regex is not None else s.literal or "" for s in self.signatures]
         if len(regexes) > MAX_DNS_REGEX_RULES:
@@ -678,34 +617,61 @@ class SlowPath(_Strict):
             problems.append(((), f"regexes and literals of dns_rules and signatures total {total} bytes; "
                              f"at most {MAX_PATTERN_BYTES}"))
         if problems:
-            raise _ProblemListError(problems)
+            raise ProblemListError(problems)
         return self
+
+
+class Section(StrEnum):
+    """The policy's two sections: what the XDP program decides, and what the slow path inspects."""
+
+    FAST_PATH = "fast_path"
+    SLOW_PATH = "slow_path"
+
+
+# The entries of the policy lists (PolicyList.entries).
+PolicyEntry = IPv4Network | IPv6Network | IPv4Address | IPv6Address | RedirectClass | DnsRule | Signature
+
+
+class PolicyList(StrEnum):
+    """The six entry lists of a policy, in file order: summaries, diffs, the CLI and the compilers
+    derive theirs from this one enumeration. Each value is the list's key in its section."""
+
+    ALLOW_CIDRS = "allow_cidrs"
+    DROP_IPS = "drop_ips"
+    DROP_CIDRS = "drop_cidrs"
+    REDIRECT_PORTS = "redirect_ports"
+    DNS_RULES = "dns_rules"
+    SIGNATURES = "signatures"
+
+    @property
+    def section(self) -> Section:
+        """The section whose model has this list as a field."""
+        return Section.FAST_PATH if self.value in FastPathSection.model_fields else Section.SLOW_PATH
+
+    @property
+    def path(self) -> str:
+        """The list's path in the file, e.g. "fast_path.drop_ips"."""
+        return f"{self.section.value}.{self.value}"
+
+    def entries(self, policy: Policy) -> tuple[PolicyEntry, ...]:
+        entries: tuple[PolicyEntry, ...] = getattr(getattr(policy, self.section.value), self.value)
+        return entries
+
+
+def render_entry(entry: PolicyEntry) -> str:
+    """Stable one-line string for a list entry (summaries, diffs, logs, rule names)."""
+    return entry.describe() if isinstance(entry, RedirectClass | DnsRule | Signature) else str(entry)
 
 
 class Policy(_Strict):
     """A whole policy file. ``Policy()`` (and the YAML ``{}``) blocks nothing."""
 
-    LISTS: ClassVar[tuple[str, ...]] = (
-        "allow_cidrs",
-        "drop_ips",
-        "drop_cidrs",
-        "redirect_ports",
-        "dns_rules",
-        "signatures",
-    )
+    LISTS: ClassVar[tuple[PolicyList, ...]] = tuple(PolicyList)
 
-    mode: Mode = "enforce"
-    fast_path: FastPath = Field(default_factory=FastPath)
-    slow_path: SlowPath = Field(default_factory=SlowPath)
+    mode: Annotated[Mode, _CaseInsensitive] = "enforce"
+    fast_path: FastPathSection = Field(default_factory=FastPathSection)
+    slow_path: SlowPathSection = Field(default_factory=SlowPathSection)
 
-    def summary(self) -> dict[str, int]:
-        """Entry count per list, keyed as in Policy.LISTS."""
-        fast, slow = self.fast_path, self.slow_path
-        return {
-            "allow_cidrs": len(fast.allow_cidrs),
-            "drop_ips": len(fast.drop_ips),
-            "drop_cidrs": len(fast.drop_cidrs),
-            "redirect_ports": len(fast.redirect_ports),
-            "dns_rules": len(slow.dns_rules),
-            "signatures": len(slow.signatures),
-        }
+    def summary(self) -> dict[PolicyList, int]:
+        """Entry count per list, in the order of PolicyList."""
+        return {name: len(name.entries(self)) for name in PolicyList}

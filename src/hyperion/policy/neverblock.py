@@ -27,7 +27,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from pathlib import Path
 from typing import Any
 
-from hyperion.policy.model import Policy
+from hyperion.policy.model import Policy, PolicyList
 
 log = logging.getLogger("hyperion.neverblock")
 
@@ -43,7 +43,7 @@ class Provenance(Enum):
     ADDRESS = "an address of this host"
     GATEWAY = "a gateway of this host"
     RESOLVER = "a resolver of this host (/etc/resolv.conf)"
-    ALLOWLIST = "fast_path.allow_cidrs"
+    ALLOWLIST = PolicyList.ALLOW_CIDRS.path
 
 
 @dataclass(frozen=True)

@@ -12,24 +12,22 @@ from typing import Any
 
 from hyperion import _slowpath
 from hyperion.errors import PolicyError
-from hyperion.policy.model import Policy
-from hyperion.policy.model import SlowPath as SlowPathSection
+from hyperion.policy import model
+from hyperion.policy.model import Action, Policy, SlowPathSection
 from hyperion.policy.neverblock import HostFacts, effective_never_block
 
 log = logging.getLogger("hyperion.slowpath")
 
 
-ACTIONS = {
-    "drop": _slowpath.DROP, "pass": _slowpath.PASS, "alert": _slowpath.ALERT,
-    "nxdomain": _slowpath.NXDOMAIN, "refuse": _slowpath.REFUSE, "block_source": _slowpath.BLOCK_SOURCE,
-}
+# Each policy action's native constant has the action's name in capitals (_slowpath.BLOCK_SOURCE);
+# an action the extension lacks fails here, at import, not at the first packet.
+ACTIONS: dict[Action, int] = {action: getattr(_slowpath, action.upper()) for action in model.ACTIONS}
 
 
-ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+ACTION_NAMES: dict[int, Action] = {v: k for k, v in ACTIONS.items()}
 
 
-# Actions after which the packet does not reach its destination.
-STOPPING_ACTIONS = {"drop", "block_source", "nxdomain", "refuse"}
+STOPPING_ACTIONS = model.STOPPING_ACTIONS
 
 
 @dataclass(frozen=True)

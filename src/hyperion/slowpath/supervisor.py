@@ -39,6 +39,7 @@ from hyperion.kernel.netdev import (
     set_channels,
 )
 from hyperion.policy.model import Policy
+from hyperion.protocols import PROTOCOL_NAMES
 from hyperion.slowpath.delivery import TunDevice
 from hyperion.slowpath.protocol import CONTROL_BYTES, PIPE_MESSAGE_MAX, REQUIRED_SEALS, ControlBlock, encode_rules
 from hyperion.slowpath.rules import ACTION_NAMES, CompiledRules, compile_rules
@@ -55,9 +56,6 @@ from hyperion.slowpath.watchdog import (
 )
 
 log = logging.getLogger("hyperion.slowpath")
-
-
-PROTOCOLS = {6: "tcp", 17: "udp"}
 
 
 def _utc_now() -> str:
@@ -888,7 +886,7 @@ class SlowPath:
                 "rule": labels[rule] if rule is not None and rule < len(labels) else None,
                 "src": str(ip_address(bytes.fromhex(saddr))) if version else None,
                 "dst": str(ip_address(bytes.fromhex(daddr))) if version else None,
-                "protocol": PROTOCOLS.get(protocol, protocol), "src_port": sport, "dst_port": dport,
+                "protocol": PROTOCOL_NAMES.get(protocol, protocol), "src_port": sport, "dst_port": dport,
                 "qname": qname or None, "qtype": qtype or None,
             })
 
