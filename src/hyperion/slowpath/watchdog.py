@@ -1,6 +1,6 @@
 """Queue lifecycle: the state machine of one RX queue's AF_XDP worker and the watchdog's detections.
 
-Pure logic, no kernel: the supervisor (hyperion.slowpath.SlowPath) feeds one
+Pure logic, no kernel: the watchdog (hyperion.slowpath.recovery.QueueWatchdog) feeds one
 Observation per queue per watchdog tick into QueueHealth.observe(), gets back
 at most one Detection, and carries it out (fence, recover, ...). The state
 names are the ABI's enum hyp_queue_state_id, which the XDP program reads: from
