@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hyperion.errors import HyperionError, SlowPathError
 from hyperion.slowpath.watchdog import (
@@ -74,12 +74,17 @@ class QueuePlane(Protocol):
         """A lifecycle transition happened (for the event sink)."""
 
 
+# What an operator's request answers: {"state": ...} (restart), {"channels": n, "was": m} (withdraw),
+# {"channels": n} (restore).
+ActionResult = dict[str, int | str]
+
+
 @dataclass
 class _Request:
     action: QueueAction
     queue: int | None
     done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] = field(default_factory=dict)
+    result: ActionResult = field(default_factory=dict)
     error: str | None = None
 
 
@@ -96,7 +101,7 @@ class QueueWatchdog:
         self.stopping = stopping
         self.ifname = ifname
         self.channels: int | None = None  # the interface's active channels, as last read
-        self.detection_times: dict[str, Histogram] = {}  # detection reason -> seconds from fault to detection
+        self.detection_times: dict[QueueReason, Histogram] = {}  # detection reason -> seconds from fault to detection
         self.interface_recoveries: dict[str, int] = {}   # result -> count
         self._requests: list[_Request] = []
         self._last_steering_check = 0.0
@@ -272,7 +277,7 @@ class QueueWatchdog:
     # ---- operator requests ----------------------------------------------------------------
 
     def request(self, action: QueueAction | str, queue_id: int | None = None,
-                timeout: float = 10.0) -> dict[str, Any]:
+                timeout: float = 10.0) -> ActionResult:
         """Asks the watchdog thread to act: restart (queue-local recovery with a fresh socket and UMEM),
         withdraw (fence and take the queue out of steering), restore (all channels back)."""
         try:

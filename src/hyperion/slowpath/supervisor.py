@@ -41,7 +41,7 @@ from hyperion.kernel.netdev import (
 from hyperion.policy.model import Policy
 from hyperion.slowpath.delivery import TunDevice
 from hyperion.slowpath.protocol import CONTROL_BYTES, PIPE_MESSAGE_MAX, REQUIRED_SEALS, ControlBlock, encode_rules
-from hyperion.slowpath.recovery import QueueWatchdog
+from hyperion.slowpath.recovery import ActionResult, QueueWatchdog
 from hyperion.slowpath.rules import ACTION_NAMES, CompiledRules, compile_rules
 from hyperion.slowpath.telemetry import (
     DESCRIPTOR_STATS,
@@ -449,7 +449,7 @@ class SlowPath:
             with self._data:
                 self._pend_event({**transition.as_dict(), "time": _utc_now(), "source": "lifecycle"})
 
-    def request(self, action: QueueAction | str, queue_id: int | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    def request(self, action: QueueAction | str, queue_id: int | None = None, timeout: float = 10.0) -> ActionResult:
         """An operator's request, served by the watchdog thread (QueueWatchdog.request)."""
         return self.watchdog.request(action, queue_id, timeout)
 

@@ -66,7 +66,7 @@ class QueueLifecycle(TypedDict):
 
 class LifecycleMetrics(TypedDict):
     queues: dict[int, QueueLifecycle]
-    detections: dict[str, Histogram]       # detection reason -> seconds from fault to detection
+    detections: dict[QueueReason, Histogram]  # detection reason -> seconds from fault to detection
     interface_recoveries: dict[str, int]   # result -> count
 
 
