@@ -250,7 +250,7 @@ def supervisor(escalate: str = "none") -> tuple[FailingWorkers, FakeFastPath, Ma
 def run_watchdog_ticks(sp: SlowPath, mq: ManagedQueue, ticks: int) -> None:
     for _ in range(ticks):
         mq.next_attempt = 0.0  # no backoff in the test
-        sp._check(mq)
+        sp.watchdog.check(mq)
 
 
 @pytest.fixture(autouse=True)
@@ -260,7 +260,7 @@ def no_driver_counters(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_failed_recoveries_end_in_failed_without_escalation() -> None:
     sp, fast, mq = supervisor()
-    sp._begin_recovery(mq, "starting")
+    sp.watchdog.begin_recovery(mq, "starting")
     run_watchdog_ticks(sp, mq, 12)
     assert mq.machine.state == "failed"
     assert sp.spawned == 3
@@ -275,10 +275,10 @@ def test_failed_recoveries_escalate_to_the_interface_when_allowed(monkeypatch: p
     commands: list[list[str]] = []
     monkeypatch.setattr(slowpath_module, "run_checked", lambda argv: commands.append(argv))
     sp, _fast, mq = supervisor(escalate="interface")
-    sp._begin_recovery(mq, "starting")
+    sp.watchdog.begin_recovery(mq, "starting")
     run_watchdog_ticks(sp, mq, 5)  # fail, restart, fail, restart, fail: escalate
     assert commands == [["ip", "link", "set", "dev", "eth0", "down"], ["ip", "link", "set", "dev", "eth0", "up"]]
-    assert sp.interface_recoveries == {"ok": 1}
+    assert sp.watchdog.interface_recoveries == {"ok": 1}
     assert mq.machine.state == "recovering" and mq.failures == 0
 
 
@@ -293,10 +293,10 @@ def test_operator_requests_are_served_by_the_watchdog_thread() -> None:
 
     thread = threading.Thread(target=ask)
     thread.start()
-    while not sp._requests:
+    while not sp.watchdog._requests:
         pass
     with sp._lock:
-        sp._serve_requests()
+        sp.watchdog.serve_requests()
     thread.join(5)
     assert answer == {"state": "fenced"}
     assert mq.machine.reason == "operator"

@@ -171,13 +171,13 @@ def test_retained_generations_stay_bounded_over_many_reloads() -> None:
     idle = _supervisor(queues=0)
     for _ in range(20):
         idle.update(policy, compile_rules(policy))
-    assert set(idle._labels) == {21}  # no worker reports an older one
+    assert set(idle._rules_by_generation) == {21}  # no worker reports an older one
     sp = _supervisor()
     for _ in range(50):
         sp.update(policy, compile_rules(policy))
     assert sp.generation == 51
     # Only the generations a live worker still reports (here: the current one) are kept.
-    assert set(sp._labels) == {51}
+    assert set(sp._rules_by_generation) == {51}
     label = "slow_path.dns_rules[0] match=evil.test action=drop"
     # Every generation's hits survive: 1 per worker per generation, retired or live.
     assert sp.rule_hits()[label] == ("drop", 2 * 51)
@@ -320,8 +320,8 @@ def test_the_watchdog_replaces_a_worker_that_does_not_acknowledge_new_rules(monk
     fast: Any = sp.fastpath
     fast.maps["xsk_map"] = DeletingMap()
     fast.queue_counter = lambda queue: {}
-    sp._channels = 1
-    sp._last_steering_check = time.monotonic() + 3600
+    sp.watchdog.channels = 1
+    sp.watchdog._last_steering_check = time.monotonic() + 3600
     mq = ManagedQueue(0, 0, QueueStateMachine(0))
     mq.machine.move("recovering", "starting")
     mq.machine.move("active", "ready")
@@ -349,7 +349,7 @@ def test_the_watchdog_replaces_a_worker_that_does_not_acknowledge_new_rules(monk
     end = time.monotonic() + 10
     while (thread.is_alive() or mq.machine.state != "active") and time.monotonic() < end:
         with sp._lock:
-            sp._check(mq)
+            sp.watchdog.check(mq)
         time.sleep(0.02)
     thread.join(5)
     assert result == [2], "update() did not return once the replacement held the new rules"

@@ -45,11 +45,6 @@ def _literal_pattern(literal: str) -> str:
     return "".join(f"\\x{b:02x}" for b in literal.encode())
 
 
-def _hyperscan_regex(pattern: str) -> str:
-    """Python's (?i) prefix is understood by Hyperscan as well; nothing else is translated."""
-    return pattern
-
-
 def compile_rules(policy: Policy, never_block: Iterable[IPv4Network | IPv6Network] | None = None) -> CompiledRules:
     """slow_path -> Rules. Hyperscan refusals become PolicyErrors naming the rule.
 
@@ -95,14 +90,14 @@ def compile_slow_path_rules(slow: SlowPathSection,
             else:
                 names.append((index, _slowpath.EXACT, rule.match))
         elif rule.regex is not None:
-            dns_regex.append((index, _hyperscan_regex(rule.regex)))
+            dns_regex.append((index, rule.regex))  # Hyperscan syntax, (?i) included: nothing to translate
     by_class: dict[tuple[int, int], list[tuple[int, str]]] = {}
     for i, sig in enumerate(slow.signatures):
         index = len(rules)
         rules.append((ACTIONS[sig.action], 0, sig.ttl_seconds or 0.0))
         labels.append(f"slow_path.signatures[{i}] {sig.describe()}")
         actions.append(sig.action)
-        pattern = _literal_pattern(sig.literal) if sig.literal is not None else _hyperscan_regex(sig.regex or "")
+        pattern = _literal_pattern(sig.literal) if sig.literal is not None else sig.regex or ""
         by_class.setdefault((sig.class_.protocol, sig.class_.port), []).append((index, pattern))
     classes = [(protocol, port, patterns) for (protocol, port), patterns in by_class.items()]
     networks = list(slow.never_block if never_block is None else never_block)

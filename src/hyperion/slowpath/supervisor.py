@@ -3,13 +3,13 @@
 The per-packet loop is native (hyperion._slowpath), run by `hyperion.slowpath.worker`
 processes. This module supervises the workers: it starts and
 stops them in a safe order, runs the watchdog that fences a queue whose worker
-died, stalled or starved and recovers it (hyperion.slowpath.watchdog has the state
-machine), and turns their counters and events into telemetry.
+died, stalled or starved and recovers it (hyperion.slowpath.recovery acts,
+hyperion.slowpath.watchdog has the state machine), and turns their counters and
+events into telemetry (merged by hyperion.slowpath.telemetry).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import fcntl
 import json
@@ -28,7 +28,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from hyperion.daemon.privileges import DEFAULT_WORKER_USER, resolve_worker_user
-from hyperion.errors import HyperionError, SlowPathError
+from hyperion.errors import SlowPathError
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.netdev import (
     descriptor_convergence,
@@ -42,17 +42,28 @@ from hyperion.policy.model import Policy
 from hyperion.protocols import PROTOCOL_NAMES
 from hyperion.slowpath.delivery import TunDevice
 from hyperion.slowpath.protocol import CONTROL_BYTES, PIPE_MESSAGE_MAX, REQUIRED_SEALS, ControlBlock, encode_rules
+from hyperion.slowpath.recovery import ActionResult, QueueWatchdog
 from hyperion.slowpath.rules import ACTION_NAMES, CompiledRules, compile_rules
+from hyperion.slowpath.telemetry import (
+    DESCRIPTOR_STATS,
+    DescriptorPlane,
+    LifecycleMetrics,
+    QueueStatus,
+    Stats,
+    add_counters,
+    add_hits,
+    copy_histogram,
+    queue_totals,
+)
 from hyperion.slowpath.watchdog import (
     DEFAULT_DEADLINE,
-    DETECTION_BOUNDS,
-    FENCED_STATES,
     SERVING_STATES,
-    Detection,
-    Histogram,
-    Observation,
+    QueueAction,
     QueueHealth,
+    QueueReason,
+    QueueState,
     QueueStateMachine,
+    Transition,
 )
 
 log = logging.getLogger("hyperion.slowpath")
@@ -106,10 +117,6 @@ def served_queues(rx_queues: int, requested: list[int] | None, capacity: int) ->
                     "fallback, counted as queue_over_capacity (lower the channel count with ethtool -L to "
                     "inspect everything)", rx_queues, capacity, capacity - 1, capacity, rx_queues - 1)
     return list(range(min(rx_queues, capacity)))
-
-
-# Worker stats that are levels, not counters: not summed across a queue's successive workers.
-LEVELS = frozenset({"rx_ring_level", "ring_size", "free_frames", "tx_outstanding", "fill_ring_level"})
 
 
 class RulesBlob:
@@ -210,7 +217,7 @@ class ManagedQueue:
     failures: int = 0                 # failed recoveries in a row
     next_attempt: float = 0.0
     failure_baseline: int = 0         # fast-path redirect failures when the worker went active
-    retired_stats: dict[str, Any] = field(default_factory=dict)
+    retired_stats: Stats = field(default_factory=dict)  # the counters of its workers that are gone
     recoveries: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, result) -> count
     convergence: str = ""
 
@@ -233,8 +240,8 @@ class SlowPath:
         self.event_sink = event_sink
         self.rules: CompiledRules = compiled or compile_rules(policy)
         self.generation = 1
-        # Generation -> its rules (labels) while a live worker may still report it (see _prune_labels).
-        self._labels: dict[int, CompiledRules] = {1: self.rules}
+        # Generation -> its rules while a live worker may still report it (see _prune_generations).
+        self._rules_by_generation: dict[int, CompiledRules] = {1: self.rules}
         self._blob: RulesBlob | None = None  # the current generation's, for workers that start
         self._update_lock = threading.Lock()  # one update at a time; never held by the watchdog
         self.queues: dict[int, ManagedQueue] = {}
@@ -242,15 +249,12 @@ class SlowPath:
         self._retired_hits: dict[str, int] = {}
         self._lock = threading.RLock()     # lifecycle: held by the watchdog while it acts
         self._data = threading.Lock()      # telemetry from the workers: never held while waiting on one
-        self._requests: list[tuple[str, int | None, threading.Event, dict[str, Any]]] = []
         self._stopping = threading.Event()
-        self._watchdog: threading.Thread | None = None
+        self.watchdog = QueueWatchdog(self.queues, self.options, _SupervisorPlane(self), self._lock, self._stopping,
+                                      ifname)
+        self._watchdog_thread: threading.Thread | None = None
         self._pending_events: list[dict[str, Any]] = []
         self.events_dropped = 0  # events refused because MAX_PENDING_EVENTS were waiting
-        self.detection_times: dict[str, Histogram] = {}  # detection reason -> seconds from fault to detection
-        self._channels: int | None = None
-        self._last_steering_check = 0.0
-        self.interface_recoveries: dict[str, int] = {}
         self._worker_ids = resolve_worker_user(self.options.worker_user) if self.options.worker_user else None
 
     # ---- start and stop -------------------------------------------------------------------
@@ -265,18 +269,18 @@ class SlowPath:
             for position, queue_id in enumerate(queues):
                 mq = ManagedQueue(queue_id, position, QueueStateMachine(queue_id))
                 self.queues[queue_id] = mq
-                self._begin_recovery(mq, "starting")
+                self.watchdog.begin_recovery(mq, QueueReason.STARTING)
             deadline = time.monotonic() + self.options.start_timeout
             for mq in self.queues.values():
                 assert mq.worker is not None
                 if not self._wait_ready(mq.worker, deadline - time.monotonic()):
                     raise SlowPathError(f"queue {mq.queue_id}: worker not ready: {mq.worker.error or 'timed out'}")
-                self._activate(mq)
+                self.watchdog.activate(mq)
         except BaseException:
             self.stop()
             raise
-        self._watchdog = threading.Thread(target=self._watch, name="queue-watchdog", daemon=True)
-        self._watchdog.start()
+        self._watchdog_thread = threading.Thread(target=self.watchdog.run, name="queue-watchdog", daemon=True)
+        self._watchdog_thread.start()
         log.info("slow path on %s: %d worker process(es), delivery through %s, watchdog deadline %.0f ms",
                  self.ifname, len(self.queues), self.tun.name, self.options.deadline * 1000)
 
@@ -284,13 +288,13 @@ class SlowPath:
         """Ordered teardown per queue: fence (state, then xsk_map entry), stop the worker, which closes
         its socket and then its UMEM; the TUN device last."""
         self._stopping.set()
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=5)
-            self._watchdog = None
+        if self._watchdog_thread is not None:
+            self._watchdog_thread.join(timeout=5)
+            self._watchdog_thread = None
         with self._lock:
             for mq in self.queues.values():
-                if mq.machine.state != "fenced" or mq.worker is not None:
-                    self._fence(mq, "shutdown", graceful=True)
+                if mq.machine.state != QueueState.FENCED or mq.worker is not None:
+                    self.watchdog.fence(mq, QueueReason.SHUTDOWN, graceful=True)
             self.queues.clear()
             if self._blob is not None:
                 self._blob.close()
@@ -383,7 +387,7 @@ class SlowPath:
         elif kind == "rules_applied":
             with self._data:
                 worker.applied_generation = max(worker.applied_generation, int(message["generation"]))
-                self._prune_labels()
+                self._prune_generations()
         elif kind == "report":
             with self._data:
                 worker.report = message["stats"]
@@ -393,7 +397,7 @@ class SlowPath:
             with self._data:
                 self._retire(message["generation"], message["hits"])
                 worker.live_hits.pop(message["generation"], None)
-                self._prune_labels()
+                self._prune_generations()
         elif kind == "exiting":
             worker.exiting = f"exiting on {message.get('signal')}"
         elif kind == "error":
@@ -433,250 +437,19 @@ class SlowPath:
             for generation, hits in worker.live_hits.items():
                 self._retire(generation, hits)
             worker.live_hits.clear()
-            self._prune_labels()
-            for name, value in worker.stats().items():
-                if name == "latency_buckets":
-                    old = mq.retired_stats.get(name) or [(bound, 0) for bound, _ in value]
-                    mq.retired_stats[name] = [(b, c + o) for (b, c), (_, o) in zip(value, old, strict=True)]
-                elif isinstance(value, int) and name not in LEVELS:
-                    mq.retired_stats[name] = mq.retired_stats.get(name, 0) + value
+            self._prune_generations()
+            mq.retired_stats = add_counters(mq.retired_stats, worker.stats())
             mq.worker = None
             worker.control.close()  # under _data: queue_stats() reads it there
 
-    # ---- transitions ----------------------------------------------------------------------
-
-    def _move(self, mq: ManagedQueue, to_state: str, reason: str, detail: str = "",
-              detection_seconds: float | None = None) -> None:
-        """The one place a queue changes state: the BPF map first, so the program acts on it at once."""
-        pid = mq.worker.pid if mq.worker is not None else 0
-        transition = mq.machine.move(to_state, reason, detail, detection_seconds)
-        self.fastpath.set_queue_state(mq.queue_id, to_state, reason, pid, mq.restarts)
-        if detection_seconds is not None and to_state in ("fenced", "pressured", "degraded"):
-            self.detection_times.setdefault(reason, Histogram(DETECTION_BOUNDS)).observe(detection_seconds)
-        log_at = logging.WARNING if to_state in ("fenced", "degraded", "failed") else logging.INFO
-        log.log(log_at, "queue %d: %s -> %s (%s%s)%s", mq.queue_id, transition.from_state, to_state, reason,
-                f": {detail}" if detail else "",
-                "" if detection_seconds is None else f", detected in {detection_seconds * 1000:.0f} ms")
+    def _lifecycle_event(self, transition: Transition) -> None:
         if self.event_sink is not None:
             with self._data:
                 self._pend_event({**transition.as_dict(), "time": _utc_now(), "source": "lifecycle"})
 
-    def _fence(self, mq: ManagedQueue, reason: str, detail: str = "", detection_seconds: float | None = None,
-               graceful: bool = False) -> None:
-        """Fence first (queue state, then the xsk_map entry), then the worker and its socket, then its UMEM."""
-        self._move(mq, "fenced", reason, detail, detection_seconds)
-        self.fastpath.maps["xsk_map"].delete(mq.queue_id.to_bytes(4, "little"))
-        self._end_worker(mq, graceful)
-        mq.health = None
-        mq.convergence = descriptor_convergence(self.ifname, mq.queue_id, self.options.deadline)
-
-    def _begin_recovery(self, mq: ManagedQueue, reason: str) -> None:
-        self._move(mq, "recovering", reason)
-        mq.worker = self._spawn(mq)
-        self.fastpath.set_queue_state(mq.queue_id, "recovering", reason, mq.worker.pid, mq.restarts)
-
-    def _activate(self, mq: ManagedQueue) -> None:
-        """The worker's socket is in xsk_map (it registers itself last): unfence."""
-        mq.failure_baseline = self._redirect_failures(mq.queue_id)
-        mq.health = QueueHealth(self.options.deadline)
-        self._move(mq, "active", "ready")
-
-    def _recovery_failed(self, mq: ManagedQueue, kind: str, detail: str) -> None:
-        mq.failures += 1
-        mq.recoveries[(kind, "failed")] = mq.recoveries.get((kind, "failed"), 0) + 1
-        self._fence(mq, "recovery_failed", detail)
-        if mq.failures >= self.options.max_queue_restarts:
-            if self.options.escalate == "interface":
-                self._recover_interface(f"queue {mq.queue_id}: {mq.failures} queue-local recoveries failed")
-                return
-            self._move(mq, "failed", "recovery_failed",
-                       f"{mq.failures} queue-local recoveries failed; escalation not allowed (--escalate none)")
-            return
-        mq.next_attempt = time.monotonic() + min(0.1 * 2 ** mq.failures, 2.0)
-
-    def _recover_interface(self, why: str) -> None:
-        """Escalation: every queue fenced and its worker stopped, the link bounced, workers started again."""
-        log.warning("interface-wide recovery of %s: %s", self.ifname, why)
-        for mq in self.queues.values():
-            if mq.machine.state != "fenced" or mq.worker is not None:
-                self._fence(mq, "recovery_failed", "interface-wide recovery")
-        result = "ok"
-        try:
-            run_checked(["ip", "link", "set", "dev", self.ifname, "down"])
-            run_checked(["ip", "link", "set", "dev", self.ifname, "up"])
-        except SlowPathError as exc:
-            log.error("interface-wide recovery: %s", exc)
-            result = "failed"
-        self.interface_recoveries[result] = self.interface_recoveries.get(result, 0) + 1
-        for mq in self.queues.values():
-            mq.failures = 0
-            mq.next_attempt = 0.0
-            mq.restarts += 1
-            self._begin_recovery(mq, "starting")
-
-    # ---- the watchdog ---------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        interval = self.options.deadline / 4
-        while not self._stopping.wait(interval):
-            try:
-                with self._lock:
-                    self._serve_requests()
-                    self._check_steering()
-                    for mq in list(self.queues.values()):
-                        self._check(mq)
-            except Exception:  # the watchdog must outlive any one bad sample
-                log.exception("queue watchdog")
-
-    def _check(self, mq: ManagedQueue) -> None:
-        now = time.monotonic()
-        state = mq.machine.state
-        worker = mq.worker
-        if state == "recovering":
-            assert worker is not None
-            if worker.ready.is_set():
-                mq.recoveries[("queue_local", "ok")] = mq.recoveries.get(("queue_local", "ok"), 0) + 1
-                self._activate(mq)
-            elif worker.exited.is_set() or worker.proc.poll() is not None:
-                self._recovery_failed(mq, "queue_local", f"worker exited: {worker.error or _exit_detail(worker)}")
-            elif now - worker.started > self.options.start_timeout:
-                self._recovery_failed(mq, "queue_local", "worker not ready in time")
-            return
-        if state == "fenced":
-            if mq.machine.reason != "not_steered" and now >= mq.next_attempt and not self._stopping.is_set():
-                mq.restarts += 1
-                self._begin_recovery(mq, "starting")
-            return
-        if state not in SERVING_STATES or worker is None or mq.health is None:
-            return
-        if mq.failures and now - mq.machine.since > self.options.stable_after:
-            mq.failures = 0
-        if worker.offered_generation > worker.applied_generation and \
-                now - max(worker.offered_at, mq.machine.since) > self.options.reload_deadline:
-            # It serves an older rule set than the policy: replaced by a worker started with the new one.
-            self._fence(mq, "rules_not_applied",
-                        f"rules generation {worker.offered_generation} not acknowledged within "
-                        f"{self.options.reload_deadline * 1000:.0f} ms (it holds {worker.applied_generation})")
-            mq.next_attempt = now
-            return
-        stats = worker.report or {}
-        alive = worker.proc.poll() is None and not worker.exited.is_set() and worker.exiting is None
-        observation = Observation(
-            now=now, alive=alive, heartbeat=worker.heartbeat(),
-            fill_ring_empty=stats.get("xdp_rx_fill_ring_empty_descs", 0),
-            fill_ring_level=stats.get("fill_ring_level", 0),
-            received=stats.get("rx", 0),
-            rx_overflow=stats.get("xdp_rx_ring_full", 0) + stats.get("xdp_rx_dropped", 0),
-            redirect_failures=self._redirect_failures(mq.queue_id) - mq.failure_baseline,
-            steered=self._channels is None or mq.queue_id < self._channels,
-            exit_detail="" if alive else worker.exiting or _exit_detail(worker),
-        )
-        detection = mq.health.observe(observation, state)
-        if detection is None:
-            return
-        if detection.reason == "xsk_map_entry_missing":
-            # A dying worker's socket leaves xsk_map before the process is reaped: tell them apart
-            # (the kernel marks a task exiting before it closes its files).
-            exiting = _process_exiting(worker.pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.proc.wait(timeout=0.2 if exiting else 0.05)
-                exiting = True
-            if exiting:
-                detection = Detection("fenced", "worker_exited", worker.exiting or _exit_detail(worker),
-                                      detection.detection_seconds)
-        if detection.to_state == "fenced":
-            self._fence(mq, detection.reason, detection.detail, detection.detection_seconds)
-            mq.next_attempt = now
-        else:
-            self._move(mq, detection.to_state, detection.reason, detection.detail, detection.detection_seconds)
-
-    def _check_steering(self) -> None:
-        now = time.monotonic()
-        if now - self._last_steering_check < 1.0:
-            return
-        self._last_steering_check = now
-        try:
-            self._channels = rx_queue_count(self.ifname)
-        except SlowPathError:
-            return
-        for mq in self.queues.values():
-            if mq.machine.state == "fenced" and mq.machine.reason == "not_steered" and mq.queue_id < self._channels:
-                mq.restarts += 1
-                self._begin_recovery(mq, "starting")
-
-    def _redirect_failures(self, queue_id: int) -> int:
-        return int(self.fastpath.queue_counter(queue_id).get("redirect_failures", 0))
-
-    # ---- operator requests ----------------------------------------------------------------
-
-    def request(self, action: str, queue_id: int | None = None, timeout: float = 10.0) -> dict[str, Any]:
-        """Asks the watchdog thread to act: restart (queue-local recovery with a fresh socket and UMEM),
-        withdraw (fence and take the queue out of steering), restore (all channels back)."""
-        if action not in ("restart", "withdraw", "restore"):
-            raise SlowPathError(f"unknown queue action {action!r}")
-        if action != "restore" and queue_id not in self.queues:
-            raise SlowPathError(f"queue {queue_id} is not managed by the slow path (managed: {sorted(self.queues)})")
-        done = threading.Event()
-        result: dict[str, Any] = {}
-        with self._lock:
-            self._requests.append((action, queue_id, done, result))
-        if not done.wait(timeout):
-            raise SlowPathError(f"{action}: no answer from the watchdog in {timeout:.0f} s")
-        if "error" in result:
-            raise SlowPathError(result["error"])
-        return result
-
-    def _serve_requests(self) -> None:
-        requests, self._requests = self._requests, []
-        for action, queue_id, done, result in requests:
-            try:
-                if action == "restart":
-                    assert queue_id is not None
-                    mq = self.queues[queue_id]
-                    self._fence(mq, "operator", "restart requested", graceful=True)
-                    mq.next_attempt = 0.0
-                    mq.failures = 0
-                    result["state"] = mq.machine.state
-                elif action == "withdraw":
-                    assert queue_id is not None
-                    result.update(self._withdraw(queue_id))
-                else:
-                    result.update(self._restore())
-            except HyperionError as exc:
-                result["error"] = str(exc)
-            finally:
-                done.set()
-
-    def _withdraw(self, queue_id: int) -> dict[str, Any]:
-        """Steering plane: fences queue_id and every queue above it, then sets the channel count to queue_id
-        (channels are counted, so a queue can only leave steering with the ones above it)."""
-        total = rx_queue_count(self.ifname)
-        if queue_id == 0:
-            raise SlowPathError("queue 0 cannot be withdrawn: an interface keeps at least one channel")
-        for mq in self.queues.values():
-            if mq.queue_id >= queue_id and mq.machine.state not in FENCED_STATES:
-                self._fence(mq, "not_steered", "withdrawn by the operator", graceful=True)
-            elif mq.queue_id >= queue_id:
-                self._move(mq, "fenced", "not_steered", "withdrawn by the operator")
-        # The kernel releases a closed socket's hold on its queue asynchronously; until then it
-        # refuses fewer channels ("too low for existing ... AF_XDP sockets"): retry for 2 s.
-        for attempt in range(20):
-            try:
-                set_channels(self.ifname, queue_id)
-                break
-            except SlowPathError:
-                if attempt == 19:
-                    raise
-                time.sleep(0.1)
-        self._channels = queue_id
-        return {"channels": queue_id, "was": total}
-
-    def _restore(self) -> dict[str, Any]:
-        wanted = max(self.queues) + 1 if self.queues else 1
-        set_channels(self.ifname, wanted)
-        self._last_steering_check = 0.0  # recovers the withdrawn queues on this tick
-        self._check_steering()
-        return {"channels": wanted}
+    def request(self, action: QueueAction | str, queue_id: int | None = None, timeout: float = 10.0) -> ActionResult:
+        """An operator's request, served by the watchdog thread (QueueWatchdog.request)."""
+        return self.watchdog.request(action, queue_id, timeout)
 
     # ---- policy ---------------------------------------------------------------------------
 
@@ -698,7 +471,7 @@ class SlowPath:
             with self._lock:
                 with self._data:
                     self.generation = generation
-                    self._labels[generation] = compiled
+                    self._rules_by_generation[generation] = compiled
                     self.rules, self.policy = compiled, policy
                 old, self._blob = self._blob, blob
                 for mq in self.queues.values():
@@ -708,7 +481,7 @@ class SlowPath:
             if old is not None:
                 old.close()  # every worker started with it has its own reference
             with self._data:
-                self._prune_labels()
+                self._prune_generations()
             self._wait_for_generation(generation)
         return generation
 
@@ -716,7 +489,7 @@ class SlowPath:
         """Queues whose worker serves, or is starting to, an older generation. Read without the
         lifecycle lock, which the watchdog may hold for seconds while it replaces a worker."""
         return [q for q, mq in list(self.queues.items())
-                if (mq.machine.state in SERVING_STATES or mq.machine.state == "recovering")
+                if (mq.machine.state in SERVING_STATES or mq.machine.state == QueueState.RECOVERING)
                 and (worker := mq.worker) is not None and worker.applied_generation < generation]
 
     def _wait_for_generation(self, generation: int) -> None:
@@ -728,7 +501,7 @@ class SlowPath:
                                     + ", ".join(f"queue {q}" for q in behind))
             time.sleep(0.02)
 
-    def _prune_labels(self) -> None:
+    def _prune_generations(self) -> None:
         """Keeps (under _data) only the rules of generations a live worker may still report, and the
         current one; the hits of the others are in _retired_hits already."""
         keep = {self.generation}
@@ -737,15 +510,13 @@ class SlowPath:
             if worker is not None:
                 keep.add(worker.applied_generation)
                 keep.update(worker.live_hits)
-        for generation in [g for g in self._labels if g not in keep]:
-            del self._labels[generation]
+        for generation in [g for g in self._rules_by_generation if g not in keep]:
+            del self._rules_by_generation[generation]
 
     def _retire(self, generation: int, hits: list[int]) -> None:
-        compiled = self._labels.get(generation)
-        if compiled is None:
-            return
-        for label, count in zip(compiled.labels, hits, strict=False):
-            self._retired_hits[label] = self._retired_hits.get(label, 0) + count
+        compiled = self._rules_by_generation.get(generation)
+        if compiled is not None:
+            add_hits(self._retired_hits, compiled.labels, hits)
 
     # ---- telemetry ------------------------------------------------------------------------
 
@@ -757,13 +528,12 @@ class SlowPath:
                 if mq.worker is None:
                     continue
                 for generation, hits in mq.worker.live_hits.items():
-                    compiled = self._labels.get(generation)
-                    for label, count in zip(compiled.labels if compiled else [], hits, strict=False):
-                        totals[label] = totals.get(label, 0) + count
+                    compiled = self._rules_by_generation.get(generation)
+                    add_hits(totals, compiled.labels if compiled else [], hits)
             return {label: (action, totals.get(label, 0))
                     for label, action in zip(self.rules.labels, self.rules.actions, strict=True)}
 
-    def queue_stats(self) -> dict[int, dict[str, Any]]:
+    def queue_stats(self) -> dict[int, Stats]:
         """queue -> worker counters (summed over the queue's successive workers) and current levels."""
         result = {}
         with self._data:
@@ -772,56 +542,43 @@ class SlowPath:
                 current = worker.stats() if worker is not None else {}
                 if not current and not mq.retired_stats:
                     continue
-                merged: dict[str, Any] = {"rx_ring_level": 0, "ring_size": self.options.ring_size,
-                                          "free_frames": 0, "fill_ring_level": 0, "tx_outstanding": 0}
-                merged.update(mq.retired_stats)
-                for name, value in current.items():
-                    if name == "latency_buckets" and "latency_buckets" in mq.retired_stats:
-                        merged[name] = [(b, c + o) for (b, c), (_, o) in
-                                        zip(value, mq.retired_stats[name], strict=True)]
-                    elif isinstance(value, int) and name not in LEVELS:
-                        merged[name] = mq.retired_stats.get(name, 0) + value
-                    else:
-                        merged[name] = value
-                result[queue_id] = merged
+                result[queue_id] = queue_totals(mq.retired_stats, current, self.options.ring_size)
         return result
 
     def lifecycle(self) -> dict[int, ManagedQueue]:
         return dict(self.queues)
 
-    def lifecycle_metrics(self) -> dict[str, Any]:
+    def lifecycle_metrics(self) -> LifecycleMetrics:
         """What the metrics collector exports of the queues' lifecycle, copied under the lock."""
         with self._lock:
             now = time.monotonic()
             return {
                 "queues": {q: {"state": mq.machine.state, "transitions": dict(mq.machine.transition_counts),
-                               "dwell": {s: Histogram(h.bounds, list(h.counts), h.total)
-                                         for s, h in mq.machine.dwell.items()},
+                               "dwell": {s: copy_histogram(h) for s, h in mq.machine.dwell.items()},
                                "recoveries": dict(mq.recoveries), "restarts": mq.restarts,
                                "heartbeat_age": None if mq.worker is None or mq.worker.heartbeat() is None
                                else now - (mq.worker.heartbeat() or now)}
                            for q, mq in self.queues.items()},
-                "detections": {r: Histogram(h.bounds, list(h.counts), h.total)
-                               for r, h in self.detection_times.items()},
-                "interface_recoveries": dict(self.interface_recoveries),
+                "detections": {r: copy_histogram(h) for r, h in self.watchdog.detection_times.items()},
+                "interface_recoveries": dict(self.watchdog.interface_recoveries),
             }
 
-    def queue_status(self) -> list[dict[str, Any]]:
+    def queue_status(self) -> list[QueueStatus]:
         """Every plane of every queue, for `hyperion queues` (JSON-ready)."""
         with self._lock:
-            channels = self._channels
+            channels = self.watchdog.channels
             fast = self.fastpath.queue_counters()
             stats = self.queue_stats()
-            result: list[dict[str, Any]] = []
+            result: list[QueueStatus] = []
             for queue_id, mq in sorted(self.queues.items()):
                 worker = mq.worker
                 beat = worker.heartbeat() if worker is not None else None
                 st = stats.get(queue_id, {})
-                redirect_plane: dict[str, Any] = {
+                redirect_plane: dict[str, str | bool | int] = {
                     "bpf_state": self.fastpath.queue_state(queue_id)["state"],
                     "xsk_map_entry": worker is not None and worker.ready.is_set() and not mq.machine.fenced}
                 redirect_plane.update(fast.get(queue_id, {}))
-                descriptors: dict[str, Any] = {
+                descriptors: DescriptorPlane = {
                     "worker_pid": worker.pid if worker is not None else None,
                     "umem_bound": worker is not None and worker.ready.is_set(),
                     "zerocopy": worker.zerocopy if worker is not None else None,
@@ -829,9 +586,9 @@ class SlowPath:
                     "rule_compiles": worker.compiles if worker is not None else None,
                     "heartbeat_age_ms": None if beat is None else round((time.monotonic() - beat) * 1000, 1),
                     "umem_frames": self.options.frames}
-                descriptors.update({k: st[k] for k in ("free_frames", "fill_ring_level", "rx_ring_level",
-                                                       "tx_outstanding", "xdp_rx_dropped", "xdp_rx_ring_full",
-                                                       "xdp_rx_fill_ring_empty_descs") if k in st})
+                for name in DESCRIPTOR_STATS:
+                    if name in st:
+                        descriptors[name] = st[name]
                 result.append({
                     "queue": queue_id,
                     "state": mq.machine.state,
@@ -840,11 +597,13 @@ class SlowPath:
                     "restarts": mq.restarts,
                     "failures_in_a_row": mq.failures,
                     "steering": {"active_channels": channels,
-                                 "steered": channels is None or queue_id < channels},
+                                 "steered": channels is None or queue_id < channels,
+                                 "rss": ""},        # below
                     "redirect": redirect_plane,
                     "descriptors": descriptors,
                     "convergence": mq.convergence or None,
                     "transitions": [t.as_dict() for t in list(mq.machine.history)[-10:]],
+                    "driver": "",                   # below
                 })
         # The driver's view comes from ethtool, outside the lock: a status request must never
         # hold up the watchdog.
@@ -874,7 +633,7 @@ class SlowPath:
     def _queue_events(self, queue_id: int, generation: int, events: list[list[Any]]) -> None:
         if self.event_sink is None:
             return
-        labels = self._labels.get(generation, self.rules).labels
+        labels = self._rules_by_generation.get(generation, self.rules).labels
         for rule, action, malformed, version, protocol, sport, dport, qtype, saddr, daddr, qname in events:
             if len(self._pending_events) >= MAX_PENDING_EVENTS:
                 self.events_dropped += 1
@@ -891,23 +650,42 @@ class SlowPath:
             })
 
 
-_PF_EXITING = 0x00000004
+class _SupervisorPlane:
+    """The watchdog's QueuePlane: the fast path's maps, the interface (ethtool, iproute2) and the
+    supervisor's workers."""
 
+    def __init__(self, slowpath: SlowPath) -> None:
+        self._sp = slowpath
 
-def _process_exiting(pid: int) -> bool:
-    """The task is gone or in do_exit (PF_EXITING in /proc/PID/stat's flags, field 9)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
+    def set_queue_state(self, queue: int, state: QueueState, reason: QueueReason, worker_pid: int,
+                        restarts: int) -> None:
+        self._sp.fastpath.set_queue_state(queue, state, reason, worker_pid, restarts)
 
+    def unmap_socket(self, queue: int) -> None:
+        self._sp.fastpath.maps["xsk_map"].delete(queue.to_bytes(4, "little"))
 
-def _exit_detail(worker: WorkerProcess) -> str:
-    code = worker.proc.poll()
-    if code is None:
-        return "stdout closed"
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"
+    def redirect_failures(self, queue: int) -> int:
+        return int(self._sp.fastpath.queue_counter(queue).get("redirect_failures", 0))
+
+    def rx_queue_count(self) -> int:
+        return rx_queue_count(self._sp.ifname)
+
+    def set_channels(self, count: int) -> None:
+        set_channels(self._sp.ifname, count)
+
+    def bounce_link(self) -> None:
+        run_checked(["ip", "link", "set", "dev", self._sp.ifname, "down"])
+        run_checked(["ip", "link", "set", "dev", self._sp.ifname, "up"])
+
+    def descriptor_convergence(self, queue: int) -> str:
+        return descriptor_convergence(self._sp.ifname, queue, self._sp.options.deadline)
+
+    # Through the instance at call time: a test may replace _spawn on it.
+    def spawn(self, mq: ManagedQueue) -> WorkerProcess:
+        return self._sp._spawn(mq)
+
+    def end_worker(self, mq: ManagedQueue, graceful: bool) -> None:
+        self._sp._end_worker(mq, graceful)
+
+    def transitioned(self, transition: Transition) -> None:
+        self._sp._lifecycle_event(transition)

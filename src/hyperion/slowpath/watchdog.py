@@ -1,6 +1,6 @@
 """Queue lifecycle: the state machine of one RX queue's AF_XDP worker and the watchdog's detections.
 
-Pure logic, no kernel: the supervisor (hyperion.slowpath.SlowPath) feeds one
+Pure logic, no kernel: the watchdog (hyperion.slowpath.recovery.QueueWatchdog) feeds one
 Observation per queue per watchdog tick into QueueHealth.observe(), gets back
 at most one Detection, and carries it out (fence, recover, ...). The state
 names are the ABI's enum hyp_queue_state_id, which the XDP program reads: from
@@ -17,23 +17,64 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypedDict
 
-STATES = ("unmanaged", "active", "pressured", "degraded", "fenced", "recovering", "failed")
-FENCED_STATES = frozenset({"fenced", "recovering", "failed"})
-SERVING_STATES = frozenset({"active", "pressured", "degraded"})
+
+class QueueState(StrEnum):
+    """A queue's lifecycle state; the values (and their order) are the ABI's enum hyp_queue_state_id.
+    A StrEnum, so metric labels, JSON and CLI output show the bare names."""
+    UNMANAGED = "unmanaged"
+    ACTIVE = "active"
+    PRESSURED = "pressured"
+    DEGRADED = "degraded"
+    FENCED = "fenced"
+    RECOVERING = "recovering"
+    FAILED = "failed"
+
+
+class QueueReason(StrEnum):
+    """Why a queue is in its state: the ABI's enum hyp_queue_reason (the XDP map holds it too)."""
+    NONE = "none"
+    STARTING = "starting"
+    READY = "ready"
+    WORKER_EXITED = "worker_exited"
+    HEARTBEAT_STALE = "heartbeat_stale"
+    FILL_RING_STARVED = "fill_ring_starved"
+    RX_RING_OVERFLOW = "rx_ring_overflow"
+    SATURATED = "saturated"
+    XSK_MAP_ENTRY_MISSING = "xsk_map_entry_missing"
+    NOT_STEERED = "not_steered"
+    OPERATOR = "operator"
+    SHUTDOWN = "shutdown"
+    PRESSURE_CLEARED = "pressure_cleared"
+    RECOVERY_FAILED = "recovery_failed"
+    RULES_NOT_APPLIED = "rules_not_applied"
+
+
+class QueueAction(StrEnum):
+    """What the operator can ask of the watchdog (`hyperion queues ACTION`)."""
+    RESTART = "restart"    # queue-local recovery: a fresh socket and UMEM
+    WITHDRAW = "withdraw"  # fenced and out of steering (with every queue above it)
+    RESTORE = "restore"    # every channel back in steering
+
+
+_S = QueueState  # short, for the tables below
+STATES = tuple(QueueState)
+FENCED_STATES = frozenset({_S.FENCED, _S.RECOVERING, _S.FAILED})
+SERVING_STATES = frozenset({_S.ACTIVE, _S.PRESSURED, _S.DEGRADED})
 
 # Allowed transitions. Fencing is allowed from every state: shutdown, the operator and a
 # dead worker can happen at any time.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "unmanaged": frozenset({"recovering", "fenced"}),
-    "active": frozenset({"pressured", "fenced"}),
-    "pressured": frozenset({"active", "degraded", "fenced"}),
-    "degraded": frozenset({"active", "pressured", "fenced"}),
-    "fenced": frozenset({"recovering", "failed", "fenced"}),
-    "recovering": frozenset({"active", "fenced", "failed"}),
-    "failed": frozenset({"recovering", "fenced"}),
+TRANSITIONS: dict[QueueState, frozenset[QueueState]] = {
+    _S.UNMANAGED: frozenset({_S.RECOVERING, _S.FENCED}),
+    _S.ACTIVE: frozenset({_S.PRESSURED, _S.FENCED}),
+    _S.PRESSURED: frozenset({_S.ACTIVE, _S.DEGRADED, _S.FENCED}),
+    _S.DEGRADED: frozenset({_S.ACTIVE, _S.PRESSURED, _S.FENCED}),
+    _S.FENCED: frozenset({_S.RECOVERING, _S.FAILED, _S.FENCED}),
+    _S.RECOVERING: frozenset({_S.ACTIVE, _S.FENCED, _S.FAILED}),
+    _S.FAILED: frozenset({_S.RECOVERING, _S.FENCED}),
 }
 
 DEFAULT_DEADLINE = 0.2
@@ -70,33 +111,47 @@ class TransitionError(ValueError):
     """A transition the state machine does not have (a supervisor bug, never input)."""
 
 
+class TransitionRecord(TypedDict):
+    """A Transition as JSON (`hyperion queues`, lifecycle events)."""
+    queue: int
+    from_state: QueueState
+    to_state: QueueState
+    reason: QueueReason
+    time: float
+    detection_seconds: float | None
+    dwell_seconds: float
+    detail: str
+
+
 @dataclass(frozen=True)
 class Transition:
     queue: int
-    from_state: str
-    to_state: str
-    reason: str
+    from_state: QueueState
+    to_state: QueueState
+    reason: QueueReason
     time: float                      # wall clock (time.time())
     detection_seconds: float | None  # fault onset (last good heartbeat/sample) -> detection
     dwell_seconds: float             # time spent in from_state
     detail: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def as_dict(self) -> TransitionRecord:
+        return TransitionRecord(queue=self.queue, from_state=self.from_state, to_state=self.to_state,
+                                reason=self.reason, time=self.time, detection_seconds=self.detection_seconds,
+                                dwell_seconds=self.dwell_seconds, detail=self.detail)
 
 
 @dataclass
 class QueueStateMachine:
     """Current state of one queue, with its history and the figures metrics need."""
     queue: int
-    state: str = "unmanaged"
-    reason: str = "none"
+    state: QueueState = QueueState.UNMANAGED
+    reason: QueueReason = QueueReason.NONE
     since: float = field(default_factory=time.monotonic)
     history: deque[Transition] = field(default_factory=lambda: deque(maxlen=64))
-    transition_counts: dict[tuple[str, str], int] = field(default_factory=dict)
-    dwell: dict[str, Histogram] = field(default_factory=dict)  # time spent in a state, observed on leaving
+    transition_counts: dict[tuple[QueueState, QueueState], int] = field(default_factory=dict)
+    dwell: dict[QueueState, Histogram] = field(default_factory=dict)  # time spent in a state, observed on leaving
 
-    def move(self, to_state: str, reason: str, detail: str = "", detection_seconds: float | None = None,
+    def move(self, to_state: QueueState, reason: QueueReason, detail: str = "", detection_seconds: float | None = None,
              now: float | None = None) -> Transition:
         if to_state not in TRANSITIONS.get(self.state, frozenset()):
             raise TransitionError(f"queue {self.queue}: no transition {self.state} -> {to_state} ({reason})")
@@ -132,8 +187,8 @@ class Observation:
 
 @dataclass(frozen=True)
 class Detection:
-    to_state: str
-    reason: str
+    to_state: QueueState
+    reason: QueueReason
     detail: str = ""
     detection_seconds: float | None = None
 
@@ -164,24 +219,24 @@ class QueueHealth:
         self._starvation = _Episode()
         self._overflow = _Episode()
 
-    def observe(self, obs: Observation, state: str) -> Detection | None:
+    def observe(self, obs: Observation, state: QueueState) -> Detection | None:
         previous, self._previous = self._previous, obs
         if state not in SERVING_STATES:
             return None
         last_beat = obs.heartbeat
         if not obs.alive:
-            return Detection("fenced", "worker_exited", obs.exit_detail,
+            return Detection(_S.FENCED, QueueReason.WORKER_EXITED, obs.exit_detail,
                              None if last_beat is None else max(0.0, obs.now - last_beat))
         if not obs.steered:
-            return Detection("fenced", "not_steered", "the queue is no longer among the active channels")
+            return Detection(_S.FENCED, QueueReason.NOT_STEERED, "the queue is no longer among the active channels")
         if last_beat is not None and obs.now - last_beat > self.deadline:
             age = obs.now - last_beat
-            return Detection("fenced", "heartbeat_stale", f"no heartbeat for {age * 1000:.0f} ms", age)
+            return Detection(_S.FENCED, QueueReason.HEARTBEAT_STALE, f"no heartbeat for {age * 1000:.0f} ms", age)
         if previous is None:
             return None
         since_sample = obs.now - previous.now
         if obs.redirect_failures > previous.redirect_failures:
-            return Detection("fenced", "xsk_map_entry_missing",
+            return Detection(_S.FENCED, QueueReason.XSK_MAP_ENTRY_MISSING,
                              f"{obs.redirect_failures - previous.redirect_failures} redirects found no socket",
                              since_sample)
 
@@ -199,23 +254,23 @@ class QueueHealth:
             # Frames are not coming back: every redirected packet is lost until a fresh UMEM.
             starved_for = obs.now - self._starvation.since
             if starved_for >= self.deadline:
-                return Detection("fenced", "fill_ring_starved", f"fill ring empty for {starved_for * 1000:.0f} ms",
-                                 starved_for)
-            if starved_for >= self.deadline / 2 and state != "degraded":
-                return Detection("degraded", "fill_ring_starved", "", starved_for)
-            if state == "active":
-                return Detection("pressured", "fill_ring_starved", "", since_sample)
+                return Detection(_S.FENCED, QueueReason.FILL_RING_STARVED,
+                                 f"fill ring empty for {starved_for * 1000:.0f} ms", starved_for)
+            if starved_for >= self.deadline / 2 and state != _S.DEGRADED:
+                return Detection(_S.DEGRADED, QueueReason.FILL_RING_STARVED, "", starved_for)
+            if state == _S.ACTIVE:
+                return Detection(_S.PRESSURED, QueueReason.FILL_RING_STARVED, "", since_sample)
             return None
         if self._overflow.since is not None:
             # Saturation is not fenced: fencing would turn overload into bypass (fail-open) or
             # total loss (fail-closed); the ring's own drops are bounded and counted.
             overflowing_for = obs.now - self._overflow.since
-            if overflowing_for >= self.deadline and state != "degraded":
-                return Detection("degraded", "saturated", f"RX ring overflowing for {overflowing_for * 1000:.0f} ms",
-                                 overflowing_for)
-            if state == "active":
-                return Detection("pressured", "rx_ring_overflow", "", since_sample)
+            if overflowing_for >= self.deadline and state != _S.DEGRADED:
+                return Detection(_S.DEGRADED, QueueReason.SATURATED,
+                                 f"RX ring overflowing for {overflowing_for * 1000:.0f} ms", overflowing_for)
+            if state == _S.ACTIVE:
+                return Detection(_S.PRESSURED, QueueReason.RX_RING_OVERFLOW, "", since_sample)
             return None
-        if state in ("pressured", "degraded"):
-            return Detection("active", "pressure_cleared")
+        if state in (_S.PRESSURED, _S.DEGRADED):
+            return Detection(_S.ACTIVE, QueueReason.PRESSURE_CLEARED)
         return None
