@@ -52,8 +52,9 @@ SLOWPATH_DIR = "native/slowpath"
 slowpath = Extension(
     "hyperion._slowpath",
     sources=[f"{SLOWPATH_DIR}/{name}.c" for name in ("module", "dns", "packet", "rules")],
-    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("control", "dns", "packet", "rules")] + ["bpf/include/hyperion_abi.h"],
-    # The same ABI header as the XDP program: one definition of the map layouts.
+    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("control", "dns", "packet", "rules")] + [f"bpf/include/hyperion_{name}.h" for name in ("abi", "parser")],
+    # The same ABI and parser headers as the XDP program: one definition of the map layouts,
+    # the parser limits and the wire constants.
     include_dirs=["bpf/include", SLOWPATH_DIR],
     libraries=["xdp", "bpf", "hs"],
     extra_compile_args=["-O2", "-Wall", "-Werror", "-std=gnu11"],

@@ -1295,6 +1295,8 @@ PyMODINIT_FUNC PyInit__slowpath(void)
 	PyModule_AddIntConstant(m, "BLOCK_SOURCE", SP_BLOCK_SOURCE);
 	PyModule_AddIntConstant(m, "EXACT", SP_EXACT);
 	PyModule_AddIntConstant(m, "UMEM_FRAME_SIZE", HYP_CAP_UMEM_FRAME_BYTES);
+	PyModule_AddIntConstant(m, "VLAN_MAX_DEPTH", sp_vlan_max_depth);
+	PyModule_AddIntConstant(m, "IPV6_EXT_MAX", sp_ipv6_ext_max);
 	PyObject *names = PyTuple_New(ST_COUNT);
 
 	for (int i = 0; names && i < ST_COUNT; i++)
