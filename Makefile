@@ -37,7 +37,7 @@ FUZZ_BIN := build/fuzz/fuzz_dns
 FUZZ_SECONDS ?= 600
 FUZZ_SOURCES := native/fuzz/fuzz_dns.c native/slowpath/dns.c native/slowpath/packet.c native/slowpath/rules.c
 
-$(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard native/slowpath/*.h)
+$(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard native/slowpath/*.h) bpf/include/hyperion_parser.h
 	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 		-Inative/slowpath -Ibpf/include $(FUZZ_SOURCES) -lhs -o $@

@@ -52,11 +52,23 @@ SLOWPATH_DIR = "native/slowpath"
 slowpath = Extension(
     "hyperion._slowpath",
     sources=[f"{SLOWPATH_DIR}/{name}.c" for name in ("module", "dns", "packet", "rules")],
-    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("control", "dns", "packet", "rules")] + ["bpf/include/hyperion_abi.h"],
-    # The same ABI header as the XDP program: one definition of the map layouts.
+    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("control", "dns", "packet", "rules")] + [f"bpf/include/hyperion_{name}.h" for name in ("abi", "parser")],
+    # The same ABI and parser headers as the XDP program: one definition of the map layouts,
+    # the parser limits and the wire constants.
     include_dirs=["bpf/include", SLOWPATH_DIR],
     libraries=["xdp", "bpf", "hs"],
     extra_compile_args=["-O2", "-Wall", "-Werror", "-std=gnu11"],
+)
+
+# The lab's build of the same sources with the fault hook (HYP_FAULT_INJECTION) that `hyperion-lab
+# chaos` drives: into the lab package, so the product's extension carries no fault code.
+slowpath_faults = Extension(
+    "hyperion.lab._slowpath_faults",
+    sources=["native/lab/slowpath_faults.c", *(f"{SLOWPATH_DIR}/{name}.c" for name in ("dns", "packet", "rules"))],
+    depends=[*slowpath.depends, f"{SLOWPATH_DIR}/module.c"],
+    include_dirs=slowpath.include_dirs,
+    libraries=slowpath.libraries,
+    extra_compile_args=slowpath.extra_compile_args,
 )
 
 # The workers' seccomp filter (hyperion.privileges.confine_worker), built with libseccomp.
@@ -67,4 +79,4 @@ seccomp = Extension(
     extra_compile_args=["-O2", "-Wall", "-Werror", "-std=gnu11"],
 )
 
-setup(cmdclass={"build_py": BuildPyWithBpf, "build_bpf": BuildBpf}, ext_modules=[slowpath, seccomp])
+setup(cmdclass={"build_py": BuildPyWithBpf, "build_bpf": BuildBpf}, ext_modules=[slowpath, slowpath_faults, seccomp])

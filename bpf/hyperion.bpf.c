@@ -8,7 +8,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "hyperion_abi.h"
-#include "consts.h"
+#include "hyperion_parser.h"
 #include "events.h"
 #include "maps.h"
 #include "parsing.h"
@@ -26,6 +26,7 @@ struct hyp_abi_types {
 	enum hyp_policy_map policy_map;
 	enum hyp_queue_state_id queue_state_id;
 	enum hyp_queue_reason queue_reason;
+	enum hyp_parser_limit parser_limit;
 	struct hyp_counter counter;
 	struct hyp_config config;
 	struct hyp_settings settings;

@@ -16,7 +16,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 #include "hyperion_abi.h"
-#include "consts.h"
+#include "hyperion_parser.h"
 
 /* Not a reason: parsing may continue. Outside the hyp_reason range. */
 #define HYP_PARSE_OK (-1)
@@ -168,7 +168,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 				return HYP_REASON_TRUNCATED_EXTHDR;
 			nexthdr = frag->nexthdr;
 			nh->pos = frag + 1;
-			if (bpf_ntohs(frag->frag_off) & 0xFFF8) {
+			if (bpf_ntohs(frag->frag_off) & HYP_IP6_FRAG_OFFSET) {
 				/* What follows is the middle of the fragmented payload, not
 				 * headers: nothing more to parse. */
 				pkt->nonfirst_fragment = 1;
@@ -176,7 +176,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 				return HYP_PARSE_OK;
 			}
 			/* Offset 0 and M set; M clear is an atomic fragment (RFC 6946), a whole datagram. */
-			pkt->first_fragment |= bpf_ntohs(frag->frag_off) & 1;
+			pkt->first_fragment |= bpf_ntohs(frag->frag_off) & HYP_IP6_FRAG_MF;
 			break;
 		default:
 			pkt->l4_protocol = nexthdr;

@@ -22,11 +22,13 @@ enum sp_stat {
 /* Per-packet inspection latency buckets (upper bounds in module.c); the last is +Inf. */
 #define SP_LATENCY_BUCKETS 10
 
-#define CTL_FLAG_STARVE_FILL 1ULL /* stop refilling the fill ring (fault injection) */
+/* Bits of flags. The product's loop reads none: only the lab's fault build of this extension
+ * (HYP_FAULT_INJECTION, hyperion.lab._slowpath_faults) reads this one. */
+#define CTL_FLAG_STARVE_FILL 1ULL /* stop refilling the fill ring */
 
 struct sp_control {
 	uint64_t heartbeat_ns;                /* CLOCK_MONOTONIC, written every loop iteration */
-	uint64_t flags;                       /* CTL_FLAG_*, set by the supervisor */
+	uint64_t flags;                       /* CTL_FLAG_*: reserved in the product build */
 	uint64_t loops;
 	uint64_t stat_count;                  /* ST_COUNT, for readers to check */
 	uint64_t stats[ST_COUNT];             /* monotonic counters of this worker */

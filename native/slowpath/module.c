@@ -1020,8 +1020,13 @@ static PyObject *Queue_run(QueueObject *self, PyObject *unused)
 			self->ctl->loops++;
 		}
 		reap_completions(self);
+#ifdef HYP_FAULT_INJECTION
+		/* The lab's fault hook (hyperion.lab.faultworker): a flag stops the refilling. */
 		if (!self->ctl || !(__atomic_load_n(&self->ctl->flags, __ATOMIC_RELAXED) & CTL_FLAG_STARVE_FILL))
 			refill(self);
+#else
+		refill(self);
+#endif
 		if (process_batch(self))
 			continue;
 		kick_tx(self); /* idle: answers of an earlier burst may still be in the ring */
@@ -1268,12 +1273,22 @@ static PyMethodDef module_methods[] = {
 	{NULL},
 };
 
+/* The lab builds this file a second time, with its fault hook, as another module
+ * (native/lab/slowpath_faults.c): the product's build has no fault code. */
+#ifdef HYP_FAULT_INJECTION
+#define SP_MODULE_NAME "hyperion.lab._slowpath_faults"
+#define SP_MODULE_INIT PyInit__slowpath_faults
+#else
+#define SP_MODULE_NAME "hyperion._slowpath"
+#define SP_MODULE_INIT PyInit__slowpath
+#endif
+
 static struct PyModuleDef module_def = {
-	PyModuleDef_HEAD_INIT, "hyperion._slowpath", "AF_XDP slow path: packet loop and rule matching.", -1,
+	PyModuleDef_HEAD_INIT, SP_MODULE_NAME, "AF_XDP slow path: packet loop and rule matching.", -1,
 	module_methods,
 };
 
-PyMODINIT_FUNC PyInit__slowpath(void)
+PyMODINIT_FUNC SP_MODULE_INIT(void)
 {
 	PyObject *m;
 
@@ -1295,6 +1310,8 @@ PyMODINIT_FUNC PyInit__slowpath(void)
 	PyModule_AddIntConstant(m, "BLOCK_SOURCE", SP_BLOCK_SOURCE);
 	PyModule_AddIntConstant(m, "EXACT", SP_EXACT);
 	PyModule_AddIntConstant(m, "UMEM_FRAME_SIZE", HYP_CAP_UMEM_FRAME_BYTES);
+	PyModule_AddIntConstant(m, "VLAN_MAX_DEPTH", sp_vlan_max_depth);
+	PyModule_AddIntConstant(m, "IPV6_EXT_MAX", sp_ipv6_ext_max);
 	PyObject *names = PyTuple_New(ST_COUNT);
 
 	for (int i = 0; names && i < ST_COUNT; i++)
@@ -1318,5 +1335,8 @@ PyMODINIT_FUNC PyInit__slowpath(void)
 		return NULL;
 	}
 	PyModule_AddIntConstant(m, "SUFFIX", SP_SUFFIX);
+#ifdef HYP_FAULT_INJECTION
+	PyModule_AddIntConstant(m, "FLAG_STARVE_FILL", CTL_FLAG_STARVE_FILL);
+#endif
 	return m;
 }

@@ -3,10 +3,14 @@
 
 #include <string.h>
 
+/* The XDP program's limits and wire constants: the two parsers agree by construction. */
+#include "hyperion_parser.h"
+
 #define ETH_HLEN 14
 #define VLAN_HLEN 4
-#define MAX_VLANS 2
-#define MAX_EXT 8
+
+const unsigned int sp_vlan_max_depth = HYP_VLAN_MAX_DEPTH;
+const unsigned int sp_ipv6_ext_max = HYP_IPV6_EXT_MAX;
 
 static uint16_t rd16(const uint8_t *p)
 {
@@ -29,14 +33,14 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 	if (len < ETH_HLEN)
 		return -1;
 	proto = rd16(frame + 12);
-	for (int i = 0; i < MAX_VLANS && (proto == 0x8100 || proto == 0x88A8); i++) {
+	for (int i = 0; i < HYP_VLAN_MAX_DEPTH && (proto == HYP_ETH_P_8021Q || proto == HYP_ETH_P_8021AD); i++) {
 		if (off + VLAN_HLEN > len)
 			return -1;
 		proto = rd16(frame + off + 2);
 		off += VLAN_HLEN;
 	}
 	p->l3_offset = off;
-	if (proto == 0x0800) {
+	if (proto == HYP_ETH_P_IP) {
 		const uint8_t *ip = frame + off;
 		size_t ihl;
 
@@ -46,15 +50,15 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 		p->l3_len = rd16(ip + 2);
 		if (ihl < 20 || p->l3_len < ihl || off + p->l3_len > len)
 			return -1;
-		if (rd16(ip + 6) & 0x1FFF)
+		if (rd16(ip + 6) & HYP_IP_OFFSET)
 			return -1; /* non-first fragment: no L4 header */
-		p->first_fragment = (rd16(ip + 6) & 0x2000) != 0; /* MF, offset 0 */
+		p->first_fragment = (rd16(ip + 6) & HYP_IP_MF) != 0; /* MF, offset 0 */
 		p->ip_version = 4;
 		p->protocol = ip[9];
 		memcpy(p->saddr, ip + 12, 4);
 		memcpy(p->daddr, ip + 16, 4);
 		off += ihl;
-	} else if (proto == 0x86DD) {
+	} else if (proto == HYP_ETH_P_IPV6) {
 		const uint8_t *ip = frame + off;
 
 		if (off + 40 > len || (ip[0] >> 4) != 6)
@@ -67,17 +71,18 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 		memcpy(p->daddr, ip + 24, 16);
 		next = ip[6];
 		off += 40;
-		for (int i = 0; i < MAX_EXT; i++) {
-			if (next != 0 && next != 43 && next != 60 && next != 44)
+		for (int i = 0; i < HYP_IPV6_EXT_MAX; i++) {
+			if (next != HYP_IPPROTO_HOPOPTS && next != HYP_IPPROTO_ROUTING && next != HYP_IPPROTO_DSTOPTS &&
+			    next != HYP_IPPROTO_FRAGMENT)
 				break;
 			if (off + 8 > len)
 				return -1;
 			p->has_ext_headers = 1;
-			if (next == 44 && (rd16(frame + off + 2) & 0xFFF8))
+			if (next == HYP_IPPROTO_FRAGMENT && (rd16(frame + off + 2) & HYP_IP6_FRAG_OFFSET))
 				return -1; /* non-first fragment */
-			if (next == 44 && (rd16(frame + off + 2) & 1))
+			if (next == HYP_IPPROTO_FRAGMENT && (rd16(frame + off + 2) & HYP_IP6_FRAG_MF))
 				p->first_fragment = 1; /* M set; M clear is an atomic fragment, a whole datagram */
-			size_t ext = next == 44 ? 8 : ((size_t)frame[off + 1] + 1) * 8;
+			size_t ext = next == HYP_IPPROTO_FRAGMENT ? 8 : ((size_t)frame[off + 1] + 1) * 8;
 
 			next = frame[off];
 			off += ext;
@@ -89,7 +94,7 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 	p->l4_offset = off;
 	size_t l3_end = p->l3_offset + p->l3_len;
 
-	if (p->protocol == 17) {
+	if (p->protocol == HYP_IPPROTO_UDP) {
 		size_t udp_len;
 
 		if (off + 8 > l3_end)
@@ -108,7 +113,7 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 		}
 		p->payload_offset = off + 8;
 		p->payload_len = udp_len - 8;
-	} else if (p->protocol == 6) {
+	} else if (p->protocol == HYP_IPPROTO_TCP) {
 		size_t doff;
 
 		if (off + 20 > l3_end)
@@ -223,10 +228,10 @@ enum sp_csum_result sp_complete_checksum(uint8_t *frame, const struct sp_packet 
 	 * fragments). */
 	if (p->first_fragment) /* the parser refuses later fragments */
 		return SP_CSUM_NOT_CHECKED;
-	if (p->protocol == 17) {
+	if (p->protocol == HYP_IPPROTO_UDP) {
 		l4_len = rd16(l4 + 4);
 		field = 6;
-	} else if (p->protocol == 6) {
+	} else if (p->protocol == HYP_IPPROTO_TCP) {
 		l4_len = p->l3_offset + p->l3_len - p->l4_offset;
 		field = 16;
 	} else {
@@ -235,7 +240,7 @@ enum sp_csum_result sp_complete_checksum(uint8_t *frame, const struct sp_packet 
 	if (l4_len < field + 2 || p->l4_offset + l4_len > p->l3_offset + p->l3_len)
 		return SP_CSUM_NOT_CHECKED; /* the stack drops such a length itself */
 	stored = rd16(l4 + field);
-	if (p->protocol == 17 && stored == 0) /* no checksum: allowed over IPv4 only (RFC 8200 8.1) */
+	if (p->protocol == HYP_IPPROTO_UDP && stored == 0) /* no checksum: allowed over IPv4 only (RFC 8200 8.1) */
 		return p->ip_version == 4 ? SP_CSUM_ABSENT : SP_CSUM_BAD;
 	/* Pseudo-header (RFC 768, RFC 9293, RFC 8200 8.1). At the receiver, the IPv6
 	 * destination is the final one even with a routing header. */
@@ -248,11 +253,11 @@ enum sp_csum_result sp_complete_checksum(uint8_t *frame, const struct sp_packet 
 	 * complemented (Linux: ~csum_tcpudp_magic(..., 0), ~csum_ipv6_magic(..., 0)).
 	 * It is never 0; compared in one's complement, where 0 and 0xFFFF are one. */
 	partial = (uint16_t)~csum_fold(pseudo);
-	if (stored != partial && !(p->protocol == 6 && stored == 0 && partial == 0xFFFF))
+	if (stored != partial && !(p->protocol == HYP_IPPROTO_TCP && stored == 0 && partial == 0xFFFF))
 		return SP_CSUM_BAD;
 	/* The data sum without the field, then the checksum in its place. */
 	complete = csum_fold(pseudo + data + (uint16_t)~stored);
-	if (p->protocol == 17 && complete == 0)
+	if (p->protocol == HYP_IPPROTO_UDP && complete == 0)
 		complete = 0xFFFF; /* 0 means "no checksum" in UDP */
 	wr16(l4 + field, complete);
 	return SP_CSUM_COMPLETED;

@@ -28,6 +28,11 @@ struct sp_packet {
 	uint8_t first_fragment;
 };
 
+/* The parser limits packet.c was built with (bpf/include/hyperion_parser.h), exported by the
+ * extension so that a test can compare them with the XDP object's. */
+extern const unsigned int sp_vlan_max_depth;
+extern const unsigned int sp_ipv6_ext_max;
+
 /* 0 on success, -1 if the frame is not IP/UDP-or-TCP with a whole header (a non-first
  * fragment has none). A first fragment parses: ports, and the payload it holds. */
 int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p);

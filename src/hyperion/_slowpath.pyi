@@ -11,6 +11,8 @@ BLOCK_SOURCE: int
 EXACT: int
 SUFFIX: int
 UMEM_FRAME_SIZE: int
+VLAN_MAX_DEPTH: int  # parser limits packet.c was built with (bpf/include/hyperion_parser.h)
+IPV6_EXT_MAX: int
 STAT_NAMES: tuple[str, ...]
 LATENCY_BOUNDS: tuple[float, ...]
 CONTROL_LAYOUT: dict[str, int]

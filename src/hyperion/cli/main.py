@@ -177,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         slowpath_options=SlowPathOptions(
             zerocopy=args.zerocopy, cpus=_cpus(args.cpus), deadline=args.watchdog_deadline,
             max_queue_restarts=args.max_queue_restarts, escalate=args.escalate,
-            fault_injection=args.fault_injection, worker_user=worker_user),
+            worker_module=args.worker_module, worker_user=worker_user),
     ))
     daemon.serve()
     return 0
@@ -466,8 +466,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--escalate", choices=["none", "interface"], default="none",
                    help="after N failures: none (queue stays fenced: 'failed') or interface "
                         "(link down/up, interrupts all traffic)")
-    p.add_argument("--fault-injection", action="store_true",
-                   help="workers accept SIGUSR1 to stop refilling their fill ring (for hyperion chaos)")
     p.add_argument("--keep-privileges", action="store_true",
                    help="keep every capability, in the daemon and its workers (default: once attached, keep "
                         "only CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK, CAP_KILL; workers "
@@ -476,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="once its socket is bound, each AF_XDP worker runs as this user (name, UID or UID:GID; "
                         f"default {DEFAULT_WORKER_USER}; a dedicated user is better) with no capabilities and a "
                         "seccomp allowlist")
-    p.set_defaults(func=cmd_run)
+    # No option: the workers' entry point is the product's; only a caller of dispatch() (the lab's
+    # chaos daemon) sets another.
+    p.set_defaults(func=cmd_run, worker_module=SlowPathOptions.worker_module)
 
     p = sub.add_parser("queues", help="lifecycle of the AF_XDP queues (planes, state, transitions) and actions")
     p.add_argument("action", nargs="?", choices=["show", "restart", "withdraw", "restore"], default="show",
@@ -537,7 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Runs parsed arguments (build_parser) as `hyperion` would."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

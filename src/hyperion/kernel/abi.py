@@ -214,6 +214,10 @@ class Abi:
         }
         self.queue_states = _labels(self.btf.enum("hyp_queue_state_id"), "HYP_QSTATE_")
         self.queue_reasons = _labels(self.btf.enum("hyp_queue_reason"), "HYP_QREASON_")
+        # Parser limits (bpf/include/hyperion_parser.h): 'vlan_max_depth', 'ipv6_ext_max'.
+        self.parser_limits = {
+            name[len("HYP_PLIMIT_"):].lower(): value for name, value in self.btf.enum("hyp_parser_limit").items()
+        }
         self.Counter = self.btf.struct("hyp_counter")
         self.Config = self.btf.struct("hyp_config")
         self.Settings = self.btf.struct("hyp_settings")

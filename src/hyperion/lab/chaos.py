@@ -2,7 +2,8 @@
 traffic and measures what happened.
 
 Each scenario builds its own sandbox (client and host namespaces over a veth
-pair), starts `hyperion run` on the host side with a policy redirecting
+pair), starts `hyperion run` on the host side (as hyperion.lab.chaosdaemon: its workers have
+the fault hook) with a policy redirecting
 udp/5300 to the slow path (on_failure as asked), and sends two paced UDP flows
 from the client: one to the redirected class, one to a port the fast path
 passes (udp/5400). A second in, it injects the fault, and reports:
@@ -168,9 +169,9 @@ class DaemonUnderTest:
                  extra: Sequence[str] = ()) -> None:
         self.sb = sb
         self.log = log_path.open("w")
-        argv = [sys.executable, "-m", "hyperion.cli", "run", "--iface", sb.host_if, "--policy", str(policy),
-                "--no-metrics", "--no-watch", "--fault-injection", "--watchdog-deadline", f"{deadline_ms:g}ms",
-                *extra]
+        # The product's daemon, its workers the lab's fault worker (SIGUSR1 starves the fill ring).
+        argv = [sys.executable, "-m", "hyperion.lab.chaosdaemon", "--iface", sb.host_if, "--policy", str(policy),
+                "--no-metrics", "--no-watch", "--watchdog-deadline", f"{deadline_ms:g}ms", *extra]
         self.proc = sb.popen(sb.host_ns, argv, stdout=self.log, stderr=subprocess.STDOUT)
 
     def queues(self) -> list[dict[str, Any]]:

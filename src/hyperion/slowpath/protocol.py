@@ -20,9 +20,6 @@ REPORT_INTERVAL = 0.1
 CONTROL_BYTES = 4096
 
 
-FLAG_STARVE_FILL = 1
-
-
 # A rules blob: magic, the length of a JSON header, the header, then the databases' bytes in the
 # order the header lists their lengths.
 RULES_MAGIC = b"HYPRULE1"

@@ -87,7 +87,8 @@ class SlowPathOptions:
     escalate: str = "none"               # none | interface (link down/up: interrupts all traffic)
     start_timeout: float = 15.0          # a fresh worker must be ready within this
     stable_after: float = 10.0           # an active worker this old resets the failure count
-    fault_injection: bool = False        # workers accept SIGUSR1 (starve the fill ring), for `hyperion chaos`
+    # The workers' entry point (`python -m`); the lab's chaos runs its fault worker instead.
+    worker_module: str = "hyperion.slowpath.worker"
     # A worker must acknowledge a reload's rules within this, or the watchdog fences it and starts a
     # fresh one with the new rules (building them from serialized databases takes milliseconds).
     reload_deadline: float = 2.0
@@ -324,15 +325,13 @@ class SlowPath:
             fds = {"xsk-map-fd": maps["xsk_map"].fd, "dyn4-fd": maps["hyp_dyn4"].fd, "dyn6-fd": maps["hyp_dyn6"].fd,
                    "deliver-fd": self.tun.fd, "control-fd": control_fd, "rules-memfd": blob.fd,
                    "rules-socket": theirs.fileno()}
-            argv = [sys.executable, "-m", "hyperion.slowpath.worker", "--ifname", self.ifname,
+            argv = [sys.executable, "-m", self.options.worker_module, "--ifname", self.ifname,
                     "--queue", str(mq.queue_id),
                     "--frames", str(self.options.frames), "--ring-size", str(self.options.ring_size),
                     "--zerocopy", self.options.zerocopy]
             argv += [arg for name, fd in fds.items() for arg in (f"--{name}", str(fd))]
             if self.event_sink is not None:
                 argv.append("--events")
-            if self.options.fault_injection:
-                argv.append("--fault-injection")
             if self.options.cpus:
                 argv += ["--cpu", str(self.options.cpus[mq.position % len(self.options.cpus)])]
             if self._worker_ids is not None:

@@ -39,10 +39,8 @@ from typing import IO, Any
 from hyperion import _slowpath
 from hyperion.slowpath.protocol import (
     CONTROL_BYTES,
-    FLAG_STARVE_FILL,
     REPORT_INTERVAL,
     RULES_MESSAGE_MAX,
-    ControlBlock,
     read_rules_memfd,
 )
 
@@ -124,10 +122,6 @@ class Worker:
         if self.queue is not None:
             self.queue.stop()
 
-    def starve(self, signum: int = 0, frame: FrameType | None = None) -> None:
-        """Fault injection (SIGUSR1, only with --fault-injection): toggles refilling the fill ring."""
-        ControlBlock(self.control).toggle_flag(FLAG_STARVE_FILL)
-
     def report(self) -> None:
         events = self.queue.drain_events() if self.args.events else []
         # Under the rules lock: a generation's hits go out with its number, and never after its
@@ -198,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zerocopy", choices=("off", "auto", "on"), default="off")
     parser.add_argument("--events", action="store_true")
     parser.add_argument("--cpu", type=int)
-    parser.add_argument("--fault-injection", action="store_true")
     parser.add_argument("--rules-memfd", type=int, help="sealed memfd with the first rule set (else: stdin)")
     parser.add_argument("--rules-socket", type=int, help="seqpacket socket later rule sets arrive on")
     parser.add_argument("--run-as", metavar="UID:GID", help="confine the worker once its socket is bound")
@@ -209,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(args, sys.stdout)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides (Ctrl-C reaches the process group)
-    if args.fault_injection:
-        signal.signal(signal.SIGUSR1, worker.starve)
     try:
         if args.rules_memfd is not None:
             first_command = read_rules_memfd(args.rules_memfd)
