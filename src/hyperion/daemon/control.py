@@ -36,10 +36,7 @@ class ControlError(HyperionError):
 
 # Queue-local actions, carried out by the slow path's watchdog.
 QueueAction = Literal["restart", "withdraw", "restore"]
-# The writes the CLI forwards to the daemon that owns the interface (carried out on its main thread).
-WriteCommand = Literal["block_add", "block_del", "policy_apply"]
-# Every request kind: a request's "cmd".
-ControlCommand = Literal["queues"] | WriteCommand | QueueAction
+QUEUE_ACTIONS: tuple[QueueAction, ...] = get_args(QueueAction)
 
 
 class QueuesRequest(TypedDict):
@@ -53,6 +50,8 @@ class QueueActionRequest(TypedDict):
     queue: int | None
 
 
+# block_add, block_del and policy_apply are the writes the CLI forwards to the daemon that owns the
+# interface; the daemon carries them out on its main thread.
 class BlockAddRequest(TypedDict):
     """`hyperion block add`, forwarded while a daemon owns the interface; ttl in seconds, None: until removed."""
     cmd: Literal["block_add"]
@@ -113,10 +112,12 @@ def decode_request(message: object) -> ControlRequest:
     command = message.get("cmd")
     if command == "queues":
         return QueuesRequest(cmd="queues")
-    if command in ("restart", "withdraw", "restore"):
-        queue = _field(message, "queue", int, type(None)) if "queue" in message else None  # restore names none
-        assert queue is None or isinstance(queue, int)
-        return QueueActionRequest(cmd=command, queue=queue)
+    for action in QUEUE_ACTIONS:
+        if command == action:
+            # An absent queue is None, as for restore (which names none).
+            queue = _field(message, "queue", int, type(None)) if "queue" in message else None
+            assert queue is None or isinstance(queue, int)
+            return QueueActionRequest(cmd=action, queue=queue)
     if command == "block_add":
         address = _field(message, "address", str)
         ttl = _field(message, "ttl", int, float, type(None))
