@@ -89,7 +89,7 @@ def test_request_reaches_the_handler_as_sent(server: tuple[Path, list[ControlReq
     (b'{"address": "192.0.2.1"}\n', "unknown control command None"),
     (b'{"cmd": "block_add", "ttl": 5}\n', "'address' must be str, got None"),
     (b'{"cmd": "block_add", "address": 3232235521, "ttl": null}\n', "'address' must be str"),
-    (b'{"cmd": "block_add", "address": "192.0.2.1"}\n', "'ttl' must be int or float or null"),
+    (b'{"cmd": "block_add", "address": "192.0.2.1", "ttl": "10m"}\n', "'ttl' must be int or float or null"),
     (b'{"cmd": "block_add", "address": "192.0.2.1", "ttl": true}\n', "'ttl' must be int or float or null"),
     (b'{"cmd": "block_del"}\n', "'address' must be str"),
     (b'{"cmd": "restart", "queue": "0"}\n', "'queue' must be int or null, got '0'"),
@@ -147,3 +147,12 @@ def test_every_request_kind_is_one_the_daemon_handles(tmp_path: Path) -> None:
         "block_del": "the daemon is stopping; nothing was changed",
         "policy_apply": "the daemon is stopping; nothing was changed",
     }
+
+
+def test_absent_queue_and_ttl_mean_none() -> None:
+    """As the daemon always read them: restore names no queue, a block without ttl lasts until removed."""
+    assert control.decode_request({"cmd": "restore"}) == {"cmd": "restore", "queue": None}
+    assert control.decode_request({"cmd": "block_add", "address": "203.0.113.5"}) == {
+        "cmd": "block_add", "address": "203.0.113.5", "ttl": None}
+    assert control.decode_request({"cmd": "block_add", "address": "203.0.113.5", "ttl": 600}) == {
+        "cmd": "block_add", "address": "203.0.113.5", "ttl": 600.0}

@@ -120,7 +120,7 @@ def decode_request(message: object) -> ControlRequest:
             return QueueActionRequest(cmd=action, queue=queue)
     if command == "block_add":
         address = _field(message, "address", str)
-        ttl = _field(message, "ttl", int, float, type(None))
+        ttl = _field(message, "ttl", int, float, type(None)) if "ttl" in message else None  # absent: until removed
         assert isinstance(address, str) and (ttl is None or isinstance(ttl, int | float))
         return BlockAddRequest(cmd="block_add", address=address, ttl=None if ttl is None else float(ttl))
     if command == "block_del":
