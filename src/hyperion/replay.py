@@ -17,7 +17,7 @@ from typing import Any
 
 import dpkt
 
-from hyperion.daemon.events import EventDecoder, EventReader
+from hyperion.daemon.events import EventDecoder, EventReader, EventRecord
 from hyperion.errors import HyperionError
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.testrun import MIN_FRAME, run_xdp
@@ -82,7 +82,7 @@ class Replayer:
             self.fastpath.apply(PolicyCompiler(self.fastpath.abi, self.fastpath.capacities()).compile(policy))
             # Every drop reports its rule through the event ring: no budget in a replay.
             self.fastpath.set_event_rate(2**32 - 1)
-            self._events: list[dict[str, Any]] = []
+            self._events: list[EventRecord] = []
             self._reader = EventReader(self.fastpath.maps["hyp_events"].fd, EventDecoder(self.fastpath.abi),
                                        self._events.append)
             self.slow = compile_rules(policy)

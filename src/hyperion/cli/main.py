@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from hyperion import __version__
 from hyperion.cli.top import Snapshot, run_top
@@ -29,6 +29,9 @@ from hyperion.policy.model import Policy
 from hyperion.policy.neverblock import Provenance, discover_host_facts, never_block_sources
 from hyperion.slowpath.supervisor import SlowPathOptions
 from hyperion.slowpath.watchdog import DEFAULT_DEADLINE
+
+if TYPE_CHECKING:  # the control socket's module is imported only by the commands that use it
+    from hyperion.daemon.control import ControlReply, ControlRequest
 
 EXIT_ERROR = 2
 # A one-shot writer waits this long for another one-shot writer to finish with the interface.
@@ -82,7 +85,7 @@ def _exclusive(ifname: str, command: str) -> InterfaceLock:
     return held
 
 
-def _forward(ifname: str, owner: Owner, message: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+def _forward(ifname: str, owner: Owner, message: ControlRequest, timeout: float = 15.0) -> ControlReply:
     from hyperion.daemon import control
 
     try:
@@ -346,10 +349,18 @@ def _via(held: InterfaceLock | Owner) -> str:
     return f" (through the daemon, pid {held.pid})" if isinstance(held, Owner) else ""
 
 
+class BlockRow(TypedDict):
+    """One dynamic block, as `hyperion block list --json` prints it."""
+    address: str
+    expires_in: float | None  # seconds; None: until removed
+    expired: bool
+    rule_id: int
+
+
 def cmd_block_list(args: argparse.Namespace) -> int:
     with FastPath.open(_iface(args)) as fastpath:
         blocks = fastpath.blocks()
-    rows: list[dict[str, Any]] = [
+    rows: list[BlockRow] = [
         {"address": str(b.address), "expires_in": b.expires_in, "expired": b.expires_in is not None
          and b.expires_in <= 0, "rule_id": b.rule_id}
         for b in sorted(blocks, key=lambda b: (b.address.version, int(b.address)))

@@ -27,11 +27,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Literal, assert_never, cast
 
-from hyperion.daemon.control import ControlServer, socket_path
-from hyperion.daemon.events import EventDecoder, EventReader, json_lines_sink
-from hyperion.daemon.metrics import FastPathCollector, ReloadStats, serve_metrics
+from hyperion.daemon.control import (
+    BlockAddRequest,
+    BlockDelRequest,
+    ControlReply,
+    ControlRequest,
+    ControlServer,
+    PolicyApplyRequest,
+    socket_path,
+)
+from hyperion.daemon.events import EventDecoder, EventReader, RecordSink, json_lines_sink
+from hyperion.daemon.metrics import FastPathCollector, MetricsServer, ReloadStats, serve_metrics
 from hyperion.daemon.owner import InterfaceBusyError, InterfaceLock, OwnerRole
 from hyperion.daemon.watch import PolicyWatcher
 from hyperion.errors import HyperionError
@@ -57,6 +65,9 @@ MAIN_THREAD_TIMEOUT = 120.0
 DEFAULT_METRICS_ADDR = "127.0.0.1:2112"
 DEFAULT_EVENTS_PER_SEC = 200
 
+# XDP attach modes (`run --mode`, `attach --mode`).
+AttachMode = Literal["native", "generic"]
+
 
 def open_events_file(path: str) -> IO[str]:
     """`run --events FILE`: appended to, created 0600 (events name clients and the names they
@@ -76,7 +87,7 @@ def open_events_file(path: str) -> IO[str]:
 class DaemonOptions:
     ifname: str
     policy_path: Path
-    attach_mode: str = "native"
+    attach_mode: AttachMode = "native"
     keep_on_exit: bool = False
     object_path: Path | None = None
     metrics_addr: str | None = DEFAULT_METRICS_ADDR
@@ -93,9 +104,9 @@ class DaemonOptions:
 
 @dataclass
 class _MainThreadCall:
-    action: Callable[[], dict[str, Any]]
+    action: Callable[[], ControlReply]
     done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] = field(default_factory=dict)
+    result: ControlReply = field(default_factory=lambda: ControlReply())
     error: HyperionError | None = None
 
 
@@ -110,9 +121,10 @@ class Daemon:
         self._stop_requested = False
         self._reload_requested = False
         self._threads: list[threading.Thread] = []
-        self._metrics_server: Any = None
+        self._metrics_server: MetricsServer | None = None
         self._events_out: IO[str] | None = None
-        self._event_sink: Callable[[dict[str, Any]], None] | None = None
+        # Fast-path event records and the slow path's events alike, written as JSON lines.
+        self._event_sink: RecordSink | None = None
         self.slowpath: SlowPath | None = None
         self._control: ControlServer | None = None
         self._owner_lock: InterfaceLock | None = None
@@ -305,21 +317,20 @@ class Daemon:
                     log.info("policy file %s changed", self.options.policy_path)
                     self.request_reload()
 
-    def control(self, message: dict[str, Any]) -> dict[str, Any]:
-        """A control-socket request (hyperion.control): queue status and queue actions."""
+    def control(self, message: ControlRequest) -> ControlReply:
+        """A control-socket request (hyperion.daemon.control): queue status, queue actions, forwarded writes."""
         slowpath = self.slowpath
-        command = message.get("cmd")
-        if command == "queues":
+        if message["cmd"] == "queues":
             return {"queues": slowpath.queue_status() if slowpath is not None else [],
                     "slowpath": slowpath is not None}
-        if command in ("block_add", "block_del", "policy_apply"):
-            return self._control_write(command, message)
-        if command in ("restart", "withdraw", "restore"):
+        if message["cmd"] == "block_add" or message["cmd"] == "block_del" or message["cmd"] == "policy_apply":
+            return self._control_write(message)
+        if message["cmd"] == "restart" or message["cmd"] == "withdraw" or message["cmd"] == "restore":
             if slowpath is None:
                 raise HyperionError("no slow path is running (the policy has no redirect_ports, or --no-slowpath)")
-            queue = message.get("queue")
-            return slowpath.request(command, None if queue is None else int(queue))
-        raise HyperionError(f"unknown control command {command!r}")
+            # The watchdog's answer: the fields ControlReply names for queue actions.
+            return cast(ControlReply, slowpath.request(message["cmd"], message["queue"]))
+        assert_never(message)  # mypy: a request kind in hyperion.daemon.control this does not handle
 
     def _check_attached(self) -> None:
         """Logs loudly when the program stops being attached (an external detach, `ip link ... xdp
@@ -336,8 +347,8 @@ class Daemon:
                       "to attach again.", self.options.ifname)
         self._attached = attached  # exported as hyperion_fastpath_attached once logged
 
-    def _on_main_thread(self, action: Callable[[], dict[str, Any]], timeout: float = MAIN_THREAD_TIMEOUT
-                        ) -> dict[str, Any]:
+    def _on_main_thread(self, action: Callable[[], ControlReply], timeout: float = MAIN_THREAD_TIMEOUT
+                        ) -> ControlReply:
         """Hands a write to the main loop and waits for its answer: writes never race a reload."""
         call = _MainThreadCall(action)
         self._calls.put(call)
@@ -374,32 +385,31 @@ class Daemon:
             call.error = HyperionError("the daemon is stopping; nothing was changed")
             call.done.set()
 
-    def _control_write(self, command: str, message: dict[str, Any]) -> dict[str, Any]:
+    def _control_write(self, message: BlockAddRequest | BlockDelRequest | PolicyApplyRequest) -> ControlReply:
         """block_add / block_del / policy_apply, forwarded by the CLI while this daemon owns the interface."""
-        if command == "policy_apply":
-            path = Path(str(message["path"]))
+        if message["cmd"] == "policy_apply":
+            path = Path(message["path"])
             policy, text = read_policy(path)  # validated before it reaches the main thread
 
-            def apply() -> dict[str, Any]:
+            def apply() -> ControlReply:
                 generation = self.apply_policy(policy, text)
                 log.info("policy applied from %s (hyperion policy apply): generation %d; the next reload "
                          "applies %s again", path, generation, self.options.policy_path)
                 return {"generation": generation, "pid": os.getpid()}
 
             return self._on_main_thread(apply)
-        address = ipaddress.ip_address(str(message["address"]))
-        if command == "block_add":
-            ttl = message.get("ttl")
-            ttl_seconds = None if ttl is None else float(ttl)
+        address = ipaddress.ip_address(message["address"])
+        if message["cmd"] == "block_add":
+            ttl_seconds = message["ttl"]
 
-            def add() -> dict[str, Any]:
+            def add() -> ControlReply:
                 assert self.fastpath is not None
                 self.fastpath.block_add(address, ttl_seconds)
                 return {"pid": os.getpid()}
 
             return self._on_main_thread(add)
 
-        def delete() -> dict[str, Any]:
+        def delete() -> ControlReply:
             assert self.fastpath is not None
             return {"removed": self.fastpath.block_delete(address), "pid": os.getpid()}
 

@@ -12,8 +12,8 @@ import ipaddress
 import json
 import socket
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Mapping
+from typing import IO, TypedDict
 
 from hyperion.kernel import libbpf
 from hyperion.kernel.abi import Abi
@@ -25,6 +25,28 @@ _SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ct
 
 # Names a rule from (reason, rule id); returns None when it cannot.
 RuleNamer = Callable[[str, int], str | None]
+
+
+class EventRecord(TypedDict):
+    """One decoded struct hyp_event, JSON-ready; `run --events` writes its keys in this order."""
+    time: str  # wall clock, RFC 3339 UTC with microseconds
+    ifindex: int
+    interface: str | None  # None: no such interface any more
+    queue: int  # RX queue
+    verdict: str  # the ABI's verdict name (the number as text when unknown)
+    reason: str  # the ABI's reason name (likewise)
+    src: str | None  # None when not IP
+    dst: str | None
+    protocol: str | int | None  # a name when known, else the IP protocol number; None when not IP
+    src_port: int | None  # TCP and UDP only
+    dst_port: int | None
+    length: int  # the packet's length
+    rule_id: int
+    rule: str | None  # the rule's name when the policy can tell
+
+
+# Where records go; takes any JSON-ready record (the slow path's events share it).
+RecordSink = Callable[[Mapping[str, object]], None]
 
 
 def _boottime_offset_ns() -> int:
@@ -48,7 +70,7 @@ def _interface_name(ifindex: int) -> str | None:
 
 
 class EventDecoder:
-    """Turns raw struct hyp_event bytes into a JSON-ready dict."""
+    """Turns raw struct hyp_event bytes into an EventRecord."""
 
     def __init__(self, abi: Abi, rule_namer: RuleNamer | None = None) -> None:
         self.abi = abi
@@ -56,11 +78,11 @@ class EventDecoder:
         self.size = ctypes.sizeof(abi.Event)
         self._offset_ns = _boottime_offset_ns()
 
-    def decode(self, raw: bytes) -> dict[str, Any]:
+    def decode(self, raw: bytes) -> EventRecord:
         event = self.abi.Event.from_buffer_copy(raw[: self.size])
         reason = self.abi.reasons.get(event.reason, str(event.reason))
         wall_ns = event.timestamp_ns + self._offset_ns
-        record: dict[str, Any] = {
+        record: EventRecord = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_ns // 1_000_000_000))
             + f".{wall_ns % 1_000_000_000 // 1000:06d}Z",
             "ifindex": event.ifindex,
@@ -81,9 +103,9 @@ class EventDecoder:
 
 
 class EventReader:
-    """Consumes the hyp_events ring buffer; each event goes to `sink` as a dict."""
+    """Consumes the hyp_events ring buffer; each event goes to `sink` as an EventRecord."""
 
-    def __init__(self, ring_fd: int, decoder: EventDecoder, sink: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, ring_fd: int, decoder: EventDecoder, sink: Callable[[EventRecord], None]) -> None:
         self.decoder = decoder
         self.sink = sink
         self._callback = _SAMPLE_FN(self._on_sample)  # kept referenced for libbpf's lifetime
@@ -110,8 +132,8 @@ class EventReader:
             self._handle = 0
 
 
-def json_lines_sink(stream: IO[str]) -> Callable[[dict[str, Any]], None]:
-    def write(record: dict[str, Any]) -> None:
+def json_lines_sink(stream: IO[str]) -> RecordSink:
+    def write(record: Mapping[str, object]) -> None:
         stream.write(json.dumps(record, separators=(",", ":")) + "\n")
         stream.flush()
 

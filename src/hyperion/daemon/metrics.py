@@ -12,7 +12,7 @@ import platform
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -27,6 +27,8 @@ from hyperion.slowpath.supervisor import SlowPath
 from hyperion.slowpath.watchdog import STATES
 
 log = logging.getLogger("hyperion.metrics")
+# What serve_metrics returns: shutdown() and server_close() stop it.
+MetricsServer = WSGIServer
 
 
 @dataclass
@@ -274,7 +276,7 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve_metrics(collector: FastPathCollector, listen: str) -> Any:
+def serve_metrics(collector: FastPathCollector, listen: str) -> MetricsServer:
     """Starts the /metrics HTTP server in a daemon thread; returns the server (shutdown() to stop)."""
     host, port = parse_listen_address(listen)
     registry = CollectorRegistry(auto_describe=False)

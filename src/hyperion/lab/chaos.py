@@ -178,7 +178,7 @@ class DaemonUnderTest:
         with entered_netns(self.sb.host_ns):
             return list(control.request(self.sb.host_if, {"cmd": "queues"}, timeout=5)["queues"])
 
-    def request(self, action: str, queue: int | None = None) -> dict[str, Any]:
+    def request(self, action: control.QueueAction, queue: int | None = None) -> control.ControlReply:
         with entered_netns(self.sb.host_ns):
             return control.request(self.sb.host_if, {"cmd": action, "queue": queue}, timeout=20)
 
