@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from hyperion import __version__
 from hyperion.cli.top import Snapshot, run_top
@@ -28,6 +28,7 @@ from hyperion.policy.loading import load_policy, parse_policy, read_policy
 from hyperion.policy.model import Policy
 from hyperion.policy.neverblock import Provenance, discover_host_facts, never_block_sources
 from hyperion.slowpath.supervisor import SlowPathOptions
+from hyperion.slowpath.telemetry import QueueStatus
 from hyperion.slowpath.watchdog import DEFAULT_DEADLINE
 
 if TYPE_CHECKING:  # the control socket's module is imported only by the commands that use it
@@ -204,6 +205,8 @@ def cmd_queues(args: argparse.Namespace) -> int:
         answer.pop("ok", None)
         print(json.dumps(answer) if args.json else f"{args.action}: {answer}")
         return 0
+    # The daemon's full rows, or the few fields the fast path's maps hold.
+    queues: list[QueueStatus] | list[dict[str, Any]]
     try:
         answer = control.request(ifname, {"cmd": "queues"})
         queues, source = answer["queues"], "daemon"

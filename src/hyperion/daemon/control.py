@@ -19,11 +19,14 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_args, get_type_hints
+from typing import Literal, TypedDict, get_args, get_type_hints
 
 from hyperion.errors import HyperionError
 from hyperion.fastpath.program import STATE_ROOT, pin_dir_for
+from hyperion.slowpath.telemetry import QueueStatus
+from hyperion.slowpath.watchdog import QueueAction
 
 log = logging.getLogger("hyperion.control")
 
@@ -34,9 +37,8 @@ class ControlError(HyperionError):
     """No daemon answers, or it refused the request."""
 
 
-# Queue-local actions, carried out by the slow path's watchdog.
-QueueAction = Literal["restart", "withdraw", "restore"]
-QUEUE_ACTIONS: tuple[QueueAction, ...] = get_args(QueueAction)
+# Queue-local actions, carried out by the slow path's watchdog, which defines them.
+QUEUE_ACTIONS: tuple[QueueAction, ...] = tuple(QueueAction)
 
 
 class QueuesRequest(TypedDict):
@@ -72,19 +74,21 @@ class PolicyApplyRequest(TypedDict):
 
 ControlRequest = QueuesRequest | QueueActionRequest | BlockAddRequest | BlockDelRequest | PolicyApplyRequest
 # Every "cmd" value, read off the request definitions.
+def _commands(hint: object) -> tuple[str, ...]:
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        return tuple(member.value for member in hint)
+    return tuple(get_args(hint))
+
+
 CONTROL_COMMANDS: tuple[str, ...] = tuple(
-    command for kind in get_args(ControlRequest) for command in get_args(get_type_hints(kind)["cmd"]))
-
-# One row of SlowPath.queue_status(), JSON-ready; its shape is the slow path's.
-QueueStatusRow = dict[str, Any]
-
+    command for kind in get_args(ControlRequest) for command in _commands(get_type_hints(kind)["cmd"]))
 
 class ControlReply(TypedDict, total=False):
     """The answer to any request: "ok" (and "error" when false) from the server, then the fields of
     the request's kind, which the handler returns."""
     ok: bool
     error: str
-    queues: list[QueueStatusRow]  # queues
+    queues: list[QueueStatus]  # queues
     slowpath: bool  # queues: whether a slow path runs
     state: str  # restart: the queue's state after it
     channels: int  # withdraw, restore: the channel count now
@@ -113,7 +117,7 @@ def decode_request(message: object) -> ControlRequest:
     if command == "queues":
         return QueuesRequest(cmd="queues")
     for action in QUEUE_ACTIONS:
-        if command == action:
+        if command == action.value:
             # An absent queue is None, as for restore (which names none).
             queue = _field(message, "queue", int, type(None)) if "queue" in message else None
             assert queue is None or isinstance(queue, int)

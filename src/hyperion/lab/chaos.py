@@ -37,6 +37,8 @@ from hyperion.daemon import control
 from hyperion.errors import HyperionError
 from hyperion.fastpath.program import FastPath
 from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
+from hyperion.slowpath.telemetry import QueueStatus
+from hyperion.slowpath.watchdog import QueueAction, TransitionRecord
 
 CLASS_PORT = 5300     # redirected to the slow path
 PLAIN_PORT = 5400     # passed by the fast path
@@ -86,7 +88,7 @@ class ScenarioResult:
     fault_queue: int
     # Fast-path fallbacks taken during the run: "pass/queue_fenced", "drop/redirect_failed", ...
     fallbacks: dict[str, int] = field(default_factory=dict)
-    transitions: list[dict[str, Any]] = field(default_factory=list)
+    transitions: list[TransitionRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -174,15 +176,15 @@ class DaemonUnderTest:
                 "--no-metrics", "--no-watch", "--watchdog-deadline", f"{deadline_ms:g}ms", *extra]
         self.proc = sb.popen(sb.host_ns, argv, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def queues(self) -> list[dict[str, Any]]:
+    def queues(self) -> list[QueueStatus]:
         with entered_netns(self.sb.host_ns):
             return list(control.request(self.sb.host_if, {"cmd": "queues"}, timeout=5)["queues"])
 
-    def request(self, action: control.QueueAction, queue: int | None = None) -> control.ControlReply:
+    def request(self, action: QueueAction, queue: int | None = None) -> control.ControlReply:
         with entered_netns(self.sb.host_ns):
             return control.request(self.sb.host_if, {"cmd": action, "queue": queue}, timeout=20)
 
-    def wait_active(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+    def wait_active(self, timeout: float = 30.0) -> list[QueueStatus]:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -210,8 +212,8 @@ class TransitionRecorder:
 
     def __init__(self, daemon: DaemonUnderTest, interval: float = 0.02) -> None:
         self.daemon, self.interval = daemon, interval
-        self.transitions: dict[tuple[int, float, str], dict[str, Any]] = {}
-        self.last: list[dict[str, Any]] = []
+        self.transitions: dict[tuple[int, float, str], TransitionRecord] = {}
+        self.last: list[QueueStatus] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -230,14 +232,14 @@ class TransitionRecorder:
                 for t in q.get("transitions", []):
                     self.transitions[(t["queue"], t["time"], t["to_state"])] = t
 
-    def stop(self) -> list[dict[str, Any]]:
+    def stop(self) -> list[TransitionRecord]:
         self._stop.set()
         self._thread.join(2)
         self.poll()
         return sorted(self.transitions.values(), key=lambda t: t["time"])
 
 
-def _worker_pid(queues: list[dict[str, Any]], queue: int) -> int:
+def _worker_pid(queues: list[QueueStatus], queue: int) -> int:
     for q in queues:
         if q["queue"] == queue and q["descriptors"]["worker_pid"]:
             return int(q["descriptors"]["worker_pid"])
@@ -251,7 +253,7 @@ def _fallback_counters(sb: Sandbox) -> dict[str, int]:
             for verdict in ("pass", "drop") for reason in ("queue_fenced", "redirect_failed")}
 
 
-def _redirects(queues: list[dict[str, Any]]) -> int:
+def _redirects(queues: list[QueueStatus]) -> int:
     return sum(int(q["redirect"].get("redirects", 0)) for q in queues)
 
 
@@ -295,11 +297,11 @@ def _inject(name: str, sb: Sandbox, daemon: DaemonUnderTest, queue: int, notes: 
         # side goes first (on a NIC, the switch or RSS decides instead).
         with entered_netns(sb.client_ns):
             set_channels(sb.client_if, queue)
-        answer = daemon.request("withdraw", queue)
+        answer = daemon.request(QueueAction.WITHDRAW, queue)
         notes.append(f"withdraw: channels {answer.get('was')} -> {answer.get('channels')}")
 
         def restore() -> None:
-            notes.append(f"restore: channels -> {daemon.request('restore').get('channels')}")
+            notes.append(f"restore: channels -> {daemon.request(QueueAction.RESTORE).get('channels')}")
             # Steer traffic back only once the queue serves again, as an operator would: until
             # then it is fenced, and a fail-closed class would drop what reaches it.
             daemon.wait_active(timeout=10)
@@ -307,7 +309,7 @@ def _inject(name: str, sb: Sandbox, daemon: DaemonUnderTest, queue: int, notes: 
                 set_channels(sb.client_if, queue + 1)
         return restore
     if name == "umem_rebind":
-        daemon.request("restart", queue)
+        daemon.request(QueueAction.RESTART, queue)
         return nothing
     if name == "overload":
         drops_before = softnet_drops(), veth_rx_dropped(sb)
