@@ -33,6 +33,7 @@ from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.loading import parse_policy
 from hyperion.slowpath import supervisor as slowpath
+from hyperion.slowpath.protocol import Event
 from hyperion.slowpath.supervisor import SlowPath
 from tests.conftest import program_with_policy
 from tests.netutil import UDPTOOL, Daemon, Receiver, counter, scrape, send, status, wait_for
@@ -105,8 +106,9 @@ class _NoFastPath:
     """SlowPath's constructor keeps its fast path for later; these tests never start it."""
 
 
-def _events(count: int) -> list[list[Any]]:
-    return [[0, 0, 0, 4, 17, 40000 + i % 1000, 53, 1, "c6336407", "c0000201", "evil.com"] for i in range(count)]
+def _events(count: int) -> list[Event]:
+    return [Event.from_json([0, 0, 0, 4, 17, 40000 + i % 1000, 53, 1, "c6336407", "c0000201", "evil.com"])
+            for i in range(count)]
 
 
 def test_pending_slowpath_events_are_bounded_and_what_is_refused_is_counted() -> None:

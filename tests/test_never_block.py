@@ -23,6 +23,7 @@ from hyperion.policy.neverblock import (
     never_block_entry,
     resolvers_from_resolv_conf,
 )
+from hyperion.slowpath.protocol import RulesCommand, RuleSpec
 from hyperion.slowpath.rules import compile_rules
 from hyperion.slowpath.worker import Worker
 
@@ -223,7 +224,8 @@ def test_the_spec_carries_the_list_and_the_caps_and_a_worker_rebuilds_them() -> 
         "    - {match: a.test, action: drop}\n"
         "    - {match: c2.test, action: block_source, ttl: 10m, max_blocks_per_second: 4}\n")
     compiled = compile_rules(policy)
-    rebuilt = Worker.compile({"spec": json.loads(json.dumps(compiled.spec))})
+    spec = RuleSpec.from_json(json.loads(json.dumps(compiled.spec.to_json())))
+    rebuilt = Worker.compile(RulesCommand(1, spec))
     for rules in (compiled.rules, rebuilt):
         assert rules.never_blocked(ip_address("203.0.113.255").packed)
         assert rules.never_blocked(ip_address("2001:db8:53:ffff::1").packed)

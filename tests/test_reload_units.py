@@ -16,6 +16,7 @@ from hyperion import _slowpath
 from hyperion.daemon import daemon as daemon_module
 from hyperion.errors import HyperionError, PolicyError, SlowPathError
 from hyperion.policy.loading import parse_policy
+from hyperion.slowpath.protocol import ControlLayout, Report, Retired, RulesApplied
 from hyperion.slowpath.rules import compile_rules
 from hyperion.slowpath.supervisor import ManagedQueue, SlowPath
 from hyperion.slowpath.watchdog import QueueHealth, QueueStateMachine
@@ -80,7 +81,7 @@ def test_workers_build_rules_from_the_serialized_databases_without_compiling() -
     rules = Worker.compile(command)
     took = time.monotonic() - start
     assert _slowpath.compile_count() == before, "the worker compiled the databases again"
-    assert command["generation"] == 7
+    assert command.generation == 7
     assert took < 0.5
     for name, rule in (("x17-beef.com", 17), ("x199-abcd.net", 199), ("evil.test", 200), ("x17-.com", None),
                        ("good.test", None)):
@@ -145,10 +146,9 @@ class FakeWorker:
         self.offered_generation, self.offered_at = generation, time.monotonic()
         if self.answers:
             old, self.generation = self.generation, generation
-            self.slowpath._on_message(self.queue_id, self, {"type": "rules_applied", "generation": generation})  # type: ignore[arg-type]
-            self.slowpath._on_message(self.queue_id, self, {"type": "retired", "generation": old, "hits": [1]})  # type: ignore[arg-type]
-            self.slowpath._on_message(self.queue_id, self, {"type": "report", "generation": generation,  # type: ignore[arg-type]
-                                                            "stats": {}, "hits": [1], "events": []})
+            self.slowpath._on_message(self.queue_id, self, RulesApplied(generation))  # type: ignore[arg-type]
+            self.slowpath._on_message(self.queue_id, self, Retired(old, [1]))  # type: ignore[arg-type]
+            self.slowpath._on_message(self.queue_id, self, Report(generation, {}, [1], []))  # type: ignore[arg-type]
         return True
 
 
@@ -298,7 +298,7 @@ class BeatingControl:
     """A control block whose heartbeat is always fresh: the loop runs, only the rules are not taken."""
 
     def __getitem__(self, item: slice) -> bytes:
-        return time.monotonic_ns().to_bytes(8, "little")
+        return bytes(ControlLayout(heartbeat_ns=time.monotonic_ns()))[item]
 
     def close(self) -> None:
         pass

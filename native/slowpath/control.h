@@ -1,23 +1,64 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /*
- * The control block a supervisor shares with its worker: one memfd, mapped by both. The
- * layout is defined here only; the extension exports its offsets (CONTROL_LAYOUT), Python
- * reads the block in one place (hyperion.worker.ControlBlock), and tests/test_limits.py
- * checks the two agree. Counters are written by the worker's loop as packets are handled,
- * so a scrape shows every packet already answered, without waiting for a report.
+ * The worker interface, C side: the control block a supervisor shares with its worker (one
+ * memfd, mapped by both), the worker's counters, the event record and the Rules constructor's
+ * arguments. Each is defined here only; the extension exports them (CONTROL_LAYOUT, STAT_NAMES,
+ * EVENT_FIELDS, RULE_SPEC_FIELDS), Python defines the same in hyperion.slowpath.protocol, and
+ * tests/unit/test_worker_protocol.py checks the two agree. Counters are written by the worker's
+ * loop as packets are handled, so a scrape shows every packet already answered, without
+ * waiting for a report.
  */
 #ifndef SP_CONTROL_H
 #define SP_CONTROL_H
 
 #include <stdint.h>
 
-/* Worker counters, in this order (the extension exports their names as STAT_NAMES). */
+#include "dns.h"
+
+/* Worker counters, in this order: X(ID, "name") generates enum sp_stat (ST_ID) and the names
+ * the extension exports as STAT_NAMES (and Queue.stats() uses). */
+#define SP_STATS(X)                                                                          \
+	X(RX, "rx") X(PASSED, "passed") X(DROPPED, "dropped") X(ALERTED, "alerted")             \
+	X(NXDOMAIN, "nxdomain") X(REFUSED, "refused") X(BLOCKED_SOURCES, "blocked_sources")     \
+	X(MALFORMED_DNS, "malformed_dns") X(DNS_INSPECTED, "dns_inspected")                     \
+	X(NOT_PARSED, "not_parsed") X(TX_SENT, "tx_sent") X(TX_FAILED, "tx_failed")             \
+	X(DELIVER_ERRORS, "deliver_errors") X(BLOCK_ERRORS, "block_errors")                     \
+	X(EVENTS_LOST, "events_lost") X(BATCHES, "batches") X(BUSY_NS, "busy_ns")               \
+	X(BLOCK_NEVER, "block_never_block") X(BLOCK_RATE_LIMITED, "block_rate_limited")         \
+	X(BLOCK_NOT_ESTABLISHED, "block_not_established") X(CSUM_COMPLETED, "csum_completed")   \
+	X(CSUM_BAD, "csum_bad")
+
 enum sp_stat {
-	ST_RX, ST_PASSED, ST_DROPPED, ST_ALERTED, ST_NXDOMAIN, ST_REFUSED, ST_BLOCKED_SOURCES,
-	ST_MALFORMED_DNS, ST_DNS_INSPECTED, ST_NOT_PARSED, ST_TX_SENT, ST_TX_FAILED, ST_DELIVER_ERRORS,
-	ST_BLOCK_ERRORS, ST_EVENTS_LOST, ST_BATCHES, ST_BUSY_NS,
-	ST_BLOCK_NEVER, ST_BLOCK_RATE_LIMITED, ST_BLOCK_NOT_ESTABLISHED, ST_CSUM_COMPLETED, ST_CSUM_BAD, ST_COUNT,
+#define SP_STAT_ENUM(id, name) ST_##id,
+	SP_STATS(SP_STAT_ENUM)
+#undef SP_STAT_ENUM
+	ST_COUNT,
 };
+
+/* One event (a packet a rule matched, or malformed DNS), as Queue.drain_events() returns it: a
+ * tuple of these fields in this order (module.c builds it from this list). */
+#define SP_EVENT_FIELDS(X) \
+	X(rule) X(action) X(malformed) X(ip_version) X(protocol) X(src_port) X(dst_port) X(qtype) X(saddr) \
+	X(daddr) X(qname)
+
+struct sp_event {
+	uint32_t rule;     /* SP_NO_RULE: None */
+	uint8_t action;
+	uint8_t malformed;
+	uint8_t ip_version;
+	uint8_t protocol;
+	uint16_t src_port;
+	uint16_t dst_port;
+	uint16_t qtype;
+	uint8_t saddr[16]; /* 4 bytes used for IPv4 */
+	uint8_t daddr[16];
+	char qname[DNS_MAX_NAME + 1];
+};
+
+/* The Rules constructor's arguments, in this order (its keywords; exported as RULE_SPEC_FIELDS):
+ * what a rule spec carries. The optional `databases` keyword follows them. */
+#define SP_RULE_SPEC_FIELDS(X) \
+	X(rules) X(names) X(dns_regex) X(classes) X(malformed_action) X(never_block) X(block_limits)
 
 /* Per-packet inspection latency buckets (upper bounds in module.c); the last is +Inf. */
 #define SP_LATENCY_BUCKETS 10

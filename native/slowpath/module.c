@@ -228,8 +228,12 @@ static int serialized_db(PyObject *item, const char **bytes, Py_ssize_t *len, ui
 
 static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"rules", "names", "dns_regex", "classes", "malformed_action", "never_block",
-				 "block_limits", "databases", NULL};
+	/* control.h's SP_RULE_SPEC_FIELDS, in order: the format string below takes them positionally. */
+	static char *kwlist[] = {
+#define SP_RULE_SPEC_KEYWORD(name) #name,
+		SP_RULE_SPEC_FIELDS(SP_RULE_SPEC_KEYWORD)
+#undef SP_RULE_SPEC_KEYWORD
+		"databases", NULL};
 	PyObject *rules, *names, *dns_regex, *classes, *never_block = NULL, *block_limits = NULL;
 	PyObject *databases = Py_None, *class_dbs = NULL;
 	PyObject *snapshot = NULL;
@@ -507,25 +511,11 @@ static PyTypeObject RulesType = {
 
 /* ----------------------------------------------------------------------- Queue */
 
-struct sp_event {
-	uint32_t rule;
-	uint8_t action;
-	uint8_t malformed;
-	uint8_t ip_version;
-	uint8_t protocol;
-	uint16_t src_port;
-	uint16_t dst_port;
-	uint16_t qtype;
-	uint8_t saddr[16];
-	uint8_t daddr[16];
-	char qname[DNS_MAX_NAME + 1];
-};
-
-static const char *stat_names[ST_COUNT] = {
-	"rx", "passed", "dropped", "alerted", "nxdomain", "refused", "blocked_sources", "malformed_dns",
-	"dns_inspected", "not_parsed", "tx_sent", "tx_failed", "deliver_errors", "block_errors", "events_lost",
-	"batches", "busy_ns", "block_never_block", "block_rate_limited", "block_not_established",
-	"csum_completed", "csum_bad",
+/* The counters' names, from control.h's one list. */
+static const char *const stat_names[ST_COUNT] = {
+#define SP_STAT_NAME(id, name) [ST_##id] = name,
+	SP_STATS(SP_STAT_NAME)
+#undef SP_STAT_NAME
 };
 
 typedef struct {
@@ -1134,6 +1124,65 @@ static PyObject *Queue_stats(QueueObject *self, PyObject *unused)
 	return d;
 }
 
+/* One converter per field of control.h's SP_EVENT_FIELDS: the record is built from that list, so
+ * its order is defined once. */
+static PyObject *event_rule(const struct sp_event *e)
+{
+	return e->rule == SP_NO_RULE ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(e->rule);
+}
+
+#define SP_EVENT_INT(field)                                         \
+	static PyObject *event_##field(const struct sp_event *e)    \
+	{                                                           \
+		return PyLong_FromUnsignedLong(e->field);           \
+	}
+SP_EVENT_INT(action)
+SP_EVENT_INT(malformed)
+SP_EVENT_INT(ip_version)
+SP_EVENT_INT(protocol)
+SP_EVENT_INT(src_port)
+SP_EVENT_INT(dst_port)
+SP_EVENT_INT(qtype)
+#undef SP_EVENT_INT
+
+static PyObject *event_saddr(const struct sp_event *e)
+{
+	return PyBytes_FromStringAndSize((const char *)e->saddr, e->ip_version == 6 ? 16 : 4);
+}
+
+static PyObject *event_daddr(const struct sp_event *e)
+{
+	return PyBytes_FromStringAndSize((const char *)e->daddr, e->ip_version == 6 ? 16 : 4);
+}
+
+static PyObject *event_qname(const struct sp_event *e)
+{
+	return qname_str(e->qname, strlen(e->qname));
+}
+
+static PyObject *(*const event_fields[])(const struct sp_event *) = {
+#define SP_EVENT_CONVERTER(field) event_##field,
+	SP_EVENT_FIELDS(SP_EVENT_CONVERTER)
+#undef SP_EVENT_CONVERTER
+};
+#define EVENT_FIELD_COUNT (sizeof(event_fields) / sizeof(event_fields[0]))
+
+static PyObject *event_record(const struct sp_event *e)
+{
+	PyObject *record = PyTuple_New(EVENT_FIELD_COUNT);
+
+	for (size_t i = 0; record && i < EVENT_FIELD_COUNT; i++) {
+		PyObject *value = event_fields[i](e);
+
+		if (!value) {
+			Py_CLEAR(record);
+			break;
+		}
+		PyTuple_SET_ITEM(record, i, value);
+	}
+	return record;
+}
+
 static PyObject *Queue_drain_events(QueueObject *self, PyObject *unused)
 {
 	struct sp_event *copy;
@@ -1156,14 +1205,13 @@ static PyObject *Queue_drain_events(QueueObject *self, PyObject *unused)
 	PyObject *list = PyList_New(n);
 
 	for (uint32_t i = 0; list && i < n; i++) {
-		struct sp_event *e = &copy[i];
-		size_t alen = e->ip_version == 6 ? 16 : 4;
+		PyObject *record = event_record(&copy[i]);
 
-		PyList_SET_ITEM(list, i, Py_BuildValue(
-			"(NiiiiiiHy#y#N)",
-			e->rule == SP_NO_RULE ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(e->rule),
-			e->action, e->malformed, e->ip_version, e->protocol, e->src_port, e->dst_port, e->qtype,
-			e->saddr, (Py_ssize_t)alen, e->daddr, (Py_ssize_t)alen, qname_str(e->qname, strlen(e->qname))));
+		if (!record) {
+			Py_CLEAR(list);
+			break;
+		}
+		PyList_SET_ITEM(list, i, record);
 	}
 	free(copy);
 	return list;
@@ -1288,6 +1336,23 @@ static struct PyModuleDef module_def = {
 	module_methods,
 };
 
+/* A tuple of C strings, for the exported lists of names. */
+static PyObject *names_tuple(const char *const *names, size_t count)
+{
+	PyObject *tuple = PyTuple_New((Py_ssize_t)count);
+
+	for (size_t i = 0; tuple && i < count; i++) {
+		PyObject *name = PyUnicode_FromString(names[i]);
+
+		if (!name) {
+			Py_CLEAR(tuple);
+			break;
+		}
+		PyTuple_SET_ITEM(tuple, i, name);
+	}
+	return tuple;
+}
+
 PyMODINIT_FUNC SP_MODULE_INIT(void)
 {
 	PyObject *m;
@@ -1312,10 +1377,7 @@ PyMODINIT_FUNC SP_MODULE_INIT(void)
 	PyModule_AddIntConstant(m, "UMEM_FRAME_SIZE", HYP_CAP_UMEM_FRAME_BYTES);
 	PyModule_AddIntConstant(m, "VLAN_MAX_DEPTH", sp_vlan_max_depth);
 	PyModule_AddIntConstant(m, "IPV6_EXT_MAX", sp_ipv6_ext_max);
-	PyObject *names = PyTuple_New(ST_COUNT);
-
-	for (int i = 0; names && i < ST_COUNT; i++)
-		PyTuple_SET_ITEM(names, i, PyUnicode_FromString(stat_names[i]));
+	PyObject *names = names_tuple(stat_names, ST_COUNT);
 	PyObject *bounds = PyTuple_New(LATENCY_BUCKETS);
 
 	for (size_t i = 0; bounds && i < LATENCY_BUCKETS; i++)
@@ -1338,5 +1400,26 @@ PyMODINIT_FUNC SP_MODULE_INIT(void)
 #ifdef HYP_FAULT_INJECTION
 	PyModule_AddIntConstant(m, "FLAG_STARVE_FILL", CTL_FLAG_STARVE_FILL);
 #endif
+	/* control.h's lists, for tests/unit/test_worker_protocol.py to compare with Python's. */
+	static const char *const event_names[] = {
+#define SP_EVENT_NAME(field) #field,
+		SP_EVENT_FIELDS(SP_EVENT_NAME)
+#undef SP_EVENT_NAME
+	};
+	static const char *const spec_names[] = {
+#define SP_RULE_SPEC_NAME(name) #name,
+		SP_RULE_SPEC_FIELDS(SP_RULE_SPEC_NAME)
+#undef SP_RULE_SPEC_NAME
+	};
+	PyObject *events = names_tuple(event_names, EVENT_FIELD_COUNT);
+	PyObject *spec = names_tuple(spec_names, sizeof(spec_names) / sizeof(spec_names[0]));
+
+	if (!events || !spec || PyModule_AddObject(m, "EVENT_FIELDS", events) < 0 ||
+	    PyModule_AddObject(m, "RULE_SPEC_FIELDS", spec) < 0) {
+		Py_XDECREF(events);
+		Py_XDECREF(spec);
+		Py_DECREF(m);
+		return NULL;
+	}
 	return m;
 }

@@ -16,6 +16,8 @@ IPV6_EXT_MAX: int
 STAT_NAMES: tuple[str, ...]
 LATENCY_BOUNDS: tuple[float, ...]
 CONTROL_LAYOUT: dict[str, int]
+EVENT_FIELDS: tuple[str, ...]
+RULE_SPEC_FIELDS: tuple[str, ...]
 
 def parse_dns(message: bytes, /) -> tuple[str, int] | None: ...
 def compile_count() -> int: ...

@@ -147,7 +147,7 @@ def test_compiled_rules_carry_each_actions_native_constant() -> None:
         for i, action in enumerate(get_args(model.DnsAction)))
     compiled = rules.compile_rules(parse_policy(text), never_block=[])
     assert compiled.actions == list(get_args(model.DnsAction))
-    assert [rules.ACTION_NAMES[action] for action, _, _ in compiled.spec[0]] == compiled.actions
+    assert [rules.ACTION_NAMES[action] for action, _, _ in compiled.spec.rules] == compiled.actions
 
 
 def test_modes_and_fallbacks_are_the_programs(abi: Abi) -> None:

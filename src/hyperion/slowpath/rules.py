@@ -15,6 +15,7 @@ from hyperion.errors import PolicyError
 from hyperion.policy import model
 from hyperion.policy.model import Action, Policy, SlowPathSection
 from hyperion.policy.neverblock import HostFacts, effective_never_block
+from hyperion.slowpath.protocol import RuleSpec
 
 log = logging.getLogger("hyperion.slowpath")
 
@@ -35,9 +36,9 @@ class CompiledRules:
     rules: Any                  # _slowpath.Rules
     labels: list[str]           # rule index -> "slow_path.dns_rules[0] match=evil.com action=drop"
     actions: list[str]          # rule index -> action name
-    # The Rules constructor's arguments, plain JSON: what a worker process builds its own Rules
-    # from, so it needs neither the policy model nor its validation.
-    spec: list[Any] = field(default_factory=list)
+    # The Rules constructor's arguments: what a worker process builds its own Rules from, so it
+    # needs neither the policy model nor its validation.
+    spec: RuleSpec = field(default_factory=RuleSpec)
 
 
 def _literal_pattern(literal: str) -> str:
@@ -104,9 +105,9 @@ def compile_slow_path_rules(slow: SlowPathSection,
     limits = [r.max_blocks_per_second or 0 for r in slow.dns_rules] + [
         s.max_blocks_per_second or 0 for s in slow.signatures]
     try:
-        spec: list[Any] = [rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action],
-                           [tuple(r) for r in never_block_ranges(networks)], limits]
-        compiled = _slowpath.Rules(*spec)
+        spec = RuleSpec(rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action],
+                        [(version, first, last) for version, first, last in never_block_ranges(networks)], limits)
+        compiled = spec.build()
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
     return CompiledRules(compiled, labels, actions, spec)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import fcntl
-import json
 import logging
 import mmap
 import os
@@ -41,7 +40,26 @@ from hyperion.kernel.netdev import (
 from hyperion.policy.model import Policy
 from hyperion.protocols import PROTOCOL_NAMES
 from hyperion.slowpath.delivery import TunDevice
-from hyperion.slowpath.protocol import CONTROL_BYTES, PIPE_MESSAGE_MAX, REQUIRED_SEALS, ControlBlock, encode_rules
+from hyperion.slowpath.protocol import (
+    CONTROL_BYTES,
+    PIPE_MESSAGE_MAX,
+    REQUIRED_SEALS,
+    Command,
+    ControlBlock,
+    Error,
+    Event,
+    Exiting,
+    ProtocolError,
+    Ready,
+    Report,
+    Retired,
+    RulesApplied,
+    RulesOffer,
+    WorkerMessage,
+    decode_message,
+    encode_command,
+    encode_rules,
+)
 from hyperion.slowpath.recovery import ActionResult, QueueWatchdog
 from hyperion.slowpath.rules import ACTION_NAMES, CompiledRules, compile_rules
 from hyperion.slowpath.telemetry import (
@@ -179,10 +197,10 @@ class WorkerProcess:
         now, read from the shared control block: exact at any moment, also after the process exited."""
         return {**(self.report or {}), **ControlBlock(self.control).counters()}
 
-    def send(self, message: dict[str, Any]) -> bool:
+    def send(self, command: Command) -> bool:
         """A small command on stdin, never blocking: a pipe write of at most PIPE_BUF bytes either
         goes in whole or fails with EAGAIN (the worker is not reading: the watchdog's business)."""
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        data = encode_command(command)
         if len(data) > PIPE_MESSAGE_MAX:
             log.error("worker %d: a %d-byte command does not fit a pipe write; not sent", self.pid, len(data))
             return False
@@ -200,8 +218,7 @@ class WorkerProcess:
         if self.channel is None:
             return False
         try:
-            message = json.dumps({"cmd": "rules", "generation": generation}).encode()
-            socket.send_fds(self.channel, [message], [blob.fd], socket.MSG_DONTWAIT)
+            socket.send_fds(self.channel, [RulesOffer(generation).encode()], [blob.fd], socket.MSG_DONTWAIT)
             return True
         except OSError:
             return False
@@ -368,8 +385,9 @@ class SlowPath:
         try:
             for line in worker.proc.stdout:
                 try:
-                    message = json.loads(line)
-                except ValueError:
+                    message = decode_message(line)
+                except ProtocolError as exc:
+                    log.warning("queue %d worker: %s", queue_id, exc)
                     continue
                 self._on_message(queue_id, worker, message)
         except (OSError, ValueError, KeyError, TypeError):
@@ -377,30 +395,29 @@ class SlowPath:
         finally:
             worker.exited.set()
 
-    def _on_message(self, queue_id: int, worker: WorkerProcess, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "ready":
-            worker.zerocopy = bool(message.get("zerocopy"))
-            worker.compiles = message.get("compiles")
+    def _on_message(self, queue_id: int, worker: WorkerProcess, message: WorkerMessage) -> None:
+        if isinstance(message, Ready):
+            worker.zerocopy = message.zerocopy
+            worker.compiles = message.compiles
             worker.ready.set()
-        elif kind == "rules_applied":
+        elif isinstance(message, RulesApplied):
             with self._data:
-                worker.applied_generation = max(worker.applied_generation, int(message["generation"]))
+                worker.applied_generation = max(worker.applied_generation, message.generation)
                 self._prune_generations()
-        elif kind == "report":
+        elif isinstance(message, Report):
             with self._data:
-                worker.report = message["stats"]
-                worker.live_hits[message["generation"]] = message["hits"]
-                self._queue_events(queue_id, message["generation"], message.get("events", []))
-        elif kind == "retired":
+                worker.report = message.stats
+                worker.live_hits[message.generation] = message.hits
+                self._queue_events(queue_id, message.generation, message.events)
+        elif isinstance(message, Retired):
             with self._data:
-                self._retire(message["generation"], message["hits"])
-                worker.live_hits.pop(message["generation"], None)
+                self._retire(message.generation, message.hits)
+                worker.live_hits.pop(message.generation, None)
                 self._prune_generations()
-        elif kind == "exiting":
-            worker.exiting = f"exiting on {message.get('signal')}"
-        elif kind == "error":
-            worker.error = message.get("message")
+        elif isinstance(message, Exiting):
+            worker.exiting = f"exiting on {message.signal}"
+        elif isinstance(message, Error):
+            worker.error = message.message
             log.error("queue %d worker: %s", queue_id, worker.error)
 
     def _end_worker(self, mq: ManagedQueue, graceful: bool) -> None:
@@ -629,23 +646,24 @@ class SlowPath:
         else:
             self._pending_events.append(event)
 
-    def _queue_events(self, queue_id: int, generation: int, events: list[list[Any]]) -> None:
+    def _queue_events(self, queue_id: int, generation: int, events: list[Event]) -> None:
         if self.event_sink is None:
             return
         labels = self._rules_by_generation.get(generation, self.rules).labels
-        for rule, action, malformed, version, protocol, sport, dport, qtype, saddr, daddr, qname in events:
+        for event in events:
             if len(self._pending_events) >= MAX_PENDING_EVENTS:
                 self.events_dropped += 1
                 continue
+            rule = event.rule
             self._pending_events.append({
                 "time": _utc_now(), "source": "slowpath", "queue": queue_id,
-                "action": ACTION_NAMES.get(action, str(action)),
-                "reason": "malformed_dns" if malformed else "rule",
+                "action": ACTION_NAMES.get(event.action, str(event.action)),
+                "reason": "malformed_dns" if event.malformed else "rule",
                 "rule": labels[rule] if rule is not None and rule < len(labels) else None,
-                "src": str(ip_address(bytes.fromhex(saddr))) if version else None,
-                "dst": str(ip_address(bytes.fromhex(daddr))) if version else None,
-                "protocol": PROTOCOL_NAMES.get(protocol, protocol), "src_port": sport, "dst_port": dport,
-                "qname": qname or None, "qtype": qtype or None,
+                "src": str(ip_address(event.saddr)) if event.ip_version else None,
+                "dst": str(ip_address(event.daddr)) if event.ip_version else None,
+                "protocol": PROTOCOL_NAMES.get(event.protocol, event.protocol), "src_port": event.src_port,
+                "dst_port": event.dst_port, "qname": event.qname or None, "qtype": event.qtype or None,
             })
 
 

@@ -9,24 +9,23 @@ Channels with the supervisor:
   and a shared control block (memfd) whose heartbeat word the native loop
   writes every iteration, so the watchdog sees a stalled loop, not just a
   stalled process;
-- stdin: JSON commands, one per line ({"cmd": "rules", "spec": ...}, {"cmd": "register"},
-  {"cmd": "stop"}); end of file (the supervisor died) stops the worker;
+- stdin: JSON commands, one per line (protocol.Command: rules, register, stop); end of
+  file (the supervisor died) stops the worker;
 - rule sets, which can be megabytes: never through a pipe (a worker that stops
   reading would block its writer). The supervisor compiles once and writes the
   spec and the serialized Hyperscan databases into a sealed memfd
   (encode_rules). The first one is passed at start (--rules-memfd); later ones
   arrive over a unix seqpacket socket (--rules-socket), one datagram each, a
-  tiny JSON {"cmd": "rules", "generation": N} carrying the memfd as SCM_RIGHTS;
-- stdout: JSON messages, one per line: "ready", then a "report" (stats, rule
-  hits, events) every REPORT_INTERVAL, "retired" with the final hits of a
-  replaced rule set, and "rules_applied" with the generation now in force.
+  tiny JSON (protocol.RulesOffer) carrying the memfd as SCM_RIGHTS;
+- stdout: JSON messages (protocol.WorkerMessage), one per line: "ready", then a
+  "report" (stats, rule hits, events) every REPORT_INTERVAL, "retired" with the
+  final hits of a replaced rule set, and "rules_applied" with the generation now in force.
 SIGTERM stops the loop and closes the socket before exiting.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import mmap
 import os
 import signal
@@ -41,6 +40,23 @@ from hyperion.slowpath.protocol import (
     CONTROL_BYTES,
     REPORT_INTERVAL,
     RULES_MESSAGE_MAX,
+    Command,
+    Error,
+    Event,
+    Exiting,
+    ProtocolError,
+    Ready,
+    RegisterCommand,
+    Registered,
+    Report,
+    Retired,
+    RulesApplied,
+    RulesCommand,
+    RulesOffer,
+    StopCommand,
+    WorkerMessage,
+    decode_command,
+    encode_message,
     read_rules_memfd,
 )
 
@@ -57,22 +73,17 @@ class Worker:
         self.stopping = threading.Event()
         self._rules_lock = threading.Lock()  # rules from stdin and from the rules socket, one at a time
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: WorkerMessage) -> None:
         with self._out_lock:
-            self.out.write(json.dumps(message, separators=(",", ":")) + "\n")
+            self.out.write(encode_message(message))
             self.out.flush()
 
     @staticmethod
-    def compile(command: dict[str, Any]) -> Any:
+    def compile(command: RulesCommand) -> Any:
         """The supervisor validated and compiled the policy once; this only builds the native
-        rule set from its arguments (tuples arrive as JSON lists) and, when the command carries
-        them, the supervisor's serialized databases (then Hyperscan compiles nothing here)."""
-        rules, names, dns_regex, classes, malformed_action, never_block, block_limits = command["spec"][:7]
-        return _slowpath.Rules([tuple(r) for r in rules], [tuple(n) for n in names],
-                               [tuple(d) for d in dns_regex],
-                               [(p, port, [tuple(x) for x in pats]) for p, port, pats in classes], malformed_action,
-                               [tuple(r) for r in never_block], list(block_limits),
-                               databases=command.get("databases"))
+        rule set from its spec and, when the command carries them, the supervisor's serialized
+        databases (then Hyperscan compiles nothing here)."""
+        return command.spec.build(command.databases)
 
     def open_queue(self, rules: Any, zerocopy: bool) -> Any:
         a = self.args
@@ -80,9 +91,9 @@ class Worker:
                                deliver_fd=a.deliver_fd, frames=a.frames, ring_size=a.ring_size, zerocopy=zerocopy,
                                events=a.events, control=self.control)
 
-    def start(self, first: dict[str, Any]) -> None:
+    def start(self, first: RulesCommand) -> None:
         self.rules = self.compile(first)
-        self.generation = first["generation"]
+        self.generation = first.generation
         mode = self.args.zerocopy
         try:
             self.queue = self.open_queue(self.rules, zerocopy=mode in ("on", "auto"))
@@ -94,30 +105,29 @@ class Worker:
             zerocopy = False
         confine(self.args)  # bound and in xsk_map: nothing privileged is left to do
         # compiles: Hyperscan compiles this process did (0: it took the supervisor's databases).
-        self.send({"type": "ready", "zerocopy": zerocopy, "generation": self.generation,
-                   "compiles": _slowpath.compile_count()})
+        self.send(Ready(zerocopy, self.generation, _slowpath.compile_count()))
 
-    def handle(self, command: dict[str, Any]) -> None:
-        if command["cmd"] == "rules":
+    def handle(self, command: Command) -> None:
+        if isinstance(command, RulesCommand):
             rules = self.compile(command)
             with self._rules_lock:
                 old, old_generation = self.rules, self.generation
                 self.queue.set_rules(rules)
-                self.rules, self.generation = rules, command["generation"]
+                self.rules, self.generation = rules, command.generation
                 # After set_rules no batch uses the old set: its hits are final.
-                self.send({"type": "retired", "generation": old_generation, "hits": old.hits()})
-                self.send({"type": "rules_applied", "generation": self.generation})
-        elif command["cmd"] == "register":
+                self.send(Retired(old_generation, old.hits()))
+                self.send(RulesApplied(self.generation))
+        elif isinstance(command, RegisterCommand):
             self.queue.register()
-            self.send({"type": "registered"})
-        elif command["cmd"] == "stop":
+            self.send(Registered())
+        elif isinstance(command, StopCommand):
             self.stop()
 
     def stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         if signum and not self.stopping.is_set():
             # Before the socket closes (which removes its xsk_map entry): the supervisor then
             # knows why redirects start failing.
-            self.send({"type": "exiting", "signal": signal.Signals(signum).name})
+            self.send(Exiting(signal.Signals(signum).name))
         self.stopping.set()
         if self.queue is not None:
             self.queue.stop()
@@ -127,11 +137,8 @@ class Worker:
         # Under the rules lock: a generation's hits go out with its number, and never after its
         # "retired" message (the supervisor would count them twice).
         with self._rules_lock:
-            self.send({
-                "type": "report", "generation": self.generation, "stats": self.queue.stats(),
-                "hits": self.rules.hits(),
-                "events": [[*e[:8], e[8].hex(), e[9].hex(), e[10]] for e in events],
-            })
+            self.send(Report(self.generation, self.queue.stats(), self.rules.hits(),
+                             [Event.from_native(e) for e in events]))
 
     def reporter(self) -> None:
         while not self.stopping.wait(REPORT_INTERVAL):
@@ -147,16 +154,16 @@ class Worker:
             if not data:
                 return  # the supervisor closed its end
             try:
-                message = json.loads(data)
+                offer = RulesOffer.decode(data)
                 if not fds:
-                    raise ValueError("rules message without its memfd")
+                    raise ProtocolError("rules message without its memfd")
                 command = read_rules_memfd(fds.pop(0))
-                if command["generation"] != message.get("generation"):
-                    raise ValueError(f"memfd holds generation {command['generation']}, "
-                                     f"message says {message.get('generation')}")
+                if command.generation != offer.generation:
+                    raise ProtocolError(f"memfd holds generation {command.generation}, "
+                                        f"message says {offer.generation}")
                 self.handle(command)
             except Exception as exc:  # reported; no acknowledgement, so the supervisor replaces this worker
-                self.send({"type": "error", "message": f"rules: {type(exc).__name__}: {exc}"})
+                self.send(Error(f"rules: {type(exc).__name__}: {exc}"))
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -164,9 +171,9 @@ class Worker:
     def commands(self, stdin: IO[str]) -> None:
         for line in stdin:
             try:
-                self.handle(json.loads(line))
+                self.handle(decode_command(line))
             except Exception as exc:  # a bad command is reported, the loop keeps running
-                self.send({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
+                self.send(Error(f"{type(exc).__name__}: {exc}"))
         self.stop()  # end of file: the supervisor is gone
 
 
@@ -209,13 +216,16 @@ def main(argv: list[str] | None = None) -> int:
             first = sys.stdin.readline()
             if not first:
                 return 0
-            first_command = json.loads(first)
+            command = decode_command(first)
+            if not isinstance(command, RulesCommand):
+                raise ProtocolError(f"the first command must be rules, not {command.type.value}")
+            first_command = command
         # Made before the worker confines itself: wrapping a descriptor asks the kernel for its family
         # (getsockname), which the seccomp allowlist refuses.
         channel = socket.socket(fileno=args.rules_socket) if args.rules_socket is not None else None
         worker.start(first_command)
     except Exception as exc:
-        worker.send({"type": "error", "message": f"{type(exc).__name__}: {exc}", "fatal": True})
+        worker.send(Error(f"{type(exc).__name__}: {exc}", fatal=True))
         return 1
     loop = threading.Thread(target=worker.queue.run, name="xsk-loop", daemon=True)
     loop.start()
