@@ -73,7 +73,7 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 		off += 40;
 		for (int i = 0; i < HYP_IPV6_EXT_MAX; i++) {
 			if (next != HYP_IPPROTO_HOPOPTS && next != HYP_IPPROTO_ROUTING && next != HYP_IPPROTO_DSTOPTS &&
-			    next != HYP_IPPROTO_FRAGMENT)
+			    next != HYP_IPPROTO_FRAGMENT && next != HYP_IPPROTO_AH)
 				break;
 			if (off + 8 > len)
 				return -1;
@@ -82,7 +82,11 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p)
 				return -1; /* non-first fragment */
 			if (next == HYP_IPPROTO_FRAGMENT && (rd16(frame + off + 2) & HYP_IP6_FRAG_MF))
 				p->first_fragment = 1; /* M set; M clear is an atomic fragment, a whole datagram */
-			size_t ext = next == HYP_IPPROTO_FRAGMENT ? 8 : ((size_t)frame[off + 1] + 1) * 8;
+			/* As the XDP parser: AH counts 4-byte units minus 2 (RFC 4302), the others 8-byte
+			 * units minus 1, the fragment header is 8 bytes. */
+			size_t ext = next == HYP_IPPROTO_FRAGMENT ? 8
+				     : next == HYP_IPPROTO_AH  ? ((size_t)frame[off + 1] + 2) * 4
+								 : ((size_t)frame[off + 1] + 1) * 8;
 
 			next = frame[off];
 			off += ext;
