@@ -554,17 +554,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return dispatch(build_parser().parse_args(argv))
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Runs parsed arguments (build_parser) as `hyperion` would."""
+def dispatch(args: argparse.Namespace, prog: str = "hyperion") -> int:
+    """Runs parsed arguments (build_parser) as `hyperion` would; errors are printed as PROG: error: ..."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args))
     except HyperionError as exc:
-        print(f"hyperion: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ValueError as exc:  # duration and similar argument parsing
-        print(f"hyperion: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hyperion.errors import HyperionError
-
-EXIT_ERROR = 2
+from hyperion.cli.main import dispatch
 
 DEFAULT_SANDBOX = "hypsbx"
 
@@ -154,17 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return int(args.func(args))
-    except HyperionError as exc:
-        print(f"hyperion-lab: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as exc:
-        print(f"hyperion-lab: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    return dispatch(build_parser().parse_args(argv), prog="hyperion-lab")
 
 
 if __name__ == "__main__":
