@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import STATE_ROOT, pin_dir_for
+from hyperion.fastpath.loader import STATE_ROOT, pin_dir_for
 
 log = logging.getLogger("hyperion.control")
 
