@@ -61,9 +61,10 @@ class FastPathStatus(TypedDict):
 class FastPath:
     """The fast path: its program (loader), its maps (adapter) and dynamic blocklist, and the logic."""
 
-    def __init__(self, loader: BpfLoader) -> None:
+    def __init__(self, loader: BpfLoader, adapter: MapAdapter | None = None) -> None:
+        """adapter: the maps, by default opened from the loader's map fds."""
         self.loader = loader
-        self.adapter = MapAdapter.from_fds(loader.abi, loader.map_fds, loader.templates)
+        self.adapter = adapter or MapAdapter.from_fds(loader.abi, loader.map_fds, loader.templates)
         evictions = None if loader.pin_dir is None else state_dir_for(loader.pin_dir) / DYN_EVICTIONS
         self.blocklist = DynamicBlocklist(self.adapter, evictions)
 
