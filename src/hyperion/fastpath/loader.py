@@ -171,14 +171,14 @@ class BpfLoader:
         ifindex = ifindex_of(ifname)
         pin_dir = pin_dir_for(ifname, pin_root)
         if (pin_dir / LINK_PIN).exists():
-            if pinned_link_ifindex(pin_dir) == ifindex:
+            if _pinned_link_ifindex(pin_dir) == ifindex:
                 return cls.open(ifname, object_path, pin_root)
-            remove_pins(pin_dir)  # the interface was deleted and re-created: stale state
+            _remove_pins(pin_dir)  # the interface was deleted and re-created: stale state
         if xdp_attach_mode(ifname) is not None:
             # Said now rather than when link() fails, before the caller fills maps and starts workers.
-            raise AttachError(attach_failure(ifname, mode, 16))
+            raise AttachError(_attach_failure(ifname, mode, 16))
         abi = load_abi(object_path)
-        make_pin_dir(pin_dir)
+        _make_pin_dir(pin_dir)
         obj = BpfObject(abi.object_path)
         try:
             templates = obj.inner_templates()
@@ -187,7 +187,7 @@ class BpfLoader:
         except BaseException:
             obj.close()
             if not (pin_dir / LINK_PIN).exists():
-                remove_pins(pin_dir)
+                _remove_pins(pin_dir)
             raise
         loader.linked = False
         loader._mode = mode
@@ -223,7 +223,7 @@ class BpfLoader:
         link_fd = libbpf.lib().bpf_link_create(self._object.program_fd(), self._ifindex, libbpf.BPF_XDP,
                                                ctypes.byref(opts))
         if link_fd < 0:
-            raise AttachError(attach_failure(self.ifname, self._mode, -link_fd))
+            raise AttachError(_attach_failure(self.ifname, self._mode, -link_fd))
         try:
             libbpf.obj_pin(link_fd, str(self.pin_dir / LINK_PIN))
         except BaseException:
@@ -237,7 +237,7 @@ class BpfLoader:
         """After close(): removes the pins and state of a program that was never linked (nothing else
         used them); an attached one keeps everything."""
         if not self.linked and self.pin_dir is not None and not (self.pin_dir / LINK_PIN).exists():
-            detach_pin_dir(self.pin_dir)
+            _detach_pin_dir(self.pin_dir)
 
     def is_attached(self) -> bool:
         """True while the pinned link still attaches the program to the interface of that name: false
@@ -245,7 +245,7 @@ class BpfLoader:
         if not self.linked or self.pin_dir is None or self.ifname is None:
             return False
         try:
-            return pinned_link_ifindex(self.pin_dir) == ifindex_of(self.ifname) != 0
+            return _pinned_link_ifindex(self.pin_dir) == ifindex_of(self.ifname) != 0
         except HyperionError:
             return False
 
@@ -282,7 +282,7 @@ class BpfLoader:
     @staticmethod
     def detach(ifname: str, pin_root: Path | None = None) -> bool:
         """Detaches the program and removes the interface's pins. False if nothing was attached."""
-        return detach_pin_dir(pin_dir_for(ifname, pin_root))
+        return _detach_pin_dir(pin_dir_for(ifname, pin_root))
 
 
 def xdp_attach_mode(ifname: str) -> str | None:
@@ -298,7 +298,7 @@ def xdp_attach_mode(ifname: str) -> str | None:
     return {1: "native", 2: "generic", 3: "offload"}.get(xdp.get("mode"), str(xdp.get("mode")))
 
 
-def detach_pin_dir(pin_dir: Path) -> bool:
+def _detach_pin_dir(pin_dir: Path) -> bool:
     """Detaches the link pinned in pin_dir and removes the pins and the state beside them."""
     state = state_dir_for(pin_dir)
     if state.is_dir():
@@ -317,7 +317,7 @@ def detach_pin_dir(pin_dir: Path) -> bool:
                 libbpf.check(rc, f"detach XDP link pinned in {pin_dir}")
         finally:
             os.close(link_fd)
-    remove_pins(pin_dir)
+    _remove_pins(pin_dir)
     return True
 
 
@@ -329,7 +329,7 @@ def detach_netns(netns_ino: int, pin_root: Path | None = None) -> list[str]:
         return []
     done = []
     for pin_dir in sorted(root.iterdir()):
-        if pin_dir.name.startswith(prefix) and detach_pin_dir(pin_dir):
+        if pin_dir.name.startswith(prefix) and _detach_pin_dir(pin_dir):
             done.append(pin_dir.name[len(prefix):])
     if pin_root is None and STATE_ROOT.is_dir():
         # The namespace goes away with its interfaces: their owner locks (hyperion.daemon.owner) too.
@@ -338,7 +338,7 @@ def detach_netns(netns_ino: int, pin_root: Path | None = None) -> list[str]:
     return done
 
 
-def pinned_link_ifindex(pin_dir: Path) -> int:
+def _pinned_link_ifindex(pin_dir: Path) -> int:
     """The ifindex the link pinned in pin_dir attaches to; 0 without one or when it is defunct."""
     try:
         fd = libbpf.obj_get(str(pin_dir / LINK_PIN))
@@ -350,7 +350,7 @@ def pinned_link_ifindex(pin_dir: Path) -> int:
         os.close(fd)
 
 
-def make_pin_dir(pin_dir: Path) -> None:
+def _make_pin_dir(pin_dir: Path) -> None:
     if not Path("/sys/fs/bpf").is_mount() and pin_dir.is_relative_to("/sys/fs/bpf"):
         raise HyperionError("bpffs is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")
     private_dir(pin_dir.parent)
@@ -366,7 +366,7 @@ def private_dir(directory: Path, parents: bool = False) -> None:
         os.chmod(directory, 0o700)
 
 
-def remove_pins(pin_dir: Path) -> None:
+def _remove_pins(pin_dir: Path) -> None:
     if not pin_dir.exists():
         return
     for entry in pin_dir.iterdir():
@@ -374,7 +374,7 @@ def remove_pins(pin_dir: Path) -> None:
     pin_dir.rmdir()
 
 
-def attach_failure(ifname: str, mode: str, err: int) -> str:
+def _attach_failure(ifname: str, mode: str, err: int) -> str:
     if err == 95 and mode == "native":  # EOPNOTSUPP
         return f"{ifname}: the driver has no native XDP support; use --mode generic"
     if err == 16:  # EBUSY
