@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hyperion.errors import AbiError
-from hyperion.fastpath import program as fastpath
+from hyperion.fastpath import loader
 from hyperion.kernel.abi import Abi, packer
 from hyperion.policy import compiler
 
@@ -57,7 +57,7 @@ def test_lpm_key_layout_is_prefix_then_address(abi: Abi) -> None:
 
 
 def test_every_map_python_uses_exists_in_the_object(abi: Abi) -> None:
-    obj = fastpath.BpfObject(abi.object_path)
+    obj = loader.BpfObject(abi.object_path)
     try:
         names = {name for name, _ in obj.maps()}
         templates = obj.inner_templates()

@@ -25,8 +25,9 @@ from scapy.packet import Raw
 
 from hyperion.daemon.metrics import _slowpath_families_of
 from hyperion.errors import HyperionError, SlowPathError
-from hyperion.fastpath.program import FastPath, ifindex_of
+from hyperion.fastpath.program import FastPath
 from hyperion.kernel.abi import Abi
+from hyperion.kernel.netdev import ifindex_of
 from hyperion.kernel.testrun import run_xdp
 from hyperion.lab.generator import Generator, TrafficSpec
 from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns

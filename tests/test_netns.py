@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hyperion.fastpath.program import PIN_ROOT
+from hyperion.fastpath.loader import PIN_ROOT
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox
 from tests.netutil import (
     HYPERION,

@@ -48,7 +48,8 @@ from hyperion.daemon.privileges import (
     parse_status,
 )
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import STATE_ROOT, FastPath, pin_dir_for
+from hyperion.fastpath.loader import STATE_ROOT, pin_dir_for
+from hyperion.fastpath.program import FastPath
 from hyperion.lab.sandbox import Sandbox, entered_netns
 from tests.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
 from tests.test_slowpath import dig, dnsmasq

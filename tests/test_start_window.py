@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.fastpath.program import PIN_ROOT
+from hyperion.fastpath.loader import PIN_ROOT
 from hyperion.lab.bench import BaselineProgram
 from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
 from tests.netutil import (

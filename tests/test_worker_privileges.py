@@ -27,7 +27,7 @@ import pytest
 
 from hyperion.daemon.privileges import resolve_worker_user
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import pin_dir_for
+from hyperion.fastpath.loader import pin_dir_for
 from hyperion.lab.sandbox import Sandbox, entered_netns
 from tests.netutil import Daemon, hyperion, wait_for
 from tests.test_slowpath import dig, dnsmasq

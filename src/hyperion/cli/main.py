@@ -20,8 +20,10 @@ from hyperion.daemon.owner import InterfaceBusyError, InterfaceLock, Owner, Owne
 from hyperion.daemon.privileges import DEFAULT_WORKER_USER
 from hyperion.durations import format_duration, parse_duration
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import PIN_ROOT, FastPath, ifindex_of, netns_inode, object_capacities
+from hyperion.fastpath.loader import PIN_ROOT, object_capacities
+from hyperion.fastpath.program import FastPath
 from hyperion.kernel.abi import load_abi
+from hyperion.kernel.netdev import ifindex_of, netns_inode
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.diff import policy_diff
 from hyperion.policy.loading import load_policy, parse_policy, read_policy
@@ -214,9 +216,11 @@ def cmd_queues(args: argparse.Namespace) -> int:
         # No daemon: what the fast path itself knows (states survive in the pinned map).
         with FastPath.open(ifname) as fastpath:
             counters = fastpath.queue_counters()
-            queues = [{"queue": q, "state": st["state"], "reason": st["reason"], "restarts": st["restarts"],
-                       "redirect": {"bpf_state": st["state"], **counters.get(q, {})}}
-                      for q, st in sorted(fastpath.queue_states().items())]
+            rows: list[dict[str, Any]] = [
+                {"queue": q, "state": st["state"], "reason": st["reason"], "restarts": st["restarts"],
+                 "redirect": {"bpf_state": st["state"], **counters.get(q, {})}}
+                for q, st in sorted(fastpath.queue_states().items())]
+            queues = rows
         source = "fast path (no daemon running)"
     if args.json:
         print(json.dumps({"interface": ifname, "source": source, "queues": queues}, indent=2))

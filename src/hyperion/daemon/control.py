@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal, TypedDict, get_args, get_type_hints
 
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import STATE_ROOT, pin_dir_for
+from hyperion.fastpath.loader import STATE_ROOT, pin_dir_for
 from hyperion.slowpath.telemetry import QueueStatus
 from hyperion.slowpath.watchdog import QueueAction
 

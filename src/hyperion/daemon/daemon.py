@@ -45,7 +45,8 @@ from hyperion.daemon.metrics import FastPathCollector, MetricsServer, ReloadStat
 from hyperion.daemon.owner import InterfaceBusyError, InterfaceLock, OwnerRole
 from hyperion.daemon.watch import PolicyWatcher
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import FastPath, object_capacities
+from hyperion.fastpath.loader import object_capacities
+from hyperion.fastpath.program import FastPath
 from hyperion.kernel.abi import load_abi
 from hyperion.policy.compiler import CompiledPolicy, PolicyCompiler, fast_path_rule_name
 from hyperion.policy.loading import read_policy

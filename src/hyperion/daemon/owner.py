@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import STATE_ROOT, _private_dir, pin_dir_for
+from hyperion.fastpath.loader import STATE_ROOT, pin_dir_for, private_dir
 
 POLL_SECONDS = 0.05
 
@@ -85,7 +85,7 @@ class InterfaceLock:
         """Takes the lock. A daemon owner is refused at once (InterfaceBusyError); a one-shot CLI
         writer is waited for, up to `wait` seconds."""
         path = lock_path(ifname)
-        _private_dir(STATE_ROOT, parents=True)
+        private_dir(STATE_ROOT, parents=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         deadline = time.monotonic() + wait
         try:

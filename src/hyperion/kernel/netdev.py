@@ -1,4 +1,5 @@
-"""Network-device facts and settings the slow path needs: RX channels, RSS, driver AF_XDP counters."""
+"""Network-device facts and settings (not BPF): interface indexes, the network namespace, the boot clock,
+and what the slow path needs: RX channels, RSS, driver AF_XDP counters."""
 
 from __future__ import annotations
 
@@ -6,15 +7,33 @@ import ctypes
 import fcntl
 import json
 import logging
+import os
 import re
 import socket
 import struct
 import subprocess
 import time
 
-from hyperion.errors import SlowPathError
+from hyperion.errors import AttachError, SlowPathError
 
 log = logging.getLogger("hyperion.slowpath")
+
+
+def netns_inode() -> int:
+    """The inode of this process's network namespace (names pin directories, owner locks)."""
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def ifindex_of(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise AttachError(f"interface {ifname!r} does not exist in this network namespace") from None
+
+
+def boottime_ns() -> int:
+    """CLOCK_BOOTTIME, the clock of bpf_ktime_get_boot_ns()."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
 _SIOCETHTOOL = 0x8946

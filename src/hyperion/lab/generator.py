@@ -38,8 +38,9 @@ from importlib import resources
 from pathlib import Path
 
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import BpfObject, ifindex_of
+from hyperion.fastpath.loader import BpfObject
 from hyperion.kernel import libbpf
+from hyperion.kernel.netdev import ifindex_of
 from hyperion.kernel.testrun import run_live_frames
 
 # Bounds for one run, whatever is asked: a load loop never runs away.

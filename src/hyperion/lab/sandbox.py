@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import STATE_ROOT, detach_netns
+from hyperion.fastpath.loader import STATE_ROOT, detach_netns
 
 NAME_PREFIX = "hyp"
 NETNS_DIR = Path("/run/netns")

@@ -26,8 +26,10 @@ from typing import Any
 
 from hyperion.daemon.daemon import DEFAULT_EVENTS_PER_SEC
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import BpfObject, FastPath, ifindex_of
+from hyperion.fastpath.loader import BpfObject
+from hyperion.fastpath.program import FastPath
 from hyperion.kernel import libbpf
+from hyperion.kernel.netdev import ifindex_of
 from hyperion.lab.generator import Generator, GeneratorResult, tool_object
 from hyperion.lab.sandbox import Sandbox, entered_netns, in_netns
 from hyperion.policy.compiler import PolicyCompiler
