@@ -31,26 +31,24 @@ from pathlib import Path
 import pytest
 
 from hyperion.cli.main import build_parser
-from hyperion.daemon import privileges
 from hyperion.daemon.daemon import DEFAULT_METRICS_ADDR
 from hyperion.daemon.metrics import parse_listen_address
-from hyperion.daemon.privileges import (
-    DAEMON_CAPABILITIES,
+from hyperion.daemon.privileges import DAEMON_CAPABILITIES, daemon_capabilities, drop_privileges
+from hyperion.errors import HyperionError
+from hyperion.fastpath.loader import STATE_ROOT, pin_dir_for
+from hyperion.fastpath.program import FastPath
+from hyperion.kernel import capabilities
+from hyperion.kernel.capabilities import (
     PR_CAP_AMBIENT,
     PR_CAP_AMBIENT_CLEAR_ALL,
     PR_CAPBSET_DROP,
     PR_SET_NO_NEW_PRIVS,
-    WORKER_SWITCH_CAPABILITIES,
     current_capabilities,
-    daemon_capabilities,
-    drop_privileges,
     mask_of,
     parse_status,
 )
-from hyperion.errors import HyperionError
-from hyperion.fastpath.loader import STATE_ROOT, pin_dir_for
-from hyperion.fastpath.program import FastPath
 from hyperion.lab.sandbox import Sandbox, entered_netns
+from hyperion.slowpath.confinement import WORKER_SWITCH_CAPABILITIES
 from tests.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
 from tests.test_slowpath import dig, dnsmasq
 
@@ -205,7 +203,8 @@ def test_no_shell_is_ever_built() -> None:
 
 PROBE = r"""
 import json, os, socket, ctypes, fcntl, struct, mmap, sys
-from hyperion.daemon.privileges import drop_privileges, current_capabilities, DAEMON_CAPABILITIES
+from hyperion.daemon.privileges import drop_privileges, DAEMON_CAPABILITIES
+from hyperion.kernel.capabilities import current_capabilities
 from hyperion.kernel import libbpf
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.fastpath.program import FastPath
@@ -287,7 +286,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _thread_capabilities(pid: int) -> dict[int, privileges.Capabilities]:
+def _thread_capabilities(pid: int) -> dict[int, capabilities.Capabilities]:
     found = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -340,7 +339,7 @@ def test_daemon_keeps_only_the_documented_capabilities(protected: tuple[Sandbox,
     # CAP_KILL: the watchdog signals workers that run as another user; the switch capabilities only
     # permitted, for the workers (a root exec makes them effective there), not used by the daemon.
     effective = KEPT | {"CAP_KILL"}
-    expected = privileges.Capabilities(effective=effective, permitted=effective | SWITCH, inheritable=frozenset(),
+    expected = capabilities.Capabilities(effective=effective, permitted=effective | SWITCH, inheritable=frozenset(),
                                        bounding=effective | SWITCH, ambient=frozenset(), no_new_privs=True)
     threads = _thread_capabilities(pid)
     assert len(threads) > 1  # metrics, watchdog, control...: all started after the drop
@@ -411,4 +410,4 @@ def test_pin_directories_are_0700_even_when_they_existed_wider(sandbox: Sandbox)
 
 def test_capability_numbers() -> None:
     assert mask_of(DAEMON_CAPABILITIES) == (1 << 39) | (1 << 38) | (1 << 12) | (1 << 13) | (1 << 14)
-    assert privileges.capability_name(41) == "CAP_41"  # a kernel newer than the table
+    assert capabilities.capability_name(41) == "CAP_41"  # a kernel newer than the table

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from hyperion.daemon.privileges import resolve_worker_user
 from hyperion.errors import HyperionError
 from hyperion.fastpath.loader import pin_dir_for
 from hyperion.lab.sandbox import Sandbox, entered_netns
+from hyperion.slowpath.confinement import resolve_worker_user
 from tests.netutil import Daemon, hyperion, wait_for
 from tests.test_slowpath import dig, dnsmasq
 
@@ -69,7 +69,8 @@ def confined_as(uid: int, gid: int) -> dict[str, Any]:
 
 FILTER_PROBE = r"""
 import errno, json, os, socket, sys, threading
-from hyperion.daemon.privileges import install_worker_filter, LibcSyscalls, PR_SET_NO_NEW_PRIVS
+from hyperion.slowpath.confinement import install_worker_filter
+from hyperion.kernel.capabilities import LibcSyscalls, PR_SET_NO_NEW_PRIVS
 LibcSyscalls().prctl(PR_SET_NO_NEW_PRIVS, 1)
 r, w = os.pipe()
 install_worker_filter()
@@ -109,7 +110,7 @@ def test_the_allowlist_serves_the_steady_state_and_refuses_the_rest() -> None:
 CONFINE_PROBE = r"""
 import errno, json, os, sys
 from hyperion.kernel import libbpf
-from hyperion.daemon.privileges import confine_worker
+from hyperion.slowpath.confinement import confine_worker
 table = libbpf.MapFd(libbpf.map_create(libbpf.BPF_MAP_TYPE_HASH, "probe", 4, 8, 16, 0), 4, 8, "probe")
 confine_worker(int(sys.argv[1]), int(sys.argv[2]))
 out = {}

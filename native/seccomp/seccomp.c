@@ -1,7 +1,7 @@
 /* hyperion._seccomp: installs a seccomp filter (filter mode) built with libseccomp.
  *
  * One function, load(rules, default_errno): the allowlist and its per-call answers are
- * policy and live in Python (hyperion.privileges); this only turns them into a filter
+ * policy and live in Python (hyperion.slowpath.confinement); this only turns them into a filter
  * for the native architecture and loads it. libseccomp resolves the names (a name the
  * architecture lacks, e.g. "open" on arm64, is a pseudo-syscall it skips), builds the
  * architecture check and the BPF program. Loaded with SCMP_FLTATR_CTL_TSYNC (every thread) and a foreign-ABI

@@ -17,7 +17,6 @@ from hyperion.cli.top import Snapshot, run_top
 from hyperion.daemon.daemon import DEFAULT_EVENTS_PER_SEC, DEFAULT_METRICS_ADDR
 from hyperion.daemon.metrics import class_label
 from hyperion.daemon.owner import InterfaceBusyError, InterfaceLock, Owner, OwnerRole
-from hyperion.daemon.privileges import DEFAULT_WORKER_USER
 from hyperion.durations import format_duration, parse_duration
 from hyperion.errors import HyperionError
 from hyperion.fastpath.loader import PIN_ROOT, object_capacities
@@ -29,6 +28,7 @@ from hyperion.policy.diff import policy_diff
 from hyperion.policy.loading import load_policy, parse_policy, read_policy
 from hyperion.policy.model import Policy
 from hyperion.policy.neverblock import Provenance, discover_host_facts, never_block_sources
+from hyperion.slowpath.confinement import DEFAULT_WORKER_USER
 from hyperion.slowpath.supervisor import SlowPathOptions
 from hyperion.slowpath.telemetry import QueueStatus
 from hyperion.slowpath.watchdog import DEFAULT_DEADLINE
@@ -160,12 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from functools import partial
 
     from hyperion.daemon.daemon import Daemon, DaemonOptions
-    from hyperion.daemon.privileges import (
-        WORKER_SWITCH_CAPABILITIES,
-        daemon_capabilities,
-        drop_privileges,
-        resolve_worker_user,
-    )
+    from hyperion.daemon.privileges import daemon_capabilities, drop_privileges
+    from hyperion.slowpath.confinement import WORKER_SWITCH_CAPABILITIES, resolve_worker_user
 
     metrics_addr = None if args.no_metrics else args.metrics_addr
     # Workers are confined unless the daemon keeps its privileges (debugging) or runs none.

@@ -268,7 +268,7 @@ class Daemon:
             if opts.events_path:
                 self._events_out = sys.stdout if opts.events_path == "-" else open_events_file(opts.events_path)
                 self._event_sink = json_lines_sink(self._events_out)
-            if opts.privilege_drop is not None:  # from here on only what hyperion.privileges keeps
+            if opts.privilege_drop is not None:  # from here on only what hyperion.daemon.privileges keeps
                 opts.privilege_drop()
             generation = self.apply_policy(policy, text, compiled, rules)
             self.fastpath.set_event_rate(opts.events_per_sec if opts.events_path else 0)

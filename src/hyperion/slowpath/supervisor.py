@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any
 
-from hyperion.daemon.privileges import DEFAULT_WORKER_USER, resolve_worker_user
 from hyperion.errors import SlowPathError
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.netdev import (
@@ -39,6 +38,7 @@ from hyperion.kernel.netdev import (
 )
 from hyperion.policy.model import Policy
 from hyperion.protocols import PROTOCOL_NAMES
+from hyperion.slowpath.confinement import DEFAULT_WORKER_USER, resolve_worker_user
 from hyperion.slowpath.delivery import TunDevice
 from hyperion.slowpath.protocol import (
     CONTROL_BYTES,
@@ -111,7 +111,7 @@ class SlowPathOptions:
     # fresh one with the new rules (building them from serialized databases takes milliseconds).
     reload_deadline: float = 2.0
     # Once its socket is bound a worker runs as this user, with no capability and a seccomp
-    # allowlist (hyperion.privileges.confine_worker); None: workers keep the daemon's privileges.
+    # allowlist (hyperion.slowpath.confinement.confine_worker); None: workers keep the daemon's privileges.
     worker_user: str | None = DEFAULT_WORKER_USER
 
 

@@ -179,10 +179,10 @@ class Worker:
 
 def confine(args: argparse.Namespace) -> None:
     """Drops to --run-as with no capabilities, no_new_privs and the seccomp allowlist
-    (hyperion.privileges.confine_worker); without --run-as the worker keeps what it inherited."""
+    (hyperion.slowpath.confinement.confine_worker); without --run-as the worker keeps what it inherited."""
     if args.run_as is None:
         return
-    from hyperion.daemon.privileges import confine_worker
+    from hyperion.slowpath.confinement import confine_worker
 
     uid, _, gid = args.run_as.partition(":")
     confine_worker(int(uid), int(gid))
