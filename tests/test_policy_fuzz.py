@@ -35,8 +35,8 @@ from hyperion.daemon import daemon as daemon_module
 from hyperion.daemon.daemon import Daemon, DaemonOptions
 from hyperion.errors import PolicyError
 from hyperion.fastpath.loader import object_capacities
+from hyperion.fastpath.maps import CompiledPolicy
 from hyperion.kernel.abi import Abi, load_abi
-from hyperion.policy.compiler import CompiledPolicy
 from hyperion.policy.loading import parse_policy, read_policy
 from hyperion.policy.model import Policy
 

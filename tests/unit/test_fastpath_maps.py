@@ -23,11 +23,11 @@ import pytest
 from hyperion.errors import BpfError
 from hyperion.fastpath.blocklist import DynamicBlocklist
 from hyperion.fastpath.loader import BpfLoader, BpfObject, InnerTemplate, ProgramInfo
-from hyperion.fastpath.maps import MapAdapter
+from hyperion.fastpath.maps import MapAdapter, MapImage
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel import libbpf
 from hyperion.kernel.abi import Abi
-from hyperion.policy.compiler import MapImage, PolicyCompiler
+from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.loading import parse_policy
 
 NCPUS = 3

@@ -46,9 +46,10 @@ from hyperion.daemon.owner import InterfaceBusyError, InterfaceLock, OwnerRole
 from hyperion.daemon.watch import PolicyWatcher
 from hyperion.errors import HyperionError
 from hyperion.fastpath.loader import object_capacities
+from hyperion.fastpath.maps import CompiledPolicy
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.abi import load_abi
-from hyperion.policy.compiler import CompiledPolicy, PolicyCompiler, fast_path_rule_name
+from hyperion.policy.compiler import PolicyCompiler, fast_path_rule_name
 from hyperion.policy.loading import read_policy
 from hyperion.policy.model import Policy
 from hyperion.policy.neverblock import HostFacts, discover_host_facts, effective_never_block

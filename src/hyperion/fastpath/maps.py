@@ -11,13 +11,45 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from hyperion.errors import BpfError
 from hyperion.fastpath.loader import InnerTemplate
 from hyperion.kernel import libbpf
 from hyperion.kernel.abi import Abi, packer
-from hyperion.policy.compiler import MapImage
+
+CLASSES_MAP = "hyp_classes"  # the redirect classes' map, written with every policy
+
+
+@dataclass(frozen=True)
+class MapImage:
+    """Packed keys and values for one policy map, ready for a batch update."""
+
+    name: str
+    keys: bytes
+    values: bytes
+    count: int
+    source: str  # the policy field it came from, for error messages
+
+    def entries(self, key_size: int, value_size: int) -> Iterable[tuple[bytes, bytes]]:
+        for i in range(self.count):
+            yield (
+                self.keys[i * key_size:(i + 1) * key_size],
+                self.values[i * value_size:(i + 1) * value_size],
+            )
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """What the fast path takes from the policy layer (hyperion.policy.compiler builds it): the
+    mode and one image per policy map, applied in the inactive slot and switched in at once."""
+
+    mode: int
+    images: dict[str, MapImage]
+
+    def entry_counts(self) -> dict[str, int]:
+        return {name: image.count for name, image in self.images.items()}
 
 CONFIG_MAP = "hyp_config"
 SETTINGS_MAP = "hyp_settings"

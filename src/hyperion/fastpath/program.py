@@ -15,10 +15,9 @@ from typing import Any, NotRequired, TypedDict
 
 from hyperion.fastpath.blocklist import DYN_EVICTIONS, DynamicBlock, DynamicBlocklist, IPAddress
 from hyperion.fastpath.loader import STATE_ROOT, BpfLoader, InnerTemplate, ProgramInfo, private_dir, state_dir_for
-from hyperion.fastpath.maps import MapAdapter, QueueStateInfo
+from hyperion.fastpath.maps import CLASSES_MAP, CompiledPolicy, MapAdapter, QueueStateInfo
 from hyperion.kernel import libbpf
 from hyperion.kernel.abi import Abi
-from hyperion.policy.compiler import CLASSES_MAP, CompiledPolicy
 
 # In the interface's state directory: the source of the applied policy.
 APPLIED_POLICY = "applied-policy.yaml"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TypeVar
 
 from hyperion.errors import CapacityError
+from hyperion.fastpath.maps import CLASSES_MAP, CompiledPolicy, MapImage
 from hyperion.kernel.abi import Abi, packer
 from hyperion.policy.model import Policy, PolicyList, render_entry
 
@@ -24,34 +24,6 @@ _Item = TypeVar("_Item", IPNetwork, IPAddress)
 ALLOW = (PolicyList.ALLOW_CIDRS.path, "hyp_allow4", "hyp_allow6")
 DROP_CIDRS = (PolicyList.DROP_CIDRS.path, "hyp_bcidr4", "hyp_bcidr6")
 DROP_IPS = (PolicyList.DROP_IPS.path, "hyp_bip4", "hyp_bip6")
-CLASSES_MAP = "hyp_classes"
-
-
-@dataclass(frozen=True)
-class MapImage:
-    """Packed keys and values for one policy map, ready for a batch update."""
-
-    name: str
-    keys: bytes
-    values: bytes
-    count: int
-    source: str  # the policy field it came from, for error messages
-
-    def entries(self, key_size: int, value_size: int) -> Iterable[tuple[bytes, bytes]]:
-        for i in range(self.count):
-            yield (
-                self.keys[i * key_size:(i + 1) * key_size],
-                self.values[i * value_size:(i + 1) * value_size],
-            )
-
-
-@dataclass(frozen=True)
-class CompiledPolicy:
-    mode: int
-    images: dict[str, MapImage]
-
-    def entry_counts(self) -> dict[str, int]:
-        return {name: image.count for name, image in self.images.items()}
 
 
 class PolicyCompiler:
