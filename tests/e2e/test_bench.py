@@ -18,7 +18,7 @@ import pytest
 
 from hyperion.lab.benchmarks.report import PLOTS, RESULT_KEYS, SCHEMA
 from hyperion.lab.benchmarks.sections import SECTIONS
-from tests.conftest import IN_CI
+from tests.support.kernel import IN_CI
 
 TELEMETRY_KEYS = {"seconds", "cpu", "interrupts", "softirqs", "softnet", "ethtool", "bpf", "xsk"}
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from hyperion.lab.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox
-from tests.netutil import Daemon, hyperion, scrape, wait_for
-from tests.test_slowpath import dig, dnsmasq
-from tests.test_telemetry import parse_metrics
+from tests.support.netutil import Daemon, hyperion, scrape, wait_for
+from tests.support.peers import dig, dnsmasq
+from tests.support.telemetry import parse_metrics
 
 CAP = 5
 POLICY = f"""

@@ -16,8 +16,8 @@ import pytest
 
 from hyperion.lab.chaos import ScenarioResult, run_scenario
 from hyperion.lab.sandbox import Sandbox
-from tests.netutil import Daemon, counter, hyperion, scrape, send, status, wait_counter, wait_for
-from tests.test_telemetry import parse_metrics, value
+from tests.support.netutil import Daemon, counter, hyperion, scrape, send, status, wait_counter, wait_for
+from tests.support.telemetry import parse_metrics, value
 
 pytestmark = [pytest.mark.kernel, pytest.mark.netns]
 

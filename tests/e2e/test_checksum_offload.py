@@ -28,9 +28,9 @@ from scapy.packet import Packet, Raw
 from scapy.utils import checksum
 
 from hyperion.lab.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox
-from tests.netutil import Daemon, Receiver, scrape, send, wait_for
-from tests.test_slowpath import dig, dnsmasq
-from tests.test_telemetry import parse_metrics
+from tests.support.netutil import Daemon, Receiver, scrape, send, wait_for
+from tests.support.peers import dig, dnsmasq
+from tests.support.telemetry import parse_metrics
 
 pytestmark = [pytest.mark.kernel, pytest.mark.netns]
 

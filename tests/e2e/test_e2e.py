@@ -20,10 +20,10 @@ from scapy.utils import wrpcap
 
 from hyperion.lab.bench import BaselineProgram
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox, entered_netns, stale_namespaces
-from tests.conftest import IN_CI
-from tests.netutil import WAIT, Daemon, hyperion, scrape, send, status, wait_for
-from tests.test_slowpath import dig, dnsmasq
-from tests.test_telemetry import parse_metrics, value
+from tests.support.kernel import IN_CI
+from tests.support.netutil import WAIT, Daemon, hyperion, scrape, send, status, wait_for
+from tests.support.peers import dig, dnsmasq
+from tests.support.telemetry import parse_metrics, value
 
 
 def need(tool: str) -> None:

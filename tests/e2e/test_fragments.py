@@ -14,30 +14,14 @@ A netns test then has the client's own stack send 3000-byte datagrams through Hy
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from scapy.layers.dns import DNS, DNSQR
-from scapy.layers.inet import IP, TCP, UDP, fragment
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
-from scapy.layers.l2 import Ether
-from scapy.packet import Packet, Raw
 
-from hyperion import _slowpath
-from hyperion.fastpath.program import FastPath
-from hyperion.kernel.testrun import run_xdp
-from hyperion.lab.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox, entered_netns
-from hyperion.policy.loading import parse_policy
-from hyperion.slowpath.rules import compile_rules
-from tests.conftest import program_with_policy
-from tests.netutil import Daemon, counter, hyperion, status, wait_for
-from tests.reference_classifier import ReferenceFastPath
-
+from hyperion.lab.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox
+from tests.support.fragments import DATAGRAM, exchange
+from tests.support.netutil import Daemon, counter, status
 
 SLOW_POLICY = r"""
 fast_path:

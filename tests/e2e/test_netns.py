@@ -18,7 +18,7 @@ import pytest
 
 from hyperion.fastpath.program import PIN_ROOT
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox
-from tests.netutil import (
+from tests.support.netutil import (
     HYPERION,
     UDPTOOL,
     WAIT,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hyperion.lab.sandbox import CLIENT_V4, Sandbox, SandboxError
-from tests.netutil import (
+from tests.support.netutil import (
     HYPERION,
     Daemon,
     Receiver,
@@ -30,8 +30,8 @@ from tests.netutil import (
     status,
     wait_for,
 )
-from tests.test_slowpath import dig, dnsmasq
-from tests.test_telemetry import parse_metrics, value
+from tests.support.peers import dig, dnsmasq
+from tests.support.telemetry import parse_metrics, value
 
 POLICY_A = 'fast_path:\n  drop_ips: ["198.51.100.42"]\n'
 POLICY_B = 'fast_path:\n  drop_ips: ["198.51.100.43"]\n'

@@ -16,7 +16,6 @@ the rest of the privilege surface: pins and state 0700, /metrics on loopback, no
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import ipaddress
 import json
@@ -25,34 +24,20 @@ import secrets
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from hyperion.cli.main import build_parser
 from hyperion.daemon import privileges
-from hyperion.daemon.daemon import DEFAULT_METRICS_ADDR
-from hyperion.daemon.metrics import parse_listen_address
 from hyperion.daemon.privileges import (
     DAEMON_CAPABILITIES,
-    PR_CAP_AMBIENT,
-    PR_CAP_AMBIENT_CLEAR_ALL,
-    PR_CAPBSET_DROP,
-    PR_SET_NO_NEW_PRIVS,
     WORKER_SWITCH_CAPABILITIES,
     current_capabilities,
-    daemon_capabilities,
-    drop_privileges,
-    mask_of,
-    parse_status,
 )
-from hyperion.errors import HyperionError
 from hyperion.fastpath.program import STATE_ROOT, FastPath, pin_dir_for
 from hyperion.lab.sandbox import Sandbox, entered_netns
-from tests.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
-from tests.test_slowpath import dig, dnsmasq
-
+from tests.support.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
+from tests.support.peers import dig, dnsmasq
 
 KEPT = frozenset(DAEMON_CAPABILITIES)
 

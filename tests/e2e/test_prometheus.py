@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hyperion.lab.sandbox import Sandbox, SandboxError
-from tests.conftest import IN_CI
-from tests.netutil import Daemon, scrape, send
+from tests.support.kernel import IN_CI
+from tests.support.netutil import Daemon, scrape, send
 
 PROMETHEUS_ADDR = "127.0.0.1:9090"
 

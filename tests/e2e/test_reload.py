@@ -17,7 +17,7 @@ from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, HOST_V6, Sandbox, entered_n
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.loading import parse_policy
 from hyperion.policy.model import Policy
-from tests.netutil import (
+from tests.support.netutil import (
     Daemon,
     Receiver,
     counter,
@@ -29,7 +29,7 @@ from tests.netutil import (
     wait_counter,
     wait_for,
 )
-from tests.test_telemetry import parse_metrics, value
+from tests.support.telemetry import parse_metrics, value
 
 POLICY_A = 'fast_path:\n  drop_ips: ["198.51.100.42"]\n'
 POLICY_B = 'fast_path:\n  drop_ips: ["198.51.100.43"]\n'

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from hyperion.lab.sandbox import Sandbox
-from tests.netutil import Daemon, generation, hyperion, wait_for
-from tests.test_slowpath import dig, dnsmasq
-from tests.test_telemetry import parse_metrics
+from tests.support.netutil import Daemon, generation, hyperion, wait_for
+from tests.support.peers import dig, dnsmasq
+from tests.support.telemetry import parse_metrics
 
 pytestmark = [pytest.mark.kernel, pytest.mark.netns]
 

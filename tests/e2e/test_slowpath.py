@@ -7,8 +7,6 @@ workers; what passes is delivered through the TUN device to the real service.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox
-from tests.conftest import IN_CI
-from tests.netutil import Daemon, Receiver, counter, hyperion, scrape, send, status, wait_counter, wait_for
-from tests.test_telemetry import parse_metrics, value
+from tests.support.netutil import Daemon, Receiver, counter, hyperion, scrape, send, status, wait_counter, wait_for
+from tests.support.peers import dig, dnsmasq
+from tests.support.telemetry import parse_metrics, value
 
 POLICY = r"""
 fast_path:

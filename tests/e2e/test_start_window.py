@@ -19,7 +19,7 @@ import pytest
 from hyperion.fastpath.program import PIN_ROOT
 from hyperion.lab.bench import BaselineProgram
 from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
-from tests.netutil import (
+from tests.support.netutil import (
     HYPERION,
     PORT,
     UDPTOOL,

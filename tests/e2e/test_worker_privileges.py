@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -25,12 +24,10 @@ from typing import Any
 
 import pytest
 
-from hyperion.daemon.privileges import resolve_worker_user
-from hyperion.errors import HyperionError
 from hyperion.fastpath.program import pin_dir_for
 from hyperion.lab.sandbox import Sandbox, entered_netns
-from tests.netutil import Daemon, hyperion, wait_for
-from tests.test_slowpath import dig, dnsmasq
+from tests.support.netutil import Daemon, hyperion, wait_for
+from tests.support.peers import dig, dnsmasq
 
 NOBODY = 65534
 
@@ -63,9 +60,6 @@ def confinement(pid: int) -> dict[str, Any]:
 def confined_as(uid: int, gid: int) -> dict[str, Any]:
     return {"uid": [uid] * 4, "gid": [gid] * 4, "groups": [], "CapInh": 0, "CapPrm": 0, "CapEff": 0,
             "CapBnd": 0, "CapAmb": 0, "no_new_privs": "1", "seccomp": "2"}
-
-
-# ---- the allowlist alone (no root) -------------------------------------------------------------
 
 
 # ---- confine_worker for real (root) ---------------------------------------------------------------

@@ -36,8 +36,8 @@ from hyperion.kernel.testrun import run_xdp
 from hyperion.lab.sandbox import HOST_V4, Sandbox, entered_netns
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.loading import parse_policy
-from tests.netutil import hyperion, send, status, wait_counter
-from tests.test_telemetry import parse_metrics, value
+from tests.support.netutil import hyperion, send, status, wait_counter
+from tests.support.telemetry import parse_metrics, value
 
 DYN_BASE = int(ipaddress.IPv6Address("2001:db8:d00::"))
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

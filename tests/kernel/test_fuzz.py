@@ -22,9 +22,9 @@ from scapy.packet import Raw
 
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.testrun import MIN_FRAME, run_xdp
-from tests.conftest import IN_CI, program_with_policy
+from tests.support.kernel import IN_CI, program_with_policy
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 POLICY = """
 fast_path:
   allow_cidrs: ["192.0.2.0/28"]

@@ -35,7 +35,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from hyperion.lab.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox, entered_netns
-from tests.netutil import hyperion, status, wait_for
+from tests.support.netutil import hyperion, status, wait_for
 
 pytestmark = [pytest.mark.kernel, pytest.mark.netns]
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from hyperion.errors import HyperionError
 from hyperion.fastpath.program import FastPath
 from hyperion.lab.generator import Generator, TrafficSpec, source_addresses
 from hyperion.lab.sandbox import (
@@ -32,10 +31,7 @@ from hyperion.lab.sandbox import (
 )
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.model import Policy
-from tests.netutil import HYPERION_LAB, UDPTOOL, WAIT, wait_for
-
-# ---- generator: no kernel needed ----------------------------------------------------------------
-
+from tests.support.netutil import HYPERION_LAB, UDPTOOL, WAIT, wait_for
 
 # ---- generator on the wire -------------------------------------------------------------------------
 

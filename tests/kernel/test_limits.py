@@ -10,35 +10,22 @@
 
 from __future__ import annotations
 
-import ctypes
-import json
-import mmap
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from hyperion.daemon.metrics import _slowpath_families_of
-from hyperion.errors import HyperionError, SlowPathError
 from hyperion.fastpath.program import FastPath, ifindex_of
 from hyperion.kernel.abi import Abi
 from hyperion.kernel.testrun import run_xdp
-from hyperion.lab.generator import Generator, TrafficSpec
-from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, Sandbox, entered_netns
+from hyperion.lab.sandbox import Sandbox, entered_netns
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.loading import parse_policy
-from hyperion.slowpath import supervisor as slowpath
-from hyperion.slowpath.supervisor import SlowPath
-from tests.conftest import program_with_policy
-from tests.netutil import UDPTOOL, Daemon, Receiver, counter, scrape, send, status, wait_for
-from tests.test_slowpath import dig
-from tests.test_telemetry import parse_metrics
-
+from tests.support.kernel import count, program_with_policy
+from tests.support.paths import BPF_DIR
 
 POLICY = """
 fast_path:

@@ -7,27 +7,23 @@ and read from that same descriptor: its owner must be root or the daemon's user,
 others must not be able to write it. The Kubernetes ConfigMap layout (policy.yaml ->
 ..data/policy.yaml, ..data -> ..<timestamp>) is accepted. The events file is created 0600.
 
-The owner tests chown, so they need root (CI runs as root); the rest run as any user.
+These need root (chown, a root-owned sticky directory, a tmpfs mount); the rest, as any user, are in
+tests/unit/test_policy_trust.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hyperion.errors import HyperionError, PolicyError
 from hyperion.policy.loading import read_policy
-from tests.conftest import IN_CI
-
+from tests.support.kernel import IN_CI
+from tests.support.policy_files import GOOD, refusal, write
 
 OTHER_UID = 54321
 
@@ -90,3 +86,15 @@ def test_a_directory_owned_by_another_user_is_refused(home: Path, root: None) ->
     os.chown(home / "conf", OTHER_UID, -1)
     assert refusal(path) == (f"{path}: refusing a policy in directory {home / 'conf'}, owned by uid {OTHER_UID}, "
                              f"not root or this process's user (uid {os.geteuid()})")
+
+
+def test_below_a_shared_sticky_directory_a_private_directory_is_accepted(tmp_path: Path, root: None) -> None:
+    # Root: a sticky directory counts as shared only when root owns it, like /tmp.
+    # Like /tmp/pytest-of-root/...: others can add names to a sticky directory but cannot
+    # rename or remove ours, and the directory below is checked like any other.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    private = shared / "mine"
+    private.mkdir(mode=0o700)
+    assert read_policy(write(private / "policy.yaml"))[1] == GOOD

@@ -47,12 +47,12 @@ from hyperion.kernel.testrun import run_xdp
 from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, HOST_V6, Sandbox, entered_netns
 from hyperion.policy.loading import parse_policy
 from hyperion.replay import read_frames
-from tests.conftest import program_with_policy
-from tests.reference_classifier import ReferenceFastPath
+from tests.support.kernel import program_with_policy
+from tests.support.paths import CAPTURES
+from tests.support.reference_classifier import ReferenceFastPath
 
 pytestmark = [pytest.mark.kernel, pytest.mark.netns]
 
-CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
 EMPTY_POLICY = "fast_path: {}\n"
 HYPOTHESIS_FRAMES = int(os.environ.get("HYPERION_STACK_FRAMES", "300"))
 MAX_CAPTURE_ITEMS = 1500  # per capture: keeps the run under a minute

@@ -15,9 +15,11 @@ from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from hyperion.policy.loading import parse_policy
-from hyperion.replay import CaptureError, Replayer, read_frames
+from hyperion.replay import Replayer, read_frames
+from tests.support.paths import CAPTURES
+from tests.support.replay import POLICY, policy_file
 
-CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
+
 def dns(src: str, name: str) -> Ether:
     return Ether() / IP(src=src, dst="192.0.2.1") / UDP(sport=5353, dport=53) / DNS(rd=1, qd=DNSQR(qname=name))
 

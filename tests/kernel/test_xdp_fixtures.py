@@ -10,27 +10,24 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
-    ICMPv6EchoRequest,
-    IPv6,
-    IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
-    IPv6ExtHdrRouting,
 )
-from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
-from scapy.packet import Packet, Raw
+from scapy.layers.l2 import Dot1Q
+from scapy.packet import Packet
 
 from hyperion.errors import BpfError
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.testrun import run_xdp
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.loading import parse_policy
-from tests.conftest import program_with_policy
+from tests.support.kernel import program_with_policy
+from tests.support.xdp_cases import CASES, CLEAN4, DST4, ETH, POLICY, Case, raw_bytes, v4, v6
+
 
 @pytest.fixture(scope="module")
 def loaded(kernel: None) -> Iterator[tuple[FastPath, int]]:

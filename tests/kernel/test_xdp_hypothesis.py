@@ -53,9 +53,8 @@ from hyperion.fastpath.program import FastPath
 from hyperion.kernel import libbpf
 from hyperion.kernel.testrun import run_xdp
 from hyperion.policy.loading import parse_policy
-from tests import test_xdp_fixtures as fixtures
-from tests.conftest import program_with_policy
-from tests.reference_classifier import (
+from tests.support.kernel import program_with_policy
+from tests.support.reference_classifier import (
     ACTION_OF_VERDICT,
     IPV6_EXT_MAX,
     ReferenceFastPath,
@@ -421,9 +420,6 @@ def test_program_agrees_with_the_reference_classifier(campaign: Campaign) -> Non
                  "allowlist", "blocklist_cidr", "blocklist_ip", "blocklist_dynamic", "fragment",
                  "redirect_class", "redirect_failed"}
     assert set(reasons) == reachable, sorted(campaign.by_outcome.items())
-
-
-# ---- the reference itself --------------------------------------------------------------------
 
 
 # ---- deviations found by the fuzzer ----------------------------------------------------------

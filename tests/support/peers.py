@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from __future__ import annotations
-
-import json
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox
-from tests.conftest import IN_CI
-from tests.netutil import Daemon, Receiver, counter, hyperion, scrape, send, status, wait_counter, wait_for
-from tests.test_telemetry import parse_metrics, value
+from tests.support.kernel import IN_CI
+
 
 def dnsmasq(sb: Sandbox) -> subprocess.Popen[str]:
     if shutil.which("dnsmasq") is None:

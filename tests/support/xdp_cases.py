@@ -3,14 +3,8 @@ judged by the program (tests/kernel/test_xdp_fixtures.py) and by the reference c
 
 from __future__ import annotations
 
-from __future__ import annotations
-
-import ipaddress
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -22,13 +16,6 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
-
-from hyperion.errors import BpfError
-from hyperion.fastpath.program import FastPath
-from hyperion.kernel.testrun import run_xdp
-from hyperion.policy.compiler import PolicyCompiler
-from hyperion.policy.loading import parse_policy
-from tests.conftest import program_with_policy
 
 POLICY = """
 fast_path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import re
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,9 @@ from hyperion.errors import AbiError
 from hyperion.fastpath import program as fastpath
 from hyperion.kernel.abi import Abi, packer
 from hyperion.policy import compiler
+from tests.support.paths import BPF_DIR
 
-HEADER = Path(__file__).resolve().parent.parent / "bpf" / "include" / "hyperion_abi.h"
+HEADER = BPF_DIR / "include" / "hyperion_abi.h"
 
 
 def header_enum(name: str) -> dict[str, int]:

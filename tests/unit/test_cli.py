@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from hyperion.cli.main import main
+from tests.support.paths import EXAMPLES
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
+EXAMPLE = EXAMPLES / "policy.yaml"
 
 
 def test_policy_check_valid(capsys: pytest.CaptureFixture[str]) -> None:

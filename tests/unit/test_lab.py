@@ -3,36 +3,11 @@ and `hyperion generate` (live frames: UDP, TCP SYN, DNS, IPv4/IPv6, sources spre
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import FastPath
 from hyperion.lab.generator import Generator, TrafficSpec, source_addresses
-from hyperion.lab.sandbox import (
-    HOST_V4,
-    HOST_V6,
-    NETNS_DIR,
-    SANDBOX_STATE,
-    SERVER_V4,
-    SERVER_V6,
-    Sandbox,
-    cleanup_stale,
-    entered_netns,
-    list_sandboxes,
-    read_state,
-)
-from hyperion.policy.compiler import PolicyCompiler
-from hyperion.policy.model import Policy
-from tests.netutil import HYPERION_LAB, UDPTOOL, WAIT, wait_for
+from hyperion.lab.sandbox import HOST_V4, HOST_V6
 
 
 def test_sources_are_documentation_addresses_only() -> None:

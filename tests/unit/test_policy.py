@@ -14,8 +14,7 @@ from hyperion.errors import PolicyError
 from hyperion.policy.diff import policy_diff
 from hyperion.policy.loading import load_policy, parse_policy
 from hyperion.policy.model import DnsRule, FastPath, Policy, RedirectClass, Signature, SlowPath, TrafficClass
-
-POLICIES = Path(__file__).parent / "policies"
+from tests.support.paths import POLICIES
 
 
 def _rule(yaml_rule: str) -> str:

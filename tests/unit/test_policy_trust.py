@@ -7,14 +7,14 @@ and read from that same descriptor: its owner must be root or the daemon's user,
 others must not be able to write it. The Kubernetes ConfigMap layout (policy.yaml ->
 ..data/policy.yaml, ..data -> ..<timestamp>) is accepted. The events file is created 0600.
 
-The owner tests chown, so they need root (CI runs as root); the rest run as any user.
+The tests that need root (chown, a root-owned sticky directory, a tmpfs mount) are in
+tests/kernel/test_policy_trust.py; these run as any user.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -26,7 +26,7 @@ import pytest
 
 from hyperion.errors import HyperionError, PolicyError
 from hyperion.policy.loading import read_policy
-from tests.conftest import IN_CI
+from tests.support.policy_files import GOOD, refusal, write
 
 # ---- accepted ---------------------------------------------------------------------------------------
 
@@ -59,17 +59,6 @@ def test_a_relative_path_and_dot_dot_resolve_like_the_kernel(home: Path, monkeyp
     write(home / "policy.yaml")
     monkeypatch.chdir(home / "sub")
     assert read_policy("../policy.yaml")[1] == GOOD
-
-
-def test_below_a_shared_sticky_directory_a_private_directory_is_accepted(tmp_path: Path) -> None:
-    # Like /tmp/pytest-of-root/...: others can add names to a sticky directory but cannot
-    # rename or remove ours, and the directory below is checked like any other.
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    private = shared / "mine"
-    private.mkdir(mode=0o700)
-    assert read_policy(write(private / "policy.yaml"))[1] == GOOD
 
 
 # ---- refused ----------------------------------------------------------------------------------------

@@ -17,16 +17,8 @@ the rest of the privilege surface: pins and state 0700, /metrics on loopback, no
 from __future__ import annotations
 
 import ast
-import contextlib
 import ipaddress
-import json
-import os
-import secrets
-import signal
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -41,20 +33,13 @@ from hyperion.daemon.privileges import (
     PR_CAPBSET_DROP,
     PR_SET_NO_NEW_PRIVS,
     WORKER_SWITCH_CAPABILITIES,
-    current_capabilities,
     daemon_capabilities,
     drop_privileges,
     mask_of,
     parse_status,
 )
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import STATE_ROOT, FastPath, pin_dir_for
-from hyperion.lab.sandbox import Sandbox, entered_netns
-from tests.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
-from tests.test_slowpath import dig, dnsmasq
-
-SRC = Path(__file__).resolve().parent.parent / "src" / "hyperion"
-
+from tests.support.paths import SRC
 
 # ---- drop_privileges against a recorder --------------------------------------------------------
 
@@ -196,12 +181,6 @@ def test_no_shell_is_ever_built() -> None:
     assert _shell_uses(ast.parse(bad)) == ["line 2: os.system", "line 3: shell=",
                                            "line 3: subprocess.run with a command string",
                                            "line 4: subprocess.Popen with a command string"]
-
-
-# ---- the kept set, for real ----------------------------------------------------------------------
-
-
-# ---- the daemon ------------------------------------------------------------------------------------
 
 
 # ---- pinned state -------------------------------------------------------------------------------

@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-from hyperion.fastpath.program import FastPath
-from hyperion.lab.sandbox import CLIENT_V4, HOST_V4, HOST_V6, Sandbox, entered_netns
-from hyperion.policy.compiler import PolicyCompiler
-from hyperion.policy.loading import parse_policy
-from hyperion.policy.model import Policy
-from tests.netutil import (
-    Daemon,
-    Receiver,
-    counter,
-    generation,
-    hyperion,
-    scrape,
-    send,
-    status,
-    wait_counter,
-    wait_for,
-)
-from tests.test_telemetry import parse_metrics, value
 
 
 def test_policy_diff_of_two_files(tmp_path: Path) -> None:

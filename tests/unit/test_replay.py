@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from scapy.layers.dns import DNS, DNSQR
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import ARP, Ether
-from scapy.packet import Raw
-from scapy.utils import wrpcap
 
-from hyperion.policy.loading import parse_policy
-from hyperion.replay import CaptureError, Replayer, read_frames
+from hyperion.replay import CaptureError, read_frames
+from tests.support.replay import policy_file
 
 
 def test_unreadable_capture_is_a_clear_error(tmp_path: Path) -> None:

@@ -14,24 +14,14 @@ runs as an unprivileged user with no capability in any set, no_new_privs and a s
 from __future__ import annotations
 
 import json
-import os
 import pwd
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hyperion.daemon.privileges import resolve_worker_user
 from hyperion.errors import HyperionError
-from hyperion.fastpath.program import pin_dir_for
-from hyperion.lab.sandbox import Sandbox, entered_netns
-from tests.netutil import Daemon, hyperion, wait_for
-from tests.test_slowpath import dig, dnsmasq
-
 
 FILTER_PROBE = r"""
 import errno, json, os, socket, sys, threading

@@ -7,30 +7,7 @@ one packet of exactly the frame's length.
 
 from __future__ import annotations
 
-import ipaddress
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-
-import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import (
-    ICMPv6EchoRequest,
-    IPv6,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-    IPv6ExtHdrRouting,
-)
-from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
-from scapy.packet import Packet, Raw
-
-from hyperion.errors import BpfError
-from hyperion.fastpath.program import FastPath
-from hyperion.kernel.testrun import run_xdp
-from hyperion.policy.compiler import PolicyCompiler
-from hyperion.policy.loading import parse_policy
-from tests.conftest import program_with_policy
+from tests.support.xdp_cases import CASES
 
 
 def test_every_reason_has_a_case(abi: object) -> None:
@@ -39,5 +16,5 @@ def test_every_reason_has_a_case(abi: object) -> None:
 
     covered = {c.reason for c in CASES}
     tested_elsewhere = {"truncated_eth", "blocklist_dynamic", "no_config", "redirect_class", "queue_fenced",
-                        "redirect_oversize", "queue_over_capacity"}  # the last two: tests/test_limits.py
+                        "redirect_oversize", "queue_over_capacity"}  # the last two: tests/kernel/test_limits.py
     assert set(load_abi().reasons.values()) - covered == tested_elsewhere

@@ -23,41 +23,11 @@ random seed, HYPERION_FUZZ_SEED to replay one). Mismatches are collected, groupe
 
 from __future__ import annotations
 
-import ctypes
-import ipaddress
-import logging
-import os
-import random
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings
-from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import (
-    ICMPv6EchoRequest,
-    IPv6,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-    IPv6ExtHdrRouting,
-    PadN,
-)
-from scapy.layers.ipsec import AH
-from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
-from scapy.packet import Packet, Raw
 
-from hyperion.fastpath.program import FastPath
-from hyperion.kernel import libbpf
-from hyperion.kernel.testrun import run_xdp
 from hyperion.policy.loading import parse_policy
-from tests import test_xdp_fixtures as fixtures
-from tests.conftest import program_with_policy
-from tests.reference_classifier import (
-    ACTION_OF_VERDICT,
-    IPV6_EXT_MAX,
+from tests.support import xdp_cases as fixtures
+from tests.support.reference_classifier import (
     ReferenceFastPath,
 )
 
