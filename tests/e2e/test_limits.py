@@ -165,7 +165,7 @@ print(json.dumps({"answered": answered, "metrics": urllib.request.urlopen(url, t
 def test_the_next_scrape_shows_every_answered_query(sandbox: Sandbox, tmp_path: Path) -> None:
     """Workers used to report their counters every 100 ms: a scrape right after the answers showed
     fewer. Now the very next scrape counts every query already answered, exactly."""
-    from tests.test_slowpath import dnsmasq
+    from tests.support.peers import dnsmasq
     sb = sandbox
     policy = tmp_path / "policy.yaml"
     policy.write_text(SLOW_POLICY)
@@ -226,7 +226,7 @@ finally:
 
 
 def test_slow_path_starts_on_more_queues_than_the_capacity(sandbox: Sandbox, tmp_path: Path) -> None:
-    from tests.test_slowpath import dnsmasq
+    from tests.support.peers import dnsmasq
     sandbox.down()
     sb = Sandbox(prefix=sandbox.prefix, rx_queues=3).up()
     out = tmp_path / "bpf"

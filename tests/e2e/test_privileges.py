@@ -9,7 +9,7 @@ the rest of the privilege surface: pins and state 0700, /metrics on loopback, no
   what needs CAP_SYS_ADMIN, which it does not need.
 - `hyperion run` in a sandbox: the daemon and each of its threads hold exactly the documented set
   (bounding set included) with no_new_privs, the workers' switch capabilities permitted but not
-  effective; its AF_XDP workers are confined (tests/test_worker_privileges.py); DNS through the
+  effective; its AF_XDP workers are confined (tests/e2e/test_worker_privileges.py); DNS through the
   slow path, a block_source written by a worker, a SIGHUP reload and the detach at exit work.
 - --keep-privileges keeps everything.
 """

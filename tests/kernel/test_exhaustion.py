@@ -6,7 +6,7 @@
 (b) A policy with more entries than a map holds is refused before anything changes, through
     `hyperion policy apply` and through the daemon's reload: same generation, same counters.
 (c) An event flood that the budget lets through but the ring cannot hold: every event is either
-    delivered or counted as ring_full, exactly (tests/test_telemetry.py covers the budget).
+    delivered or counted as ring_full, exactly (tests/kernel/test_telemetry.py covers the budget).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ CASES = [
     Case("IPv4 first fragment, UDP length 7", frags4(udp_len=7)[0], "drop", "bad_udp_length"),
     Case("IPv6 first fragment, UDP length 4", frags6(udp_len=4)[0], "drop", "bad_udp_length"),
     # IPv6 UDP length 0: the rest of the datagram (RFC 2675), which the Linux stack accepts at any
-    # size (found by tests/test_reference_vs_stack.py: program and reference both dropped it).
+    # size (found by tests/kernel/test_reference_vs_stack.py: program and reference both dropped it).
     Case("IPv6 first fragment, UDP length 0", frags6(udp_len=0)[0], "pass", "no_match"),
     Case("IPv6 UDP length 0", whole(IPv6(src=CLEAN6, dst=DST6) / UDP(dport=9, len=0) / Raw(b"u" * 16)),
          "pass", "no_match"),

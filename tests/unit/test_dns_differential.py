@@ -1,6 +1,6 @@
 """Differential check of the slow path's DNS parser (hyperion._slowpath.parse_dns) against dnspython.
 
-tests/test_slowpath_rules.py already compares short LDH names with a few qtypes. Here the
+tests/unit/test_slowpath_rules.py already compares short LDH names with a few qtypes. Here the
 queries are what dnspython can build at the edges: labels of any bytes but '.' and NUL (the
 parser refuses those inside a label, by design), labels of exactly 63 bytes, names of exactly
 255 wire bytes and of 127 labels, the root name, any qtype and qclass, random header flags
