@@ -92,7 +92,8 @@ def test_sources_get_exactly_equal_shares(gro_sandbox: Sandbox) -> None:
     try:
         policy = Policy.model_validate({"fast_path": {"drop_ips": sources[::2]}})
         fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy))
-        proc = sb.exec(sb.client_ns, [*HYPERION_LAB, "generate", "--iface", sb.client_if, "--src", "2001:db8:ff00::/120",
+        proc = sb.exec(sb.client_ns, [*HYPERION_LAB, "generate", "--iface", sb.client_if,
+                                      "--src", "2001:db8:ff00::/120",
                                       "--dst", HOST_V6, "--dst-mac", sb.mac(sb.host_ns, sb.host_if),
                                       "--count", "25600"])
         assert json.loads(proc.stdout)["sources"] == 256
