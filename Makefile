@@ -51,7 +51,7 @@ fuzz: fuzz-build ## fuzz the slow path's DNS and frame parsers for FUZZ_SECONDS 
 
 FUZZ_PACKETS ?= 1000000
 fuzz-xdp: setup ## XDP program vs the Python reference classifier on FUZZ_PACKETS hypothesis frames (default 1M)
-	HYPERION_FUZZ_PACKETS=$(FUZZ_PACKETS) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_xdp_hypothesis.py \
+	HYPERION_FUZZ_PACKETS=$(FUZZ_PACKETS) $(PY) -m pytest -q -s -p no:cacheprovider tests/kernel/test_xdp_hypothesis.py \
 		-k test_program_agrees_with_the_reference_classifier
 
 clean: ## remove build products (not .venv)

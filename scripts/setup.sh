@@ -36,7 +36,11 @@ if [ "$(id -u)" -eq 0 ] && ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf
 fi
 
-PYTHON=${PYTHON:-python3}
+# The system's python3 (the python3-venv and python3-dev above), not one under root's home (pyenv):
+# a venv keeps pointing at its interpreter, and `pytest tests/unit` must run as any user.
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+fi
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv

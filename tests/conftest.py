@@ -3,7 +3,6 @@ a missing capability fails the run; elsewhere those tests are skipped."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +12,7 @@ import pytest
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.abi import Abi, load_abi
 from hyperion.lab.sandbox import Sandbox
-from hyperion.policy.compiler import PolicyCompiler
-from hyperion.policy.loading import parse_policy
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.support.kernel import IN_CI
 
 
 def _kernel_unavailable() -> str | None:
@@ -54,17 +50,6 @@ def detached(kernel: None) -> Iterator[tuple[FastPath, int]]:
         fastpath.close()
 
 
-@contextlib.contextmanager
-def program_with_policy(policy_text: str) -> Iterator[tuple[FastPath, int]]:
-    """A freshly loaded, unattached program with a policy applied, for BPF_PROG_TEST_RUN."""
-    fastpath, prog_fd = FastPath.load_detached()
-    try:
-        fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(parse_policy(policy_text)))
-        yield fastpath, prog_fd
-    finally:
-        fastpath.close()
-
-
 @pytest.fixture
 def sandbox(kernel: None) -> Iterator[Sandbox]:
     """client <-> host namespaces over a veth pair; removed (with any pins) even on failure."""
@@ -73,3 +58,12 @@ def sandbox(kernel: None) -> Iterator[Sandbox]:
         yield sb
     finally:
         sb.down()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:  # the policy trust tests: unit/ and (the chown ones) kernel/
+    """A directory of the test's own, writable by its owner only (pytest's tmp_path is 0700)."""
+    assert tmp_path.stat().st_mode & 0o022 == 0
+    d = tmp_path / "etc"
+    d.mkdir(mode=0o755)
+    return d

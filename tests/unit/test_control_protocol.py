@@ -15,8 +15,9 @@ from hyperion.daemon import control
 from hyperion.daemon.control import CONTROL_COMMANDS, ControlError, ControlReply, ControlRequest, ControlServer
 from hyperion.daemon.daemon import Daemon, DaemonOptions
 from hyperion.errors import HyperionError
+from tests.support.paths import POLICIES
 
-POLICY = Path(__file__).resolve().parents[1] / "policies" / "example.yaml"
+POLICY = POLICIES / "example.yaml"
 
 
 @pytest.fixture
