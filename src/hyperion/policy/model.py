@@ -485,6 +485,20 @@ def _blocks_per_second(action: Action, block_rate: int | None) -> int | None:
     return block_rate if block_rate is not None else DEFAULT_MAX_BLOCKS_PER_SECOND
 
 
+def _rule_problems(both: str | None, missing: str | None, action: Action, ttl_seconds: float | None,
+                   block_rate: int | None) -> list[Problem]:
+    """What is wrong with a rule as a whole: both patterns or neither (the message given), then
+    its ttl and block rate against its action."""
+    problems: list[Problem] = [((), both)] if both else [((), missing)] if missing else []
+    return problems + _check_ttl(action, ttl_seconds) + _check_block_rate(action, block_rate)
+
+
+def _rule_tail(ttl_seconds: float | None, block_rate: int | None) -> list[str]:
+    """The ttl and block-rate words of a rule's one-line description."""
+    return ([f"ttl={format_duration(ttl_seconds)}"] if ttl_seconds is not None else []) + (
+        [f"max_blocks_per_second={block_rate}"] if block_rate is not None else [])
+
+
 class DnsRule(_Strict):
     """Match a query name (exact/suffix or regex), optionally a qtype, and act on it."""
 
@@ -502,18 +516,10 @@ class DnsRule(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> DnsRule:
-        problems: list[Problem] = []
-        if self.match is not None and self.regex is not None:
-            problems.append(
-                (
-                    (),
-                    f"has both match={self.match!r} and regex={show_value(self.regex)}; use exactly one",
-                )
-            )
-        elif self.match is None and self.regex is None:
-            problems.append(((), "needs either 'match' (a domain) or 'regex'"))
-        problems += _check_ttl(self.action, self.ttl_seconds)
-        problems += _check_block_rate(self.action, self.block_rate)
+        both = None if self.match is None or self.regex is None else (
+            f"has both match={self.match!r} and regex={show_value(self.regex)}; use exactly one")
+        missing = "needs either 'match' (a domain) or 'regex'" if self.match is None and self.regex is None else None
+        problems = _rule_problems(both, missing, self.action, self.ttl_seconds, self.block_rate)
         if problems:
             raise ProblemListError(problems)
         return self
@@ -523,11 +529,7 @@ class DnsRule(_Strict):
         if self.qtype is not None:
             parts.append(f"qtype={_qtype_name(self.qtype)}")
         parts.append(f"action={self.action}")
-        if self.ttl_seconds is not None:
-            parts.append(f"ttl={format_duration(self.ttl_seconds)}")
-        if self.block_rate is not None:
-            parts.append(f"max_blocks_per_second={self.block_rate}")
-        return " ".join(parts)
+        return " ".join(parts + _rule_tail(self.ttl_seconds, self.block_rate))
 
 
 class Signature(_Strict):
@@ -546,33 +548,18 @@ class Signature(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Signature:
-        problems: list[Problem] = []
-        if self.literal is not None and self.regex is not None:
-            problems.append(
-                (
-                    (),
-                    f"has both literal={show_value(self.literal)} and regex={show_value(self.regex)}; "
-                    "use exactly one",
-                )
-            )
-        elif self.literal is None and self.regex is None:
-            problems.append(((), "needs either 'literal' or 'regex'"))
-        problems += _check_ttl(self.action, self.ttl_seconds)
-        problems += _check_block_rate(self.action, self.block_rate)
+        both = None if self.literal is None or self.regex is None else (
+            f"has both literal={show_value(self.literal)} and regex={show_value(self.regex)}; use exactly one")
+        missing = "needs either 'literal' or 'regex'" if self.literal is None and self.regex is None else None
+        problems = _rule_problems(both, missing, self.action, self.ttl_seconds, self.block_rate)
         if problems:
             raise ProblemListError(problems)
         return self
 
     def describe(self) -> str:
-        pattern = (
-            f"literal={self.literal!r}" if self.literal is not None else f"regex={self.regex!r}"
-        )
+        pattern = f"literal={self.literal!r}" if self.literal is not None else f"regex={self.regex!r}"
         parts = [self.class_.describe(), pattern, f"action={self.action}"]
-        if self.ttl_seconds is not None:
-            parts.append(f"ttl={format_duration(self.ttl_seconds)}")
-        if self.block_rate is not None:
-            parts.append(f"max_blocks_per_second={self.block_rate}")
-        return " ".join(parts)
+        return " ".join(parts + _rule_tail(self.ttl_seconds, self.block_rate))
 
 
 # Bounds on what Hyperscan compiles for one policy: compile time grows with them (1,500 regexes took
