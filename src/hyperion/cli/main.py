@@ -563,6 +563,11 @@ def dispatch(args: argparse.Namespace, prog: str = "hyperion") -> int:
     except HyperionError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except PermissionError as exc:  # the pins, bpffs and /run/hyperion are root's (docs/security.md)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: error: {where}permission denied; Hyperion's pinned state and maps need root "
+              "(CAP_BPF and CAP_NET_ADMIN)", file=sys.stderr)
+        return EXIT_ERROR
     except ValueError as exc:  # duration and similar argument parsing
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
