@@ -10,6 +10,7 @@ events into telemetry (merged by hyperion.slowpath.telemetry).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import logging
@@ -393,6 +394,8 @@ class SlowPath:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         finally:
+            with contextlib.suppress(OSError):
+                worker.proc.stdout.close()  # its EOF: the worker is gone
             worker.exited.set()
 
     def _on_message(self, queue_id: int, worker: WorkerProcess, message: WorkerMessage) -> None:
@@ -442,8 +445,10 @@ class SlowPath:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             log.error("queue %d: worker %d did not exit", mq.queue_id, proc.pid)
-        worker.exited.wait(1)
-        for stream in (proc.stdin, proc.stdout, worker.channel):
+        # The reader thread ends at EOF on stdout and closes nothing; closing stdout under it would
+        # wait for its read (the file's lock), forever if the process is stuck in the kernel.
+        reader_done = worker.exited.wait(1)
+        for stream in (proc.stdin, proc.stdout if reader_done else None, worker.channel):
             try:
                 if stream is not None:
                     stream.close()
