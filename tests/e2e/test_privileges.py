@@ -1,17 +1,15 @@
-"""Least privilege: the daemon keeps only the capabilities it needs (hyperion/privileges.py), and
-the rest of the privilege surface: pins and state 0700, /metrics on loopback, no shell.
+"""Least privilege with real processes (root, sandboxes): what the kept capability set allows.
 
-- drop_privileges asks the kernel for exactly this: every other capability out of the bounding
-  set, the ambient set cleared, effective = permitted = the kept set, inheritable empty,
-  no_new_privs; it refuses when threads exist or a name is unknown (a recorder, no root).
 - A process holding only the kept set can do what the running daemon does (load the program,
   create a reload's maps, pins, AF_XDP sockets with a 16 MiB UMEM, TUN devices) and cannot do
   what needs CAP_SYS_ADMIN, which it does not need.
 - `hyperion run` in a sandbox: the daemon and each of its threads hold exactly the documented set
   (bounding set included) with no_new_privs, the workers' switch capabilities permitted but not
-  effective; its AF_XDP workers are confined (tests/e2e/test_worker_privileges.py); DNS through the
-  slow path, a block_source written by a worker, a SIGHUP reload and the detach at exit work.
-- --keep-privileges keeps everything.
+  effective; DNS through the slow path, a block_source written by a worker, a SIGHUP reload and
+  the detach at exit work. --keep-privileges keeps everything. Pin directories end up 0700.
+
+drop_privileges against a recorder, status parsing, /metrics on loopback, no shell: tests/unit/test_privileges.py;
+the workers' confinement: tests/e2e/test_worker_privileges.py.
 """
 
 from __future__ import annotations
