@@ -50,6 +50,7 @@ from tests.support.reference_classifier import (
     IPV6_EXT_MAX,
     ReferenceFastPath,
 )
+from tests.support.xdp_cases import CLEAN6, ETH
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # "no IPv6 underlayer to compute checksum"
 
@@ -414,10 +415,6 @@ def test_program_agrees_with_the_reference_classifier(campaign: Campaign) -> Non
 
 
 # ---- deviations found by the fuzzer ----------------------------------------------------------
-
-ETH = Ether(src=MACS[0], dst=MACS[1])
-CLEAN6 = "2001:db8:ff::10"
-
 
 def _chain(count: int) -> bytes:
     packet: Packet = IPv6(src=CLEAN6, dst="2001:db8:1::1")
