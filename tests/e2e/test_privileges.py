@@ -34,7 +34,7 @@ from hyperion.kernel.capabilities import current_capabilities
 from hyperion.lab.sandbox import Sandbox, entered_netns
 from hyperion.slowpath.confinement import WORKER_SWITCH_CAPABILITIES
 from tests.support.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
-from tests.support.peers import dig, dnsmasq
+from tests.support.peers import daemon_serving_dns, dig
 
 KEPT = frozenset(DAEMON_CAPABILITIES)
 
@@ -159,15 +159,8 @@ def _listening_tcp(pid: int) -> set[tuple[str, int]]:
 def protected(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Sandbox, Daemon, Path]]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    server = dnsmasq(sandbox)
-    daemon = Daemon(sandbox, policy, "--no-watch").start()
-    try:
-        wait_for(lambda: dig(sandbox, "good.test") == "NOERROR 203.0.113.80", 10)
+    with daemon_serving_dns(sandbox, policy, "--no-watch") as daemon:
         yield sandbox, daemon, policy
-    finally:
-        daemon.stop()
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_daemon_keeps_only_the_documented_capabilities(protected: tuple[Sandbox, Daemon, Path]) -> None:

@@ -27,7 +27,7 @@ import pytest
 from hyperion.fastpath.loader import pin_dir_for
 from hyperion.lab.sandbox import Sandbox, entered_netns
 from tests.support.netutil import Daemon, hyperion, wait_for
-from tests.support.peers import dig, dnsmasq
+from tests.support.peers import daemon_serving_dns, dig
 
 NOBODY = 65534
 
@@ -116,16 +116,9 @@ def _worker_pid(sb: Sandbox) -> int | None:
 def served(sandbox: Sandbox, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Sandbox, Daemon]]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    server = dnsmasq(sandbox)
-    daemon = Daemon(sandbox, policy, "--no-watch", *getattr(request, "param", ())).start()
-    try:
-        wait_for(lambda: dig(sandbox, "good.test") == "NOERROR 203.0.113.80", 10)
+    with daemon_serving_dns(sandbox, policy, "--no-watch", *getattr(request, "param", ())) as daemon:
         wait_for(lambda: _worker_pid(sandbox) is not None, 10)
         yield sandbox, daemon
-    finally:
-        daemon.stop()
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_a_worker_serves_traffic_confined(served: tuple[Sandbox, Daemon]) -> None:
