@@ -2,19 +2,8 @@
 Every test here needs root, bpffs and BPF (the session-wide `kernel` fixture: fails in CI, skips
 elsewhere) and is marked `kernel`, and `netns` when it builds namespaces."""
 
-from __future__ import annotations
+from tests.support.tiers import tier_marker, tier_requires_kernel
 
-from pathlib import Path
+__all__ = ["pytest_collection_modifyitems", "tier_requires_kernel"]
 
-import pytest
-
-from tests.support.tiers import mark_tier
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _e2e_tier(kernel: None) -> None:
-    """Session-scoped so it runs before any module-scoped fixture that loads the program."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    mark_tier(items, Path(__file__).parent)
+pytest_collection_modifyitems = tier_marker(__file__)

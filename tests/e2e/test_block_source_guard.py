@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from hyperion.lab.sandbox import CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Sandbox
-from tests.support.netutil import Daemon, hyperion, scrape, wait_for
-from tests.support.peers import dig, dnsmasq
+from tests.support.netutil import hyperion, scrape, wait_for
+from tests.support.peers import daemon_serving_dns, dig
 from tests.support.telemetry import parse_metrics
 
 CAP = 5
@@ -91,15 +91,8 @@ def blocked(sb: Sandbox) -> list[str]:
 def guarded(sandbox: Sandbox, tmp_path: Path) -> Iterator[Sandbox]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    server = dnsmasq(sandbox)
-    daemon = Daemon(sandbox, policy).start()
-    try:
-        wait_for(lambda: dig(sandbox, "good.test") == "NOERROR 203.0.113.80", 10)
+    with daemon_serving_dns(sandbox, policy):
         yield sandbox
-    finally:
-        daemon.stop()
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.mark.parametrize("source", ["203.0.113.53", "2001:db8:ff53::9", CLIENT_V4, CLIENT_V6],

@@ -1,15 +1,9 @@
-"""Fragmented UDP (issue 12, defect 1): the first fragment's UDP length is the reassembled datagram's.
+"""Fragmented UDP (issue 12, defect 1) through the slow path in a sandbox: a fragmented datagram
+of a redirected class has its first fragment inspected by the worker and delivered, the others go
+straight to the stack, which reassembles them; a signature in the first fragment drops the datagram.
 
-References: RFC 768 (the UDP length counts the whole datagram, header included, so at least 8),
-RFC 791 and RFC 8200 (a datagram larger than the path MTU is fragmented; the first fragment,
-offset 0 with More Fragments set, carries the UDP header of the reassembled datagram). The
-Linux stack reassembles before UDP sees the datagram, so a first fragment whose UDP length
-exceeds its own payload is legal; only a length below 8 can never be valid. An IPv6 "atomic
-fragment" (offset 0, M clear, RFC 6946) is a whole datagram and keeps the unfragmented checks.
-
-The cases are judged three ways, each of which must give the expected answer: the XDP program
-(BPF_PROG_TEST_RUN), the reference classifier and, for the slow path's parser, Rules.inspect().
-A netns test then has the client's own stack send 3000-byte datagrams through Hyperion.
+The cases (RFC 768/791/8200/6946 references) in the program: tests/kernel/test_fragments.py;
+in the reference classifier and the slow path's parser: tests/unit/test_fragments.py.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Limits with a defined, counted outcome (issue 12, defect 8).
+"""Limits with a defined, counted outcome (issue 12, defect 8), with real traffic in a sandbox.
 
-- A redirect-class frame larger than an AF_XDP UMEM frame cannot be received by the socket
-  (the kernel drops it in xsk_rcv): the program takes the class's on_failure fallback,
-  counted as redirect_oversize, instead of redirecting it into a drop.
-- RX queues beyond the program's queue capacity (xsk_map, queue state and counters) take the
-  class fallback, counted as queue_over_capacity; the slow path serves the queues below it.
-- Slow-path events waiting for the sink are bounded; what the bound refuses is counted.
+- A jumbo redirect-class frame in generic mode takes the class's on_failure fallback.
+- The answers of a DNS burst are all sent and later queries answered; the next scrape shows every
+  answered query (issue 12, defect 12).
+- The slow path starts on more RX queues than the program's capacity and serves those below it.
+
+The program's fallbacks (redirect_oversize, queue_over_capacity): tests/kernel/test_limits.py;
+the bounds and layouts without root: tests/unit/test_limits.py.
 """
 
 from __future__ import annotations

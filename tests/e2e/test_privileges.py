@@ -1,17 +1,15 @@
-"""Least privilege: the daemon keeps only the capabilities it needs (hyperion/privileges.py), and
-the rest of the privilege surface: pins and state 0700, /metrics on loopback, no shell.
+"""Least privilege with real processes (root, sandboxes): what the kept capability set allows.
 
-- drop_privileges asks the kernel for exactly this: every other capability out of the bounding
-  set, the ambient set cleared, effective = permitted = the kept set, inheritable empty,
-  no_new_privs; it refuses when threads exist or a name is unknown (a recorder, no root).
 - A process holding only the kept set can do what the running daemon does (load the program,
   create a reload's maps, pins, AF_XDP sockets with a 16 MiB UMEM, TUN devices) and cannot do
   what needs CAP_SYS_ADMIN, which it does not need.
 - `hyperion run` in a sandbox: the daemon and each of its threads hold exactly the documented set
   (bounding set included) with no_new_privs, the workers' switch capabilities permitted but not
-  effective; its AF_XDP workers are confined (tests/e2e/test_worker_privileges.py); DNS through the
-  slow path, a block_source written by a worker, a SIGHUP reload and the detach at exit work.
-- --keep-privileges keeps everything.
+  effective; DNS through the slow path, a block_source written by a worker, a SIGHUP reload and
+  the detach at exit work. --keep-privileges keeps everything. Pin directories end up 0700.
+
+drop_privileges against a recorder, status parsing, /metrics on loopback, no shell: tests/unit/test_privileges.py;
+the workers' confinement: tests/e2e/test_worker_privileges.py.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from hyperion.kernel.capabilities import current_capabilities
 from hyperion.lab.sandbox import Sandbox, entered_netns
 from hyperion.slowpath.confinement import WORKER_SWITCH_CAPABILITIES
 from tests.support.netutil import Daemon, counter, generation, hyperion, send, status, wait_counter, wait_for
-from tests.support.peers import dig, dnsmasq
+from tests.support.peers import daemon_serving_dns, dig
 
 KEPT = frozenset(DAEMON_CAPABILITIES)
 
@@ -161,15 +159,8 @@ def _listening_tcp(pid: int) -> set[tuple[str, int]]:
 def protected(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Sandbox, Daemon, Path]]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    server = dnsmasq(sandbox)
-    daemon = Daemon(sandbox, policy, "--no-watch").start()
-    try:
-        wait_for(lambda: dig(sandbox, "good.test") == "NOERROR 203.0.113.80", 10)
+    with daemon_serving_dns(sandbox, policy, "--no-watch") as daemon:
         yield sandbox, daemon, policy
-    finally:
-        daemon.stop()
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_daemon_keeps_only_the_documented_capabilities(protected: tuple[Sandbox, Daemon, Path]) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox
 from tests.support.netutil import Daemon, Receiver, counter, hyperion, scrape, send, status, wait_counter, wait_for
-from tests.support.peers import dig, dnsmasq
+from tests.support.peers import daemon_serving_dns, dig, dnsmasq
 from tests.support.telemetry import parse_metrics, value
 
 POLICY = r"""
@@ -41,15 +41,8 @@ def protected(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Sandbox, Path]
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     events = tmp_path / "events.jsonl"
-    server = dnsmasq(sandbox)
-    daemon = Daemon(sandbox, policy, "--events", str(events)).start()
-    try:
-        wait_for(lambda: dig(sandbox, "good.test") == "NOERROR 203.0.113.80", 10)
+    with daemon_serving_dns(sandbox, policy, "--events", str(events)):
         yield sandbox, events
-    finally:
-        daemon.stop()
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_dns_verdicts_reach_their_destination(protected: tuple[Sandbox, Path]) -> None:

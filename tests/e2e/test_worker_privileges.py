@@ -1,14 +1,14 @@
-"""Slow-path workers parse hostile packets: once a worker's AF_XDP socket is bound and in xsk_map it
-runs as an unprivileged user with no capability in any set, no_new_privs and a seccomp allowlist.
+"""Slow-path worker confinement for real (root): once a worker's AF_XDP socket is bound and in
+xsk_map it runs as an unprivileged user with no capability in any set, no_new_privs and seccomp.
 
-- confine_worker in a process of its own (root): uid/gid switched, every capability set empty,
-  no_new_privs, seccomp filter mode; what the steady state needs still works (threads, pipes, an
-  already-open BPF map fd), what it does not need fails with EPERM (sockets, exec, fork, files).
-- The allowlist alone, without root (seccomp with no_new_privs needs no privilege).
+- confine_worker in a process of its own: uid/gid switched, every capability set empty,
+  no_new_privs, seccomp filter mode, an already-open BPF map fd still usable.
 - `hyperion run` in a sandbox: the worker serving DNS reads as confined in /proc/PID/status,
   dig answers through the slow path, nxdomain answers come back, block_source writes the dynamic
   blocklist; a killed worker is replaced by one confined again; --worker-user picks the user;
-  --keep-privileges leaves the workers as they were.
+  --keep-privileges leaves the workers as they were; an unknown user is refused before attaching.
+
+The seccomp allowlist alone and --worker-user parsing, without root: tests/unit/test_worker_privileges.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 from hyperion.fastpath.loader import pin_dir_for
 from hyperion.lab.sandbox import Sandbox, entered_netns
 from tests.support.netutil import Daemon, hyperion, wait_for
-from tests.support.peers import dig, dnsmasq
+from tests.support.peers import daemon_serving_dns, dig
 
 NOBODY = 65534
 
@@ -116,16 +116,9 @@ def _worker_pid(sb: Sandbox) -> int | None:
 def served(sandbox: Sandbox, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Sandbox, Daemon]]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    server = dnsmasq(sandbox)
-    daemon = Daemon(sandbox, policy, "--no-watch", *getattr(request, "param", ())).start()
-    try:
-        wait_for(lambda: dig(sandbox, "good.test") == "NOERROR 203.0.113.80", 10)
+    with daemon_serving_dns(sandbox, policy, "--no-watch", *getattr(request, "param", ())) as daemon:
         wait_for(lambda: _worker_pid(sandbox) is not None, 10)
         yield sandbox, daemon
-    finally:
-        daemon.stop()
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_a_worker_serves_traffic_confined(served: tuple[Sandbox, Daemon]) -> None:

@@ -1,15 +1,12 @@
-"""Fragmented UDP (issue 12, defect 1): the first fragment's UDP length is the reassembled datagram's.
+"""Fragmented UDP (issue 12, defect 1) in the XDP program: the first fragment's UDP length is the
+reassembled datagram's (RFC 768, RFC 791, RFC 8200), so one longer than its own payload is legal and
+only a length below 8 is never valid; an IPv6 atomic fragment (RFC 6946) keeps the unfragmented checks.
 
-References: RFC 768 (the UDP length counts the whole datagram, header included, so at least 8),
-RFC 791 and RFC 8200 (a datagram larger than the path MTU is fragmented; the first fragment,
-offset 0 with More Fragments set, carries the UDP header of the reassembled datagram). The
-Linux stack reassembles before UDP sees the datagram, so a first fragment whose UDP length
-exceeds its own payload is legal; only a length below 8 can never be valid. An IPv6 "atomic
-fragment" (offset 0, M clear, RFC 6946) is a whole datagram and keeps the unfragmented checks.
+The cases of tests/support/fragments.py through BPF_PROG_TEST_RUN (verdict, reason, counters), and
+the client's own stack sending 3000-byte datagrams through an attached Hyperion, arriving whole.
 
-The cases are judged three ways, each of which must give the expected answer: the XDP program
-(BPF_PROG_TEST_RUN), the reference classifier and, for the slow path's parser, Rules.inspect().
-A netns test then has the client's own stack send 3000-byte datagrams through Hyperion.
+The same cases in the reference classifier and the slow path's parser: tests/unit/test_fragments.py;
+through the slow path in a sandbox: tests/e2e/test_fragments.py.
 """
 
 from __future__ import annotations

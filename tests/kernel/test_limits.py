@@ -1,11 +1,12 @@
-"""Limits with a defined, counted outcome (issue 12, defect 8).
+"""Limits with a defined, counted outcome (issue 12, defect 8), in the XDP program.
 
-- A redirect-class frame larger than an AF_XDP UMEM frame cannot be received by the socket
-  (the kernel drops it in xsk_rcv): the program takes the class's on_failure fallback,
-  counted as redirect_oversize, instead of redirecting it into a drop.
-- RX queues beyond the program's queue capacity (xsk_map, queue state and counters) take the
-  class fallback, counted as queue_over_capacity; the slow path serves the queues below it.
-- Slow-path events waiting for the sink are bounded; what the bound refuses is counted.
+- RX queues beyond the program's queue capacity take the class fallback, counted as
+  queue_over_capacity.
+- A redirect-class frame larger than an AF_XDP UMEM frame (the kernel would drop it in xsk_rcv)
+  takes the class's on_failure fallback, counted as redirect_oversize (program built with
+  2048-byte frames); with the default 4096-byte frames every linear test frame is redirected.
+
+With real traffic in a sandbox: tests/e2e/test_limits.py; the bounds without root: tests/unit/test_limits.py.
 """
 
 from __future__ import annotations

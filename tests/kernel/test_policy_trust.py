@@ -1,14 +1,11 @@
-"""Policy file trust: a policy others can change is a policy others can set.
+"""Policy file trust, the cases that need root: chown, a root-owned sticky directory, a tmpfs mount.
 
-The file is resolved deliberately (every directory the lookup passes through must be owned by
-root or the daemon's user and writable by nobody else; a shared sticky directory like /tmp is
-accepted above the policy's own directory, never as it), opened once with O_NOFOLLOW, fstat'ed,
-and read from that same descriptor: its owner must be root or the daemon's user, and group and
-others must not be able to write it. The Kubernetes ConfigMap layout (policy.yaml ->
-..data/policy.yaml, ..data -> ..<timestamp>) is accepted. The events file is created 0600.
+- A ConfigMap volume (world-writable mode but read-only mount) is accepted.
+- A file or a directory owned by another user is refused.
+- Below a shared sticky directory, a private directory of the daemon's user is accepted.
 
-These need root (chown, a root-owned sticky directory, a tmpfs mount); the rest, as any user, are in
-tests/unit/test_policy_trust.py.
+The rules (owner root or the daemon's user, no group/other write on any directory passed, O_NOFOLLOW,
+read from the fstat'ed fd, events file 0600) and the cases any user can run: tests/unit/test_policy_trust.py.
 """
 
 from __future__ import annotations

@@ -1,24 +1,15 @@
-"""Structure-aware fuzzing of the XDP program against a Python reference classifier.
+"""Structure-aware fuzzing of the XDP program (BPF_PROG_TEST_RUN) against the Python reference classifier.
 
-Hypothesis builds packets with scapy: random header fields, 0..4 VLAN tags (802.1Q and
-802.1ad), IPv4 with options, fragments (first with MF, non-first), bad IHL and total length,
-IPv6 with chains of 0..11 extension headers (hop-by-hop, routing, destination options,
-fragment, AH), TCP with any data offset, UDP with any length, ICMP/ICMPv6, other protocols,
-non-IP ethertypes and IP version/ethertype mismatches. Each built frame is also cut at every
-offset (or at drawn offsets; "consistent" cuts rewrite the IP length fields to agree with
-the cut, to reach the L4 checks), has drawn bytes overwritten and trailing bytes appended.
+Hypothesis builds frames with scapy (0..4 VLAN tags, IPv4 options and fragments, bad IHL and
+lengths, IPv6 chains of 0..11 extension headers, TCP/UDP/ICMP and other protocols, non-IP and
+mismatched ethertypes), then cuts, overwrites and extends them. Each frame runs under one policy
+(allowlist, CIDR and exact blocklists, dynamic blocks, redirect classes) in enforce and monitor
+mode; per frame the XDP action matches the verdict, exactly one (verdict, reason) counter moves by
+one packet and the frame's bytes, and that pair is what tests/support/reference_classifier.py
+computes. Also the extension-header limit and the parser bugs the fuzzer found. CI runs 50,000
+frames; HYPERION_FUZZ_PACKETS / HYPERION_FUZZ_SEED (`make fuzz-xdp`) raise or replay it.
 
-Every frame runs through the real program (BPF_PROG_TEST_RUN) under one policy with an
-allowlist, CIDR and exact-IP blocklists (IPv4 and IPv6), dynamic blocks (one expired) and
-redirect classes, in enforce and in monitor mode. Properties, per frame:
-- the XDP action is the one of the verdict (never aborted, never anything undefined);
-- exactly one (verdict, reason) counter moved, by one packet and the frame's length in bytes,
-  so the counters' sum moves by exactly the number of frames run;
-- that (verdict, reason) is what tests/reference_classifier.py computes from the bytes.
-
-CI runs 50,000 frames; HYPERION_FUZZ_PACKETS raises it (`make fuzz-xdp` runs 1,000,000 with a
-random seed, HYPERION_FUZZ_SEED to replay one). Mismatches are collected, grouped by
-(expected, got), and reported with the frames' bytes, rather than shrunk one at a time.
+The reference checked against the hand-written fixture table, without root: tests/unit/test_xdp_hypothesis.py.
 """
 
 from __future__ import annotations
@@ -59,6 +50,7 @@ from tests.support.reference_classifier import (
     IPV6_EXT_MAX,
     ReferenceFastPath,
 )
+from tests.support.xdp_cases import CLEAN6, ETH
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # "no IPv6 underlayer to compute checksum"
 
@@ -423,10 +415,6 @@ def test_program_agrees_with_the_reference_classifier(campaign: Campaign) -> Non
 
 
 # ---- deviations found by the fuzzer ----------------------------------------------------------
-
-ETH = Ether(src=MACS[0], dst=MACS[1])
-CLEAN6 = "2001:db8:ff::10"
-
 
 def _chain(count: int) -> bytes:
     packet: Packet = IPv6(src=CLEAN6, dst="2001:db8:1::1")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox
 from tests.support.kernel import IN_CI
+from tests.support.netutil import Daemon, wait_for
 
 
 def dnsmasq(sb: Sandbox) -> subprocess.Popen[str]:
@@ -34,3 +38,18 @@ def dig(sb: Sandbox, name: str, qtype: str = "A", server: str = HOST_V4, source:
     rcode = status_line.split("status:")[1].split(",")[0].strip()
     answers = [line.split()[-1] for line in out.splitlines() if line and not line.startswith(";") and "\tA\t" in line]
     return f"{rcode} {' '.join(answers)}".strip()
+
+
+@contextmanager
+def daemon_serving_dns(sb: Sandbox, policy: Path, *extra: str) -> Iterator[Daemon]:
+    """dnsmasq, and `hyperion run --policy policy *extra` in front of it: yields the daemon once
+    dig gets good.test's answer through it; stops the daemon and dnsmasq afterwards."""
+    server = dnsmasq(sb)
+    daemon = Daemon(sb, policy, *extra).start()
+    try:
+        wait_for(lambda: dig(sb, "good.test") == "NOERROR 203.0.113.80", 10)
+        yield daemon
+    finally:
+        daemon.stop()
+        server.terminate()
+        server.wait(timeout=10)

@@ -3,6 +3,7 @@ namespaces) and requires the `kernel` fixture, so CI fails rather than skips wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,19 @@ def mark_tier(items: list[pytest.Item], tier: Path) -> None:
         item.add_marker(pytest.mark.kernel)
         if creates_namespaces(item):
             item.add_marker(pytest.mark.netns)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tier_requires_kernel(kernel: None) -> None:
+    """Session-scoped so it runs before any module-scoped fixture that loads the program. A tier's
+    conftest imports it, which makes it autouse for that directory only."""
+
+
+def tier_marker(conftest: str) -> Callable[[list[pytest.Item]], None]:
+    """The pytest_collection_modifyitems hook of the tier whose conftest.py is `conftest`."""
+    tier = Path(conftest).parent
+
+    def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+        mark_tier(items, tier)
+
+    return pytest_collection_modifyitems

@@ -1,11 +1,12 @@
-"""Limits with a defined, counted outcome (issue 12, defect 8).
+"""Limits with a defined, counted outcome (issue 12, defect 8), without root.
 
-- A redirect-class frame larger than an AF_XDP UMEM frame cannot be received by the socket
-  (the kernel drops it in xsk_rcv): the program takes the class's on_failure fallback,
-  counted as redirect_oversize, instead of redirecting it into a drop.
-- RX queues beyond the program's queue capacity (xsk_map, queue state and counters) take the
-  class fallback, counted as queue_over_capacity; the slow path serves the queues below it.
+- The UMEM frame size comes from the ABI; served queues stop at the program's capacity, with a
+  HyperionError beyond it.
 - Slow-path events waiting for the sink are bounded; what the bound refuses is counted.
+- The shared control block's layout matches the C struct, and the supervisor reads the counters
+  from it, not from the last report.
+
+The program's fallbacks: tests/kernel/test_limits.py; with real traffic: tests/e2e/test_limits.py.
 """
 
 from __future__ import annotations

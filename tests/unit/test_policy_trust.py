@@ -1,14 +1,13 @@
-"""Policy file trust: a policy others can change is a policy others can set.
+"""Policy file trust, as any user: a policy others can change is a policy others can set.
 
 The file is resolved deliberately (every directory the lookup passes through must be owned by
 root or the daemon's user and writable by nobody else; a shared sticky directory like /tmp is
 accepted above the policy's own directory, never as it), opened once with O_NOFOLLOW, fstat'ed,
 and read from that same descriptor: its owner must be root or the daemon's user, and group and
-others must not be able to write it. The Kubernetes ConfigMap layout (policy.yaml ->
-..data/policy.yaml, ..data -> ..<timestamp>) is accepted. The events file is created 0600.
+others must not be able to write it. Here: the accepted layouts (Kubernetes ConfigMap included),
+every refusal that needs no other user, check-then-read swaps, and the 0600 events file.
 
-The tests that need root (chown, a root-owned sticky directory, a tmpfs mount) are in
-tests/kernel/test_policy_trust.py; these run as any user.
+The tests that need root (chown, a root-owned sticky directory, a tmpfs mount): tests/kernel/test_policy_trust.py.
 """
 
 from __future__ import annotations

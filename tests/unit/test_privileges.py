@@ -1,17 +1,12 @@
-"""Least privilege: the daemon keeps only the capabilities it needs (hyperion/privileges.py), and
-the rest of the privilege surface: pins and state 0700, /metrics on loopback, no shell.
+"""Least privilege without root: drop_privileges against a syscall recorder and the pieces around it.
 
 - drop_privileges asks the kernel for exactly this: every other capability out of the bounding
   set, the ambient set cleared, effective = permitted = the kept set, inheritable empty,
-  no_new_privs; it refuses when threads exist or a name is unknown (a recorder, no root).
-- A process holding only the kept set can do what the running daemon does (load the program,
-  create a reload's maps, pins, AF_XDP sockets with a 16 MiB UMEM, TUN devices) and cannot do
-  what needs CAP_SYS_ADMIN, which it does not need.
-- `hyperion run` in a sandbox: the daemon and each of its threads hold exactly the documented set
-  (bounding set included) with no_new_privs, the workers' switch capabilities permitted but not
-  effective; its AF_XDP workers are confined (tests/e2e/test_worker_privileges.py); DNS through the
-  slow path, a block_source written by a worker, a SIGHUP reload and the detach at exit work.
-- --keep-privileges keeps everything.
+  no_new_privs; it refuses, before changing anything, when threads exist or a name is unknown.
+- /proc status parsing, the daemon's capability set per option, /metrics on loopback by default,
+  no shell ever built from data, the capability numbers pinned.
+
+The daemon's real processes and the kept set at work (root): tests/e2e/test_privileges.py.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""Slow-path workers parse hostile packets: once a worker's AF_XDP socket is bound and in xsk_map it
-runs as an unprivileged user with no capability in any set, no_new_privs and a seccomp allowlist.
+"""Slow-path worker confinement without root (seccomp with no_new_privs needs no privilege).
 
-- confine_worker in a process of its own (root): uid/gid switched, every capability set empty,
-  no_new_privs, seccomp filter mode; what the steady state needs still works (threads, pipes, an
-  already-open BPF map fd), what it does not need fails with EPERM (sockets, exec, fork, files).
-- The allowlist alone, without root (seccomp with no_new_privs needs no privilege).
-- `hyperion run` in a sandbox: the worker serving DNS reads as confined in /proc/PID/status,
-  dig answers through the slow path, nxdomain answers come back, block_source writes the dynamic
-  blocklist; a killed worker is replaced by one confined again; --worker-user picks the user;
-  --keep-privileges leaves the workers as they were.
+- The worker's seccomp allowlist alone: what the steady state needs still works (threads, pipes),
+  what it does not need fails with EPERM (sockets, exec, fork, files, signals to others).
+- The forms --worker-user accepts (name, uid, uid:gid) and the errors for the others.
+
+confine_worker and the daemon's confined workers (root): tests/e2e/test_worker_privileges.py.
 """
 
 from __future__ import annotations

@@ -1,24 +1,7 @@
-"""Structure-aware fuzzing of the XDP program against a Python reference classifier.
+"""The reference classifier (tests/support/reference_classifier.py) against the hand-written
+fixture table in tests/support/xdp_cases.py, so the fuzzer's oracle is itself checked (no root).
 
-Hypothesis builds packets with scapy: random header fields, 0..4 VLAN tags (802.1Q and
-802.1ad), IPv4 with options, fragments (first with MF, non-first), bad IHL and total length,
-IPv6 with chains of 0..11 extension headers (hop-by-hop, routing, destination options,
-fragment, AH), TCP with any data offset, UDP with any length, ICMP/ICMPv6, other protocols,
-non-IP ethertypes and IP version/ethertype mismatches. Each built frame is also cut at every
-offset (or at drawn offsets; "consistent" cuts rewrite the IP length fields to agree with
-the cut, to reach the L4 checks), has drawn bytes overwritten and trailing bytes appended.
-
-Every frame runs through the real program (BPF_PROG_TEST_RUN) under one policy with an
-allowlist, CIDR and exact-IP blocklists (IPv4 and IPv6), dynamic blocks (one expired) and
-redirect classes, in enforce and in monitor mode. Properties, per frame:
-- the XDP action is the one of the verdict (never aborted, never anything undefined);
-- exactly one (verdict, reason) counter moved, by one packet and the frame's length in bytes,
-  so the counters' sum moves by exactly the number of frames run;
-- that (verdict, reason) is what tests/reference_classifier.py computes from the bytes.
-
-CI runs 50,000 frames; HYPERION_FUZZ_PACKETS raises it (`make fuzz-xdp` runs 1,000,000 with a
-random seed, HYPERION_FUZZ_SEED to replay one). Mismatches are collected, grouped by
-(expected, got), and reported with the frames' bytes, rather than shrunk one at a time.
+The fuzzing of the XDP program against this reference: tests/kernel/test_xdp_hypothesis.py.
 """
 
 from __future__ import annotations
