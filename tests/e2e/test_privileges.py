@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from hyperion.daemon.privileges import DAEMON_CAPABILITIES
-from hyperion.fastpath.loader import pin_dir_for
-from hyperion.fastpath.program import STATE_ROOT, FastPath
+from hyperion.fastpath.loader import STATE_ROOT, pin_dir_for
+from hyperion.fastpath.program import FastPath
 from hyperion.kernel import capabilities
 from hyperion.kernel.capabilities import current_capabilities
 from hyperion.lab.sandbox import Sandbox, entered_netns
