@@ -27,6 +27,10 @@ struct hyp_abi_types {
 	enum hyp_queue_state_id queue_state_id;
 	enum hyp_queue_reason queue_reason;
 	enum hyp_parser_limit parser_limit;
+	enum hyp_dns_action dns_action;
+	enum hyp_dns_kind dns_kind;
+	enum hyp_dns_rule_flag dns_rule_flag;
+	enum hyp_class_flag class_flag;
 	struct hyp_counter counter;
 	struct hyp_config config;
 	struct hyp_settings settings;
@@ -38,6 +42,9 @@ struct hyp_abi_types {
 	struct hyp_dyn_block dyn_block;
 	struct hyp_class_key class_key;
 	struct hyp_class_value class_value;
+	struct hyp_dns_key_short dns_key_short;
+	struct hyp_dns_key dns_key;
+	struct hyp_dns_rule dns_rule;
 	struct hyp_queue_counter queue_counter;
 	struct hyp_class_counter class_counter;
 	struct hyp_event_state event_state;

@@ -22,6 +22,8 @@ enum hyp_verdict {
 	HYP_VERDICT_REDIRECT = 2,
 	HYP_VERDICT_WOULD_DROP = 3,
 	HYP_VERDICT_WOULD_REDIRECT = 4,
+	HYP_VERDICT_ANSWER = 5,       /* answered in place (XDP_TX): a DNS rule's nxdomain/refuse */
+	HYP_VERDICT_WOULD_ANSWER = 6,
 	HYP_VERDICT__MAX,
 };
 
@@ -55,6 +57,18 @@ enum hyp_reason {
 	HYP_REASON_QUEUE_FENCED = 25,    /* queue fenced by the watchdog: class fallback taken */
 	HYP_REASON_REDIRECT_OVERSIZE = 26, /* longer than a UMEM frame takes: class fallback taken */
 	HYP_REASON_QUEUE_OVER_CAPACITY = 27, /* rx queue >= HYP_CAP_QUEUES: class fallback taken */
+	/* The DNS stage (a class with HYP_CLASS_F_DNS, UDP). rule_id: the dns_rules position. */
+	HYP_REASON_DNS_NO_MATCH = 28,     /* no name rule, nothing for the slow path: pass */
+	HYP_REASON_DNS_DROP = 29,         /* name rule: drop */
+	HYP_REASON_DNS_NXDOMAIN = 30,     /* name rule: answered NXDOMAIN */
+	HYP_REASON_DNS_REFUSED = 31,      /* name rule: answered REFUSED */
+	HYP_REASON_DNS_UNANSWERABLE = 32, /* nxdomain/refuse, but not answerable here (IP options,
+					   * extension headers, non-unicast destination): dropped */
+	HYP_REASON_DNS_ALLOW = 33,        /* name rule: allow (pass), nothing later applies */
+	HYP_REASON_DNS_ALERT = 34,        /* name rule: alert, an event, and the packet passes */
+	HYP_REASON_DNS_MALFORMED = 35,    /* malformed query: hyp_settings.dns_malformed decides */
+	HYP_REASON_DNS_QDCOUNT = 36,      /* QDCOUNT != 1 (RFC 9619): as malformed */
+	HYP_REASON_DNS_NOT_QUERY = 37,    /* a response or an opcode other than QUERY: not judged */
 	HYP_REASON__MAX,
 };
 
@@ -105,6 +119,34 @@ enum hyp_queue_reason {
 	HYP_QREASON__MAX,
 };
 
+/* What a DNS name rule does in the program (hyp_dns_rule.action). */
+enum hyp_dns_action {
+	HYP_DNS_NONE = 0,      /* placeholder: only qtype-specific rules on this name */
+	HYP_DNS_DROP = 1,
+	HYP_DNS_NXDOMAIN = 2,
+	HYP_DNS_REFUSE = 3,
+	HYP_DNS_ALLOW = 4,
+	HYP_DNS_ALERT = 5,
+	HYP_DNS_SLOWPATH = 6,  /* the rule runs in the slow path (block_source): redirect */
+};
+
+/* hyp_dns_key.kind: an exact name, or "*.name" (strict subdomains; the apex does not match). */
+enum hyp_dns_kind {
+	HYP_DNS_EXACT = 0,
+	HYP_DNS_SUFFIX = 1,
+};
+
+/* hyp_dns_rule.flags */
+enum hyp_dns_rule_flag {
+	HYP_DNS_F_QTYPES = 1, /* rules with a qtype exist for this (kind, name): look up (kind, name, qtype) */
+};
+
+/* hyp_class_value.flags */
+enum hyp_class_flag {
+	HYP_CLASS_F_SLOWPATH = 1, /* redirect what the program did not decide to AF_XDP */
+	HYP_CLASS_F_DNS = 2,      /* a DNS class: judge UDP queries by the name rules first */
+};
+
 /* Map capacities; the policy compiler refuses a policy that does not fit
  * before anything changes. Overridable at build time. */
 enum hyp_capacity {
@@ -151,6 +193,17 @@ enum hyp_capacity {
 #endif
 	/* Policy generations held at once: the active one and the one being built. */
 	HYP_CAP_GENERATIONS = 2,
+	/* DNS name-rule entries per map (hyp_dns_short, hyp_dns_long), placeholders included. */
+#ifndef HYP_DNS_CAPACITY
+	HYP_CAP_DNS_NAMES = 2097152,
+#else
+	HYP_CAP_DNS_NAMES = HYP_DNS_CAPACITY,
+#endif
+	/* Name bytes of the two DNS key shapes: names up to 32 wire bytes (labels with their
+	 * length bytes, no root) use the short key, whose hash the kernel computes over 36
+	 * bytes; the rest, up to 254, the long one. */
+	HYP_CAP_DNS_SHORT_NAME = 32,
+	HYP_CAP_DNS_NAME = 256,
 };
 
 /* hyp_counters is a per-CPU array indexed by verdict * HYP_REASON__MAX + reason. */
@@ -169,6 +222,8 @@ enum hyp_policy_map {
 	HYP_PMAP_BIP4 = 4,
 	HYP_PMAP_BIP6 = 5,
 	HYP_PMAP_CLASSES = 6,
+	HYP_PMAP_DNS_SHORT = 7,
+	HYP_PMAP_DNS_LONG = 8,
 	HYP_PMAP__MAX,
 };
 
@@ -189,6 +244,12 @@ struct hyp_settings {
 	__u64 applied_at_ns;              /* CLOCK_REALTIME when applied */
 	__u32 entries[HYP_PMAP__MAX];     /* entries in each policy map */
 	__u32 reserved2;
+	/* Label counts the name rules have: bit n for n labels (bit 63: 63 or more). The DNS
+	 * stage looks up only the suffixes (and the whole name) some rule can match. */
+	__u64 dns_exact_labels;           /* exact rules: the name's labels */
+	__u64 dns_suffix_labels;          /* "*.x" rules: the labels of x */
+	__u32 dns_malformed;              /* enum hyp_dns_action for malformed queries: DROP, ALLOW or ALERT */
+	__u32 reserved3;
 };
 
 /* LPM trie keys: prefix length in bits, then the address in network order. */
@@ -233,6 +294,35 @@ struct hyp_class_key {
 struct hyp_class_value {
 	__u32 class_id;
 	__u32 on_failure; /* enum hyp_fallback */
+	__u32 flags;      /* enum hyp_class_flag */
+	__u32 reserved;
+};
+
+/* DNS name-rule keys. name: the name's labels in reverse order (top-level label
+ * first), each as on the wire (length byte, then the bytes, ASCII lower-cased),
+ * no root label, zero-padded. "www.Evil.com" -> 03 'com' 04 'evil' 03 'www'. The
+ * key of a suffix is then a prefix of the name's key. The kernel compares whole
+ * keys, so a hit is always the stored name: no false positives. */
+struct hyp_dns_key_short {
+	__u16 qtype;      /* 0 = any */
+	__u8 kind;        /* enum hyp_dns_kind */
+	__u8 pad;
+	__u8 name[HYP_CAP_DNS_SHORT_NAME];
+};
+
+struct hyp_dns_key {
+	__u16 qtype;
+	__u8 kind;
+	__u8 pad;
+	__u8 name[HYP_CAP_DNS_NAME];
+};
+
+struct hyp_dns_rule {
+	__u32 rule_id;    /* 1-based position in slow_path.dns_rules */
+	__u8 action;      /* enum hyp_dns_action */
+	__u8 flags;       /* enum hyp_dns_rule_flag */
+	__u16 reserved;
+	__u64 hits;       /* queries this rule decided (atomic add; per generation) */
 };
 
 /* Per-CPU counters of one rx queue (hyp_queue_stats, indexed by queue). */

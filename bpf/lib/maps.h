@@ -66,6 +66,11 @@ HYP_GENERATION_MAP(hyp_bip6, BPF_MAP_TYPE_HASH, struct hyp_ip_v6_key,
 		   struct hyp_rule_value, HYP_CAP_BLOCK_IP, BPF_F_NO_PREALLOC);
 HYP_GENERATION_MAP(hyp_classes, BPF_MAP_TYPE_HASH, struct hyp_class_key,
 		   struct hyp_class_value, HYP_CAP_CLASSES, 0);
+/* DNS name rules by key length: most names fit the short key, which is cheaper to hash. */
+HYP_GENERATION_MAP(hyp_dns_short, BPF_MAP_TYPE_HASH, struct hyp_dns_key_short,
+		   struct hyp_dns_rule, HYP_CAP_DNS_NAMES, BPF_F_NO_PREALLOC);
+HYP_GENERATION_MAP(hyp_dns_long, BPF_MAP_TYPE_HASH, struct hyp_dns_key,
+		   struct hyp_dns_rule, HYP_CAP_DNS_NAMES, BPF_F_NO_PREALLOC);
 
 /* Runtime blocks (operator, slow path): outside the policy generations so a
  * reload keeps them. LRU so a full table evicts the oldest instead of failing. */
