@@ -44,7 +44,7 @@ def test_reasons_are_dense_and_labels_unique(abi: Abi) -> None:
 @pytest.mark.parametrize("struct_name,size", [
     ("hyp_counter", 16), ("hyp_config", 8), ("hyp_lpm_v4_key", 8), ("hyp_lpm_v6_key", 20),
     ("hyp_ip_v4_key", 4), ("hyp_ip_v6_key", 16), ("hyp_dyn_block", 16), ("hyp_class_key", 4),
-    ("hyp_class_value", 8),
+    ("hyp_class_value", 16),
 ])
 def test_struct_layouts_built_from_btf(abi: Abi, struct_name: str, size: int) -> None:
     cls = abi.btf.struct(struct_name)

@@ -25,17 +25,20 @@ def test_images_hold_packed_keys_and_rule_ids(abi: Abi) -> None:
     assert compiled.mode == abi.modes["enforce"]
     assert compiled.entry_counts() == {
         "hyp_allow4": 1, "hyp_allow6": 1, "hyp_bcidr4": 1, "hyp_bcidr6": 0,
-        "hyp_bip4": 1, "hyp_bip6": 1, "hyp_classes": 2,
+        "hyp_bip4": 1, "hyp_bip6": 1, "hyp_classes": 2, "hyp_dns_short": 0, "hyp_dns_long": 0,
     }
     allow4 = compiled.images["hyp_allow4"]
     assert allow4.keys == (28).to_bytes(4, "little") + bytes([192, 0, 2, 0])
     assert allow4.values == (1).to_bytes(4, "little")
     assert compiled.images["hyp_bip4"].keys == bytes([198, 51, 100, 42])
     classes = compiled.images["hyp_classes"]
-    # (port, protocol, pad) -> (class id, fallback)
+    # (port, protocol, pad) -> (class id, fallback, flags, reserved): udp/53 is a DNS class with nothing
+    # for the slow path (no rules), tcp/8080 an ordinary redirect class
     assert classes.keys == (53).to_bytes(2, "little") + b"\x11\x00" + (8080).to_bytes(2, "little") + b"\x06\x00"
     assert classes.values == (1).to_bytes(4, "little") + (abi.fallbacks["drop"]).to_bytes(4, "little") + \
-        (2).to_bytes(4, "little") + (abi.fallbacks["pass"]).to_bytes(4, "little")
+        (abi.class_flags["dns"]).to_bytes(4, "little") + bytes(4) + \
+        (2).to_bytes(4, "little") + (abi.fallbacks["pass"]).to_bytes(4, "little") + \
+        (abi.class_flags["slowpath"]).to_bytes(4, "little") + bytes(4)
 
 
 def test_monitor_mode_compiles(abi: Abi) -> None:

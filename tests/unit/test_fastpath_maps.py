@@ -35,11 +35,12 @@ EEXIST, E2BIG = 17, 7
 
 # Enumerator values in hyperion_abi.h.
 VERDICT_PASS, VERDICT_DROP = 0, 1
-REASON_NO_MATCH, REASON_BLOCKLIST_IP, REASON_COUNT = 0, 19, 28
+REASON_NO_MATCH, REASON_BLOCKLIST_IP, REASON_COUNT = 0, 19, 38
 QSTATE_FENCED, QREASON_HEARTBEAT_STALE = 4, 4
 MODE_ENFORCE, MODE_MONITOR = 0, 1
-PMAP_BIP4, PMAP_ALLOW4, PMAP_COUNT = 4, 0, 7
+PMAP_BIP4, PMAP_ALLOW4, PMAP_COUNT = 4, 0, 9
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
+SETTINGS = "<IIQQ9I4xQQI4x"  # struct hyp_settings
 
 
 def class_key(protocol: int, port: int) -> bytes:
@@ -153,7 +154,7 @@ def fakes(abi: Abi, templates: dict[str, InnerTemplate], log: Log) -> dict[str, 
     queues = abi.capacity["queues"]
     maps = [
         FakeMap(log, "hyp_config", 4, 8, 1, array=True),
-        FakeMap(log, "hyp_settings", 4, 56, 2, array=True),
+        FakeMap(log, "hyp_settings", 4, 88, 2, array=True),
         FakeMap(log, "hyp_counters", 4, stride(16) * NCPUS, 5 * REASON_COUNT, array=True),
         FakeMap(log, "hyp_queue_stats", 4, stride(40) * NCPUS, queues, array=True),
         FakeMap(log, "hyp_queue_state", 4, 24, queues, array=True),
@@ -186,15 +187,16 @@ def fastpath_over(adapter: FakeAdapter, templates: dict[str, InnerTemplate], att
 
 
 def settings_of(fakes: dict[str, FakeMap], slot: int) -> tuple[int, int, int, tuple[int, ...]]:
-    """struct hyp_settings: mode, reserved, generation, applied_at_ns, entries[7], reserved2."""
-    mode, _, generation, applied_at, *entries = struct.unpack("<IIQQ7I4x", fakes["hyp_settings"].entries[
-        slot.to_bytes(4, "little")])
+    """struct hyp_settings: mode, reserved, generation, applied_at_ns, entries[9], reserved2, dns_exact_labels,
+    dns_suffix_labels, dns_malformed, reserved3."""
+    mode, _, generation, applied_at, *entries = struct.unpack(SETTINGS, fakes["hyp_settings"].entries[
+        slot.to_bytes(4, "little")])[:4 + PMAP_COUNT]
     return mode, generation, applied_at, tuple(entries)
 
 
 def set_settings(fakes: dict[str, FakeMap], slot: int, mode: int, generation: int, applied_at_ns: int) -> None:
     fakes["hyp_settings"].entries[slot.to_bytes(4, "little")] = struct.pack(
-        "<IIQQ7I4x", mode, 0, generation, applied_at_ns, *([0] * PMAP_COUNT))
+        SETTINGS, mode, 0, generation, applied_at_ns, *([0] * PMAP_COUNT), 0, 0, 0)
 
 
 # ---- per-CPU counters -------------------------------------------------------------------------
@@ -347,7 +349,8 @@ def _expected_status(program: dict[str, Any]) -> dict[str, Any]:
     """`hyperion status --json` as it was before the split: this key order, these types."""
     maps = {name: {"entries": 0, "capacity": cap} for name, cap in
             [("hyp_allow4", 16384), ("hyp_allow6", 16384), ("hyp_bcidr4", 262144), ("hyp_bcidr6", 262144),
-             ("hyp_bip4", 2097152), ("hyp_bip6", 2097152), ("hyp_classes", 256)]}
+             ("hyp_bip4", 2097152), ("hyp_bip6", 2097152), ("hyp_classes", 256),
+             ("hyp_dns_short", 2097152), ("hyp_dns_long", 2097152)]}
     maps["hyp_bip4"]["entries"] = 2
     maps["hyp_dyn4"] = {"entries": 1, "capacity": 4}
     maps["hyp_dyn6"] = {"entries": 0, "capacity": 4}
@@ -363,8 +366,8 @@ def _expected_status(program: dict[str, Any]) -> dict[str, Any]:
 def test_status_json_keeps_its_keys_and_order(adapter: FakeAdapter, fakes: dict[str, FakeMap],
                                               templates: dict[str, InnerTemplate], attached: bool) -> None:
     fastpath = fastpath_over(adapter, templates, attached)
-    fakes["hyp_settings"].entries[bytes(4)] = struct.pack("<IIQQ7I4x", MODE_ENFORCE, 0, 3, 1700000000500000000,
-                                                          0, 0, 0, 0, 2, 0, 0)
+    fakes["hyp_settings"].entries[bytes(4)] = struct.pack(SETTINGS, MODE_ENFORCE, 0, 3, 1700000000500000000,
+                                                          0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0)
     for (verdict, reason), packets, octets in [((VERDICT_PASS, REASON_NO_MATCH), 1, 60),
                                                ((VERDICT_DROP, REASON_BLOCKLIST_IP), 4, 256)]:
         index = verdict * REASON_COUNT + reason

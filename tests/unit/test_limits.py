@@ -25,6 +25,9 @@ from hyperion.slowpath import supervisor as slowpath
 from hyperion.slowpath.protocol import Event
 from hyperion.slowpath.supervisor import SlowPath
 
+# A DNS class for the DNS rules: a DNS rule no class sees is an error of its own.
+DNS_CLASS = "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
+
 
 def test_umem_frame_size_comes_from_the_abi(abi: Abi) -> None:
     """One definition: the workers' UMEM frames are the size the program checks against."""
@@ -50,7 +53,7 @@ def _events(count: int) -> list[Event]:
 
 
 def test_pending_slowpath_events_are_bounded_and_what_is_refused_is_counted() -> None:
-    policy = parse_policy("slow_path:\n  dns_rules:\n    - {match: evil.com, action: drop}\n")
+    policy = parse_policy(DNS_CLASS + "slow_path:\n  dns_rules:\n    - {match: evil.com, action: drop}\n")
     received: list[dict[str, Any]] = []
     sp = SlowPath(_NoFastPath(), "lo", policy, event_sink=received.append)  # type: ignore[arg-type]
     sp._queue_events(0, 1, _events(slowpath.MAX_PENDING_EVENTS - 5))

@@ -27,6 +27,9 @@ from hyperion.slowpath.protocol import RulesCommand, RuleSpec
 from hyperion.slowpath.rules import compile_rules
 from hyperion.slowpath.worker import Worker
 
+# A DNS class for the DNS rules: a DNS rule no class sees is an error of its own.
+DNS_CLASS = "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
+
 
 def _errors(text: str) -> str:
     with pytest.raises(PolicyError) as info:
@@ -66,6 +69,7 @@ def test_never_block_defaults_must_be_a_boolean() -> None:
 
 def test_max_blocks_per_second_defaults_to_ten_on_block_source_rules() -> None:
     policy = parse_policy(
+        "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
         "slow_path:\n  dns_rules:\n    - {match: c2.test, action: block_source, ttl: 10m}\n"
         "    - {match: c3.test, action: block_source, ttl: 10m, max_blocks_per_second: 3}\n"
         "  signatures:\n"
@@ -206,7 +210,7 @@ def test_the_daemon_compiles_rules_with_the_defaults_it_discovers(tmp_path: Path
         return FACTS
 
     daemon = Daemon(DaemonOptions(ifname="x", policy_path=tmp_path / "p.yaml", host_facts=facts))
-    policy = parse_policy("slow_path:\n  dns_rules: [{match: c2.test, action: block_source, ttl: 1m}]\n")
+    policy = parse_policy(DNS_CLASS + "slow_path:\n  dns_rules: [{match: c2.test, action: block_source, ttl: 1m}]\n")
     first = daemon.compile_slow_path(policy)
     daemon.compile_slow_path(policy)
     assert len(asked) == 2
@@ -220,6 +224,7 @@ def test_the_daemon_compiles_rules_with_the_defaults_it_discovers(tmp_path: Path
 
 def test_the_spec_carries_the_list_and_the_caps_and_a_worker_rebuilds_them() -> None:
     policy = parse_policy(
+        "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
         "slow_path:\n  never_block: ['203.0.113.0/24', '2001:db8:53::/48']\n  dns_rules:\n"
         "    - {match: a.test, action: drop}\n"
         "    - {match: c2.test, action: block_source, ttl: 10m, max_blocks_per_second: 4}\n")

@@ -26,7 +26,8 @@ from tests.support.paths import POLICIES
 
 
 def _rule(yaml_rule: str) -> str:
-    return f"slow_path:\n  dns_rules:\n    - {yaml_rule}\n"
+    # With a DNS class: a DNS rule no class sees is an error of its own.
+    return f"fast_path:\n  redirect_ports: [{{protocol: udp, port: 53}}]\nslow_path:\n  dns_rules:\n    - {yaml_rule}\n"
 
 
 def _sig(yaml_sig: str) -> str:
@@ -155,6 +156,7 @@ def test_qtype_names_and_numbers(qtype: object, number: int) -> None:
 
 def test_yaml_merge_keys_still_work() -> None:
     text = (
+        "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
         "slow_path:\n"
         "  dns_rules:\n"
         "    - &base {match: a.test, action: drop}\n"

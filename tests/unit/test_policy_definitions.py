@@ -71,9 +71,10 @@ def test_no_module_keeps_its_own_protocol_table() -> None:
 
 
 def _list_fields(section: type[FastPathSection] | type[SlowPathSection]) -> set[str]:
-    # never_block is a set of sources, not a list of rules: it is neither counted nor diffed.
+    # never_block is a set of sources and dns_ports a set of ports, not lists of rules: neither is
+    # counted nor diffed.
     return {name for name, field in section.model_fields.items()
-            if str(field.annotation).startswith("tuple[") and name != "never_block"}
+            if str(field.annotation).startswith("tuple[") and name not in ("never_block", "dns_ports")}
 
 
 def test_policy_lists_are_the_sections_list_fields() -> None:
@@ -127,7 +128,7 @@ def test_fast_path_rule_names_use_the_list_paths() -> None:
 
 
 def test_slow_path_maps_every_policy_action_to_a_distinct_native_constant() -> None:
-    assert set(rules.ACTIONS) == set(model.ACTIONS) == {"drop", "pass", "alert", "nxdomain", "refuse",
+    assert set(rules.ACTIONS) == set(model.ACTIONS) == {"drop", "pass", "allow", "alert", "nxdomain", "refuse",
                                                          "block_source"}
     assert rules.ACTIONS["block_source"] == _slowpath.BLOCK_SOURCE and rules.ACTIONS["pass"] == _slowpath.PASS
     assert len(set(rules.ACTIONS.values())) == len(rules.ACTIONS)
@@ -141,7 +142,7 @@ def test_section_actions_are_policy_actions() -> None:
 
 
 def test_compiled_rules_carry_each_actions_native_constant() -> None:
-    text = "slow_path:\n  dns_rules:\n" + "".join(
+    text = "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\nslow_path:\n  dns_rules:\n" + "".join(
         f"    - {{match: r{i}.example, action: {action.upper()}"
         + (", ttl: 1m" if action == "block_source" else "") + "}\n"
         for i, action in enumerate(get_args(model.DnsAction)))

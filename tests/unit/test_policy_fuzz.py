@@ -86,6 +86,15 @@ def _unique_classes(classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
+def _dns_class_for_rules(doc: dict[str, Any]) -> dict[str, Any]:
+    """DNS rules come with a DNS class (udp/53): a DNS rule no class sees is an error of its own."""
+    if doc.get("slow_path", {}).get("dns_rules"):
+        classes = doc.setdefault("fast_path", {}).setdefault("redirect_ports", [])
+        if not any(_class_key(c)[1] == 53 for c in classes):
+            classes.append({"protocol": "udp", "port": 53})
+    return doc
+
+
 VALID_POLICY = st.fixed_dictionaries({}, optional={
     "mode": st.sampled_from(["enforce", "monitor", "Monitor"]),
     "fast_path": st.fixed_dictionaries({}, optional={
@@ -95,7 +104,7 @@ VALID_POLICY = st.fixed_dictionaries({}, optional={
     "slow_path": st.fixed_dictionaries({}, optional={
         "malformed_dns_action": st.sampled_from(["drop", "pass", "alert"]),
         "dns_rules": st.lists(DNS_RULE, max_size=4), "signatures": st.lists(SIGNATURE, max_size=3)}),
-})
+}).map(_dns_class_for_rules)
 
 
 def _host_bits(cidr: str) -> str:

@@ -21,6 +21,9 @@ from hyperion.slowpath.rules import compile_rules
 from hyperion.slowpath.supervisor import ManagedQueue, SlowPath
 from hyperion.slowpath.watchdog import QueueHealth, QueueStateMachine
 
+# A DNS class for the DNS rules: a DNS rule no class sees is an error of its own.
+DNS_CLASS = "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
+
 # A DNS regex set that takes Hyperscan about a second to compile on this class of machine.
 SLOW_REGEXES = [(i, rf"(?i)^[a-z0-9-]{{2,20}}\.x{i}[a-f0-9]{{4,12}}\.(com|net|org)$") for i in range(500)]
 
@@ -69,7 +72,7 @@ def test_workers_build_rules_from_the_serialized_databases_without_compiling() -
     from hyperion.slowpath.protocol import decode_rules, encode_rules
     from hyperion.slowpath.worker import Worker
 
-    text = "slow_path:\n  dns_rules:\n" + "".join(
+    text = DNS_CLASS + "slow_path:\n  dns_rules:\n" + "".join(
         f"    - {{regex: '^x{i}-[a-f0-9]{{4,12}}\\.(com|net)$', action: drop}}\n" for i in range(200))
     text += ("    - {match: 'evil.test', action: nxdomain}\n  signatures:\n"
              "    - {class: {protocol: udp, port: 53}, literal: 'zzz', action: alert}\n")
@@ -92,7 +95,7 @@ def test_workers_build_rules_from_the_serialized_databases_without_compiling() -
 def test_a_corrupt_rules_blob_is_an_error_naming_it() -> None:
     from hyperion.slowpath.protocol import decode_rules, encode_rules
 
-    compiled = compile_rules(parse_policy("slow_path:\n  dns_rules: [{regex: '^a+$', action: drop}]\n"))
+    compiled = compile_rules(parse_policy(DNS_CLASS + "slow_path:\n  dns_rules: [{regex: '^a+$', action: drop}]\n"))
     blob = bytearray(encode_rules(1, compiled.spec, compiled.rules.serialize()))
     with pytest.raises(ValueError, match="rules blob"):
         decode_rules(bytes(blob[:20]))
@@ -153,7 +156,7 @@ class FakeWorker:
 
 
 def _supervisor(queues: int = 2, answers: bool = True) -> SlowPath:
-    policy = parse_policy("slow_path:\n  dns_rules: [{match: 'evil.test', action: drop}]\n")
+    policy = parse_policy(DNS_CLASS + "slow_path:\n  dns_rules: [{match: 'evil.test', action: drop}]\n")
     sp = SlowPath(FakeFastPath(), "lo", policy)  # type: ignore[arg-type]
     sp.options.reload_deadline = 0.3
     sp.options.start_timeout = 0.5
@@ -167,7 +170,7 @@ def _supervisor(queues: int = 2, answers: bool = True) -> SlowPath:
 
 
 def test_retained_generations_stay_bounded_over_many_reloads() -> None:
-    policy = parse_policy("slow_path:\n  dns_rules: [{match: 'evil.test', action: drop}]\n")
+    policy = parse_policy(DNS_CLASS + "slow_path:\n  dns_rules: [{match: 'evil.test', action: drop}]\n")
     idle = _supervisor(queues=0)
     for _ in range(20):
         idle.update(policy, compile_rules(policy))
@@ -185,7 +188,7 @@ def test_retained_generations_stay_bounded_over_many_reloads() -> None:
 
 def test_an_update_no_worker_acknowledges_fails_once_the_deadline_passes() -> None:
     sp = _supervisor(queues=1, answers=False)
-    policy = parse_policy("slow_path:\n  dns_rules: [{match: 'other.test', action: drop}]\n")
+    policy = parse_policy(DNS_CLASS + "slow_path:\n  dns_rules: [{match: 'other.test', action: drop}]\n")
     start = time.monotonic()
     with pytest.raises(SlowPathError, match="queue 0"):
         sp.update(policy, compile_rules(policy))
@@ -194,7 +197,7 @@ def test_an_update_no_worker_acknowledges_fails_once_the_deadline_passes() -> No
 
 def test_an_update_does_not_hold_the_lifecycle_lock_while_a_worker_is_silent() -> None:
     sp = _supervisor(queues=1, answers=False)
-    policy = parse_policy("slow_path:\n  dns_rules: [{match: 'other.test', action: drop}]\n")
+    policy = parse_policy(DNS_CLASS + "slow_path:\n  dns_rules: [{match: 'other.test', action: drop}]\n")
     errors: list[BaseException] = []
 
     def reload() -> None:
@@ -340,7 +343,7 @@ def test_the_watchdog_replaces_a_worker_that_does_not_acknowledge_new_rules(monk
         return fresh
 
     monkeypatch.setattr(sp, "_spawn", spawn)
-    policy = parse_policy("slow_path:\n  dns_rules: [{match: 'other.test', action: drop}]\n")
+    policy = parse_policy(DNS_CLASS + "slow_path:\n  dns_rules: [{match: 'other.test', action: drop}]\n")
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(sp.update(policy, compile_rules(policy))))
     thread.start()

@@ -92,7 +92,8 @@ def test_dns_rules(frame: bytes, expected: tuple[str, str | None]) -> None:
 
 
 def test_apex_of_a_wildcard_does_not_match() -> None:
-    rules = compile_rules(parse_policy("slow_path:\n  dns_rules: [{match: '*.tracker.test', action: drop}]\n"))
+    rules = compile_rules(parse_policy("fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
+                                        "slow_path:\n  dns_rules: [{match: '*.tracker.test', action: drop}]\n"))
     assert rules.rules.inspect(query("tracker.test"))["rule"] is None
     assert rules.rules.inspect(query("a.tracker.test"))["rule"] == 0
 
@@ -160,6 +161,7 @@ def test_literal_bytes_are_not_regex_syntax() -> None:
 def test_regex_hyperscan_cannot_compile_is_a_policy_error_naming_the_rule() -> None:
     with pytest.raises(PolicyError, match=r"slow_path.dns_rules\[1\] regex='\(a\)\\\\1' .*Hyperscan cannot"):
         compile_rules(parse_policy(
+            "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
             "slow_path:\n  dns_rules:\n    - {match: ok.test, action: drop}\n    - {regex: '(a)\\1', action: drop}\n"))
 
 
@@ -175,7 +177,8 @@ def test_100k_names_load_and_match_without_per_rule_cost() -> None:
     names = "\n".join(f"    - {{match: 'n{i}.blocked.test', action: drop}}" for i in range(100_000))
     start = time.perf_counter()
     suffix_rule = "    - {match: '*.sfx.test', action: nxdomain}"
-    rules = compile_rules(parse_policy(f"slow_path:\n  dns_rules:\n{names}\n{suffix_rule}\n"))
+    rules = compile_rules(parse_policy(f"fast_path:\n  redirect_ports: [{{protocol: udp, port: 53}}]\n"
+                                       f"slow_path:\n  dns_rules:\n{names}\n{suffix_rule}\n"))
     print(f"100k DNS rules compiled in {time.perf_counter() - start:.2f} s")
     assert rules.rules.inspect(query("n99999.blocked.test"))["rule"] == 99_999
     assert rules.rules.inspect(query("a.b.sfx.test"))["rule"] == 100_000

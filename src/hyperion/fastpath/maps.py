@@ -10,6 +10,7 @@ knows how the maps are laid out.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -20,6 +21,16 @@ from hyperion.kernel import libbpf
 from hyperion.kernel.abi import Abi, packer
 
 CLASSES_MAP = "hyp_classes"  # the redirect classes' map, written with every policy
+DNS_SHORT_MAP = "hyp_dns_short"  # name rules whose key name fits HYP_CAP_DNS_SHORT_NAME bytes
+DNS_LONG_MAP = "hyp_dns_long"
+DNS_MAPS = (DNS_SHORT_MAP, DNS_LONG_MAP)
+# Inner maps created with max_entries = their entry count (at least 1) instead of the template's
+# capacity: a hash map's bucket array follows max_entries (16 B a bucket), so a template-sized DNS
+# map would take 32 MiB per map and slot however few rules it holds. The kernel does not compare
+# max_entries of hash inner maps with the template (bpf_map_meta_equal), only of arrays.
+SIZED_BY_CONTENT = frozenset(DNS_MAPS)
+# Entries per BPF_MAP_LOOKUP_BATCH call when reading the hits of a DNS map.
+_HITS_BATCH = 8192
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,10 @@ class CompiledPolicy:
 
     mode: int
     images: dict[str, MapImage]
+    # hyp_settings' DNS fields: label-count bitmaps of the name rules, and the malformed-query action.
+    dns_exact_labels: int = 0
+    dns_suffix_labels: int = 0
+    dns_malformed: int = 0
 
     def entry_counts(self) -> dict[str, int]:
         return {name: image.count for name, image in self.images.items()}
@@ -81,6 +96,30 @@ def _u32(value: int) -> bytes:
 def percpu_stride(struct_cls: Any) -> int:
     """Bytes of one CPU's value in a per-CPU map's lookup buffer: the kernel rounds each up to 8."""
     return (ctypes.sizeof(struct_cls) + 7) & ~7
+
+
+def _batches(inner: libbpf.MapFd, value_size: int) -> Iterable[bytes]:
+    """A hash map's values, _HITS_BATCH entries per BPF_MAP_LOOKUP_BATCH call (keys read and dropped),
+    so a million-entry map is read without a buffer for all its keys."""
+    lib = libbpf.lib()
+    keys = ctypes.create_string_buffer(inner.key_size * _HITS_BATCH)
+    values = ctypes.create_string_buffer(value_size * _HITS_BATCH)
+    token_in = ctypes.create_string_buffer(max(8, inner.key_size))
+    token_out = ctypes.create_string_buffer(max(8, inner.key_size))
+    opts = libbpf.BpfMapBatchOpts(sz=ctypes.sizeof(libbpf.BpfMapBatchOpts))
+    first = True
+    while True:
+        count = ctypes.c_uint32(_HITS_BATCH)
+        rc = lib.bpf_map_lookup_batch(inner.fd, None if first else token_in, token_out, keys, values,
+                                      ctypes.byref(count), ctypes.byref(opts))
+        if rc < 0 and -rc != 2:  # ENOENT: the last batch (count says how many came with it)
+            raise BpfError(f"batch lookup in map {inner.name}: {os.strerror(-rc)} (errno {-rc})", -rc)
+        if count.value:
+            yield values.raw[:count.value * value_size]
+        if rc < 0:
+            return
+        ctypes.memmove(token_in, token_out, len(token_out))
+        first = False
 
 
 class MapAdapter:
@@ -140,7 +179,8 @@ class MapAdapter:
     def build_inner(self, name: str, image: MapImage) -> libbpf.MapFd:
         """A new inner map for the generation map `name`, shaped by its template, filled with image."""
         t = self.templates[name]
-        fd = libbpf.map_create(t.map_type, f"{name}_g"[:15], t.key_size, t.value_size, t.max_entries, t.flags)
+        max_entries = max(image.count, 1) if name in SIZED_BY_CONTENT else t.max_entries
+        fd = libbpf.map_create(t.map_type, f"{name}_g"[:15], t.key_size, t.value_size, max_entries, t.flags)
         inner = libbpf.MapFd(fd, t.key_size, t.value_size, name)
         try:
             if t.map_type == libbpf.BPF_MAP_TYPE_LPM_TRIE:
@@ -168,6 +208,37 @@ class MapAdapter:
                 inner.close()
             entries[index] = image.count
         return entries
+
+    def inner_map(self, name: str, slot: int) -> libbpf.MapFd | None:
+        """The inner map in `slot` of the generation map `name` (a new fd: close it), None if empty."""
+        raw = self.maps[name].lookup(_u32(slot))  # user space reads a map-in-map slot as the inner map's id
+        if raw is None:
+            return None
+        map_id = int.from_bytes(raw[:4], "little")
+        fd = libbpf.check(libbpf.lib().bpf_map_get_fd_by_id(map_id), f"inner map {map_id} of {name}[{slot}]")
+        t = self.templates[name]
+        return libbpf.MapFd(fd, t.key_size, t.value_size, f"{name}[{slot}]")
+
+    def dns_hits(self, slot: int) -> dict[int, int]:
+        """rule id (1-based dns_rules position) -> queries it decided, from the DNS maps in `slot`; rules
+        without hits (and the placeholders, rule 0) are left out."""
+        hits: dict[int, int] = {}
+        rule = packer(self.abi.DnsRule)
+        # The packer's fields: what it unpacks, reserved* and padding left out.
+        names = [field[0] for field in self.abi.DnsRule._fields_ if not field[0].startswith(("_", "reserved", "pad"))]
+        rule_at, hits_at = names.index("rule_id"), names.index("hits")
+        for name in DNS_MAPS:
+            inner = self.inner_map(name, slot)
+            if inner is None:
+                continue
+            try:
+                for values in _batches(inner, rule.size):
+                    for value in rule.iter_unpack(values):
+                        if value[hits_at] and value[rule_at]:
+                            hits[value[rule_at]] = hits.get(value[rule_at], 0) + value[hits_at]
+            finally:
+                inner.close()
+        return hits
 
     def class_keys(self, image: MapImage) -> list[bytes]:
         """The hyp_class_stats keys of the classes in a compiled hyp_classes image."""

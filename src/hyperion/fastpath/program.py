@@ -178,12 +178,16 @@ class FastPath:
     def settings(self, slot: int | None = None) -> Any:
         return self.adapter.settings(slot)
 
-    def apply(self, compiled: CompiledPolicy) -> int:
+    def apply(self, compiled: CompiledPolicy, retire: Callable[[int, dict[int, int]], object] | None = None) -> int:
         """Installs a compiled policy atomically; returns its generation.
 
         The new maps are built in the inactive slot while the active one keeps
         serving; one 4-byte write of hyp_config then switches every CPU over.
         A failure before that write leaves the running policy untouched.
+
+        retire(slot, hits): called with the DNS rule hits ({rule id: hits}) of the slot about to be
+        replaced, before anything in it changes; that slot has been inactive since the previous flip
+        (and the quiesce), so its hits are final.
         """
         config = self.adapter.config()
         active = config.active_slot & 1
@@ -192,9 +196,14 @@ class FastPath:
         since_flip = time.time_ns() - current.applied_at_ns
         if 0 <= since_flip < SLOT_QUIESCE_SECONDS * 1e9:
             time.sleep(SLOT_QUIESCE_SECONDS - since_flip / 1e9)
+        if retire is not None:
+            retire(target, self.adapter.dns_hits(target))
         entries = self.adapter.install_generation(target, compiled.images)
         settings = self.abi.Settings(mode=compiled.mode, generation=current.generation + 1,
-                                     applied_at_ns=time.time_ns(), entries=entries)
+                                     applied_at_ns=time.time_ns(), entries=entries,
+                                     dns_exact_labels=compiled.dns_exact_labels,
+                                     dns_suffix_labels=compiled.dns_suffix_labels,
+                                     dns_malformed=compiled.dns_malformed)
         self.adapter.write_settings(target, settings)
         classes = self.adapter.class_keys(compiled.images[CLASSES_MAP])
         # New classes count from the flip on; existing ones keep counting across reloads.
@@ -205,6 +214,14 @@ class FastPath:
         # end): the table holds at most two policies' classes, never the history of every one.
         self.adapter.prune_class_counters(classes)
         return int(settings.generation)
+
+    def active_slot(self) -> int:
+        """The generation slot the program reads now."""
+        return int(self.adapter.config().active_slot) & 1
+
+    def dns_hits(self, slot: int) -> dict[int, int]:
+        """rule id -> queries decided by that DNS name rule, in the generation held by `slot`."""
+        return self.adapter.dns_hits(slot)
 
     def record_applied_policy(self, source_text: str) -> None:
         """Keeps the applied policy's text so `policy diff` can compare against what runs."""

@@ -186,6 +186,11 @@ def _labels(members: dict[str, int], prefix: str) -> dict[int, str]:
     }
 
 
+def _by_label(members: dict[str, int], prefix: str) -> dict[str, int]:
+    """Metric-style label -> enumerator value: HYP_DNS_NXDOMAIN -> 'nxdomain': 2."""
+    return {label: value for value, label in _labels(members, prefix).items()}
+
+
 class Abi:
     """Enums, capacities and struct layouts of one compiled object."""
 
@@ -212,6 +217,11 @@ class Abi:
             value: f"hyp_{label}"
             for value, label in _labels(self.btf.enum("hyp_policy_map"), "HYP_PMAP_").items()
         }
+        # The DNS stage: label -> value ('drop' -> HYP_DNS_DROP, 'exact' -> HYP_DNS_EXACT, ...).
+        self.dns_actions = _by_label(self.btf.enum("hyp_dns_action"), "HYP_DNS_")
+        self.dns_kinds = _by_label(self.btf.enum("hyp_dns_kind"), "HYP_DNS_")
+        self.dns_rule_flags = _by_label(self.btf.enum("hyp_dns_rule_flag"), "HYP_DNS_F_")
+        self.class_flags = _by_label(self.btf.enum("hyp_class_flag"), "HYP_CLASS_F_")
         self.queue_states = _labels(self.btf.enum("hyp_queue_state_id"), "HYP_QSTATE_")
         self.queue_reasons = _labels(self.btf.enum("hyp_queue_reason"), "HYP_QREASON_")
         # Parser limits (bpf/include/hyperion_parser.h): 'vlan_max_depth', 'ipv6_ext_max'.
@@ -229,6 +239,9 @@ class Abi:
         self.DynBlock = self.btf.struct("hyp_dyn_block")
         self.ClassKey = self.btf.struct("hyp_class_key")
         self.ClassValue = self.btf.struct("hyp_class_value")
+        self.DnsKeyShort = self.btf.struct("hyp_dns_key_short")
+        self.DnsKey = self.btf.struct("hyp_dns_key")
+        self.DnsRule = self.btf.struct("hyp_dns_rule")
         self.QueueCounter = self.btf.struct("hyp_queue_counter")
         self.ClassCounter = self.btf.struct("hyp_class_counter")
         self.EventState = self.btf.struct("hyp_event_state")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 from hyperion.errors import CapacityError
-from hyperion.fastpath.maps import CLASSES_MAP, CompiledPolicy, MapImage
+from hyperion.fastpath.maps import CLASSES_MAP, DNS_LONG_MAP, DNS_SHORT_MAP, CompiledPolicy, MapImage
 from hyperion.kernel.abi import Abi, packer
-from hyperion.policy.model import Policy, PolicyList, render_entry
+from hyperion.policy.model import Action, MalformedDnsAction, Policy, PolicyList, render_entry
+from hyperion.policy.placement import is_xdp_dns_class, needs_slow_path, xdp_dns_classes
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -24,6 +26,31 @@ _Item = TypeVar("_Item", IPNetwork, IPAddress)
 ALLOW = (PolicyList.ALLOW_CIDRS.path, "hyp_allow4", "hyp_allow6")
 DROP_CIDRS = (PolicyList.DROP_CIDRS.path, "hyp_bcidr4", "hyp_bcidr6")
 DROP_IPS = (PolicyList.DROP_IPS.path, "hyp_bip4", "hyp_bip6")
+
+# A name rule's action -> its enum hyp_dns_action label (the ABI's HYP_DNS_<LABEL>).
+DNS_ACTIONS: dict[Action, str] = {
+    "drop": "drop", "nxdomain": "nxdomain", "refuse": "refuse", "pass": "allow", "allow": "allow",
+    "alert": "alert", "block_source": "slowpath",
+}
+MALFORMED_DNS_ACTIONS: dict[MalformedDnsAction, str] = {"drop": "drop", "pass": "allow", "alert": "alert"}
+# Label counts from this many on share the last bit of hyp_settings.dns_*_labels.
+DNS_LABEL_BITS = 63
+
+
+def dns_key_name(name: str) -> bytes:
+    """A name's key bytes: its labels in reverse order, each as length byte + bytes (the policy model
+    has already lower-cased it), no root label: "www.evil.com" -> 03 com 04 evil 03 www."""
+    return b"".join(bytes((len(label),)) + label.encode("ascii") for label in reversed(name.split(".")))
+
+
+@dataclass(frozen=True)
+class DnsImages:
+    """The name rules' map images and the label-count bitmaps of hyp_settings."""
+
+    short: MapImage
+    long: MapImage
+    exact_labels: int
+    suffix_labels: int
 
 
 class PolicyCompiler:
@@ -37,6 +64,10 @@ class PolicyCompiler:
         self._rule = packer(abi.RuleValue)
         self._class_key = packer(abi.ClassKey)
         self._class_value = packer(abi.ClassValue)
+        self._dns_short = packer(abi.DnsKeyShort)
+        self._dns_long = packer(abi.DnsKey)
+        self._dns_rule = packer(abi.DnsRule)
+        self._short_name = abi.capacity["dns_short_name"]
 
     def compile(self, policy: Policy) -> CompiledPolicy:
         fast = policy.fast_path
@@ -45,12 +76,17 @@ class PolicyCompiler:
         images.update(self._networks(DROP_CIDRS, fast.drop_cidrs))
         images.update(self._addresses(DROP_IPS, fast.drop_ips))
         keys, values = [], []
+        slowpath, dns = self.abi.class_flags["slowpath"], self.abi.class_flags["dns"]
         for class_id, cls in enumerate(fast.redirect_ports, start=1):
+            flags = (dns if is_xdp_dns_class(policy, cls) else 0) | (slowpath if needs_slow_path(policy, cls) else 0)
             keys.append(self._class_key.pack(cls.port, cls.protocol))
-            values.append(self._class_value.pack(class_id, self.abi.fallbacks[cls.on_failure]))
+            values.append(self._class_value.pack(class_id, self.abi.fallbacks[cls.on_failure], flags))
         images[CLASSES_MAP] = MapImage(
             CLASSES_MAP, b"".join(keys), b"".join(values), len(keys), PolicyList.REDIRECT_PORTS.path
         )
+        names = self.dns_images(policy)
+        images[DNS_SHORT_MAP] = names.short
+        images[DNS_LONG_MAP] = names.long
         for image in images.values():
             capacity = self.capacities.get(image.name)
             if capacity is not None and image.count > capacity:
@@ -58,7 +94,68 @@ class PolicyCompiler:
                     f"{image.source}: {image.count} entries for map {image.name}, "
                     f"which holds at most {capacity}; nothing was changed"
                 )
-        return CompiledPolicy(mode=self.abi.modes[policy.mode], images=images)
+        return CompiledPolicy(mode=self.abi.modes[policy.mode], images=images,
+                              dns_exact_labels=names.exact_labels, dns_suffix_labels=names.suffix_labels,
+                              dns_malformed=self.abi.dns_actions[
+                                  MALFORMED_DNS_ACTIONS[policy.slow_path.malformed_dns_action]])
+
+    def dns_images(self, policy: Policy) -> DnsImages:
+        """The name rules that run in XDP (and the block_source ones, which XDP hands to the slow path),
+        as hyp_dns_short / hyp_dns_long entries (DESIGN: "Kernel data"). Empty when no UDP DNS class
+        would look them up. Among identical (kind, name, qtype) the first rule wins; every (kind, name)
+        with qtype rules has a qtype-0 entry flagged HYP_DNS_F_QTYPES, a placeholder (HYP_DNS_NONE,
+        rule 0) when no any-qtype rule is there."""
+        source = PolicyList.DNS_RULES.path
+        if not xdp_dns_classes(policy):
+            return DnsImages(MapImage(DNS_SHORT_MAP, b"", b"", 0, source),
+                             MapImage(DNS_LONG_MAP, b"", b"", 0, source), 0, 0)
+        abi = self.abi
+        exact, suffix = abi.dns_kinds["exact"], abi.dns_kinds["suffix"]
+        actions = {action: abi.dns_actions[label] for action, label in DNS_ACTIONS.items()}
+        # (kind, name bytes, qtype) -> (rule id, action), in policy order; first wins.
+        entries: dict[tuple[int, bytes, int], tuple[int, int]] = {}
+        qtyped: dict[tuple[int, bytes], None] = {}
+        exact_labels = suffix_labels = 0
+        for rule_id, rule in enumerate(policy.slow_path.dns_rules, start=1):
+            match = rule.match
+            if match is None:  # regex: the slow path's
+                continue
+            if match.startswith("*."):
+                kind, match = suffix, match[2:]
+            else:
+                kind = exact
+            labels = match.count(".") + 1
+            if kind == exact:
+                exact_labels |= 1 << min(labels, DNS_LABEL_BITS)
+            else:
+                suffix_labels |= 1 << min(labels, DNS_LABEL_BITS)
+            name = dns_key_name(match)
+            qtype = rule.qtype or 0
+            entries.setdefault((kind, name, qtype), (rule_id, actions[rule.action]))
+            if qtype:
+                qtyped[(kind, name)] = None
+        flag = abi.dns_rule_flags["qtypes"]
+        none = abi.dns_actions["none"]
+        flagged: set[tuple[int, bytes, int]] = set()
+        for kind, name in qtyped:
+            entries.setdefault((kind, name, 0), (0, none))
+            flagged.add((kind, name, 0))
+        short_keys, short_values, long_keys, long_values = [], [], [], []
+        pack_short, pack_long, pack_value = self._dns_short.pack, self._dns_long.pack, self._dns_rule.pack
+        limit = self._short_name
+        for key, (rule_id, action) in entries.items():
+            kind, name, qtype = key
+            value = pack_value(rule_id, action, flag if key in flagged else 0, 0)
+            if len(name) <= limit:
+                short_keys.append(pack_short(qtype, kind, name))
+                short_values.append(value)
+            else:
+                long_keys.append(pack_long(qtype, kind, name))
+                long_values.append(value)
+        return DnsImages(
+            MapImage(DNS_SHORT_MAP, b"".join(short_keys), b"".join(short_values), len(short_keys), source),
+            MapImage(DNS_LONG_MAP, b"".join(long_keys), b"".join(long_values), len(long_keys), source),
+            exact_labels, suffix_labels)
 
     def _networks(self, target: tuple[str, str, str], networks: Iterable[IPNetwork]) -> dict[str, MapImage]:
         return self._by_family(

@@ -359,7 +359,8 @@ OnFailure = Literal["pass", "drop"]
 
 
 # Every action a rule can take; the slow path maps each to its native constant by name.
-Action = Literal["drop", "pass", "alert", "nxdomain", "refuse", "block_source"]
+# "allow" is "pass" under the name DNS filters use: the query is delivered, no later rule applies.
+Action = Literal["drop", "pass", "allow", "alert", "nxdomain", "refuse", "block_source"]
 
 
 ACTIONS: Final[tuple[Action, ...]] = get_args(Action)
@@ -374,8 +375,11 @@ SignatureAction = Literal["drop", "alert", "block_source"]
 MalformedDnsAction = Literal["drop", "pass", "alert"]
 
 
-# Actions after which the packet does not reach its destination.
+# Actions after which the packet does not reach its destination (pass and allow deliver it).
 STOPPING_ACTIONS: Final[frozenset[Action]] = frozenset({"drop", "block_source", "nxdomain", "refuse"})
+
+
+DEFAULT_DNS_PORTS: Final[tuple[int, ...]] = (53,)
 
 
 _CaseInsensitive = BeforeValidator(_lower)
@@ -577,6 +581,8 @@ class SlowPathSection(_Strict):
     """Userspace inspection of redirected traffic: DNS rules and payload signatures."""
 
     malformed_dns_action: Annotated[MalformedDnsAction, _CaseInsensitive] = "drop"
+    # The ports whose redirect classes carry DNS (DNS classes): the name rules judge their queries.
+    dns_ports: tuple[_Port, ...] = DEFAULT_DNS_PORTS
     dns_rules: tuple[DnsRule, ...] = ()
     signatures: tuple[Signature, ...] = ()
     # Sources block_source never inserts (hyperion.neverblock adds the host's own addresses, gateways,
@@ -588,6 +594,20 @@ class SlowPathSection(_Strict):
     @classmethod
     def _drop_duplicates(cls, value: tuple[Hashable, ...]) -> tuple[Hashable, ...]:
         return _dedupe(value)
+
+    @field_validator("dns_ports")
+    @classmethod
+    def _unique_ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        first: dict[int, int] = {}
+        problems: list[Problem] = []
+        for index, port in enumerate(value):
+            if port in first:
+                problems.append(((index,), f"duplicate port {port} (already listed at [{first[port]}])"))
+            else:
+                first[port] = index
+        if problems:
+            raise ProblemListError(problems)
+        return value
 
     @model_validator(mode="after")
     def _compile_bounded(self) -> SlowPathSection:
@@ -658,6 +678,23 @@ class Policy(_Strict):
     mode: Annotated[Mode, _CaseInsensitive] = "enforce"
     fast_path: FastPathSection = Field(default_factory=FastPathSection)
     slow_path: SlowPathSection = Field(default_factory=SlowPathSection)
+
+    @model_validator(mode="after")
+    def _dns_rules_seen(self) -> Policy:
+        """A DNS rule no class can see would be inert: refuse it and say what to add."""
+        if self.slow_path.dns_rules and not self.dns_classes():
+            ports = self.slow_path.dns_ports
+            fix = (f"add {{protocol: udp, port: {ports[0]}}} to fast_path.redirect_ports "
+                   f"(DNS ports: {', '.join(str(p) for p in ports)}), or a redirected port to "
+                   "slow_path.dns_ports") if ports else "slow_path.dns_ports is empty: list the DNS ports"
+            raise ProblemListError([((Section.SLOW_PATH.value, PolicyList.DNS_RULES.value),
+                                     f"no DNS class, so no query reaches these rules: {fix}")])
+        return self
+
+    def dns_classes(self) -> tuple[RedirectClass, ...]:
+        """The redirect classes whose port is a DNS port: the name rules judge their queries."""
+        ports = set(self.slow_path.dns_ports)
+        return tuple(c for c in self.fast_path.redirect_ports if c.port in ports)
 
     def summary(self) -> dict[PolicyList, int]:
         """Entry count per list, in the order of PolicyList."""
