@@ -106,6 +106,20 @@ class DaemonOptions:
     host_facts: Callable[[], HostFacts] = discover_host_facts
 
 
+def dns_rule_labels(policy: Policy, hits: dict[int, int]) -> dict[tuple[str, str], int]:
+    """{rule id: hits} of a generation's DNS maps -> {(rule label, action): hits} in that generation's
+    policy; the label is the one events and the slow path's metrics give the rule
+    ("slow_path.dns_rules[0] match=evil.test action=drop")."""
+    rules = policy.slow_path.dns_rules
+    labelled: dict[tuple[str, str], int] = {}
+    for rule_id, n in hits.items():
+        label = fast_path_rule_name(policy, "dns_drop", rule_id)
+        if label is not None and n:
+            key = (label, rules[rule_id - 1].action)
+            labelled[key] = labelled.get(key, 0) + n
+    return labelled
+
+
 @dataclass
 class _MainThreadCall:
     action: Callable[[], ControlReply]
@@ -135,6 +149,12 @@ class Daemon:
         self._attached = False
         # Writes asked for over the control socket, carried out by the main thread (the only writer).
         self._calls: queue.Queue[_MainThreadCall] = queue.Queue()
+        # Per-rule hits of the XDP name rules (hyperion_dns_rule_matches): the policy each generation slot
+        # holds (its rule ids are that policy's dns_rules positions), and the hits of the generations
+        # already replaced, by (rule label, action), so that the counters never go back at a reload.
+        self._dns_lock = threading.Lock()
+        self._dns_slots: dict[int, Policy] = {}
+        self._dns_retired: dict[tuple[str, str], int] = {}
 
     # ---- policy -------------------------------------------------------------------------
 
@@ -171,7 +191,7 @@ class Daemon:
                 self._restore_slowpath(previous)
                 raise
         try:
-            generation = self.fastpath.apply(compiled)
+            generation = self.fastpath.apply(compiled, retire=self._retire_dns_hits)
         except BaseException:
             if started is not None:
                 started.stop()
@@ -184,8 +204,34 @@ class Daemon:
             self.slowpath.stop()
             self.slowpath = None
         self.policy = policy
+        with self._dns_lock:
+            self._dns_slots[self.fastpath.active_slot()] = policy
         self.fastpath.record_applied_policy(text)
         return generation
+
+    def _retire_dns_hits(self, slot: int, hits: dict[int, int]) -> None:
+        """FastPath.apply, before it replaces the maps of `slot` (inactive since the previous flip, so
+        these hits are final): they join the retired totals, under the labels of the policy they
+        counted for. The slot counts no more until the new policy is in it."""
+        with self._dns_lock:
+            policy = self._dns_slots.pop(slot, None)
+            if policy is None:  # a generation applied before this daemon: its rules are not known
+                return
+            for key, n in dns_rule_labels(policy, hits).items():
+                self._dns_retired[key] = self._dns_retired.get(key, 0) + n
+
+    def dns_rule_matches(self) -> dict[tuple[str, str], int]:
+        """(rule label, action) -> queries decided in XDP by that name rule, monotonic across reloads:
+        the retired generations' hits plus those of both slots' generations (the inactive slot holds the
+        previous policy until the next reload retires it)."""
+        if self.fastpath is None:
+            return {}
+        with self._dns_lock:
+            totals = dict(self._dns_retired)
+            for slot, policy in self._dns_slots.items():
+                for key, n in dns_rule_labels(policy, self.fastpath.dns_hits(slot)).items():
+                    totals[key] = totals.get(key, 0) + n
+        return totals
 
     def compile_slow_path(self, policy: Policy) -> CompiledRules:
         """The slow path's rules, with never_block completed by the host's facts as they are now."""
@@ -277,7 +323,7 @@ class Daemon:
             self._attached = True
             if opts.metrics_addr:
                 collector = FastPathCollector(self.fastpath, self.reloads, slowpath=lambda: self.slowpath,
-                                              attached=lambda: self._attached)
+                                              attached=lambda: self._attached, dns_rules=self.dns_rule_matches)
                 self._metrics_server = serve_metrics(collector, opts.metrics_addr)
                 log.info("metrics on http://%s/metrics", opts.metrics_addr)
             if opts.events_path:

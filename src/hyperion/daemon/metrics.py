@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import platform
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
@@ -50,8 +50,12 @@ def class_label(protocol: int, port: int) -> str:
 class FastPathCollector(Collector):
     def __init__(self, fastpath: FastPath, reloads: ReloadStats | None = None,
                  slowpath: Callable[[], SlowPath | None] | None = None,
-                 attached: Callable[[], bool] | None = None) -> None:
+                 attached: Callable[[], bool] | None = None,
+                 dns_rules: Callable[[], Mapping[tuple[str, str], int]] | None = None) -> None:
+        """dns_rules: (rule label, action) -> queries decided in XDP by that name rule, over the policy's
+        generations (the daemon's Daemon.dns_rule_matches, which knows each generation's policy)."""
         self.fastpath = fastpath
+        self.dns_rules = dns_rules or dict
         # The daemon passes what its periodic check last saw (it logs each change before exporting it).
         self.attached = attached or fastpath.is_attached
         self.reloads = reloads or ReloadStats()
@@ -117,6 +121,14 @@ class FastPathCollector(Collector):
             for name, family in queue_families.items():
                 family.add_metric([str(queue)], c[name])
         yield from queue_families.values()
+
+        # Only the rules that decided something: a million name rules must not make a million series.
+        dns = CounterMetricFamily("hyperion_dns_rule_matches", "Queries decided in XDP by a DNS name rule, by rule "
+                                  "and action (rules without matches are left out).", labels=["rule", "action"])
+        for (rule, action), hits in sorted(self.dns_rules().items()):
+            if hits > 0:
+                dns.add_metric([rule, action], hits)
+        yield dns
 
         yield from _slowpath_families_of(self.slowpath())
 

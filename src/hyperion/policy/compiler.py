@@ -204,6 +204,9 @@ RULE_LISTS: dict[str, PolicyList] = {
     "blocklist_ip": PolicyList.DROP_IPS,
     "redirect_class": PolicyList.REDIRECT_PORTS,
     "redirect_failed": PolicyList.REDIRECT_PORTS,
+    # The DNS stage reports the name rule that decided (hyp_dns_rule.rule_id).
+    **dict.fromkeys(("dns_drop", "dns_nxdomain", "dns_refused", "dns_unanswerable", "dns_allow", "dns_alert"),
+                    PolicyList.DNS_RULES),
 }
 
 
