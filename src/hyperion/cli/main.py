@@ -28,6 +28,7 @@ from hyperion.policy.diff import policy_diff
 from hyperion.policy.loading import load_policy, parse_policy, read_policy
 from hyperion.policy.model import Policy
 from hyperion.policy.neverblock import Provenance, discover_host_facts, never_block_sources
+from hyperion.policy.placement import placement_report
 from hyperion.slowpath.confinement import DEFAULT_WORKER_USER
 from hyperion.slowpath.supervisor import SlowPathOptions
 from hyperion.slowpath.telemetry import QueueStatus
@@ -138,6 +139,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with FastPath.open(_iface(args)) as fastpath:
         status = fastpath.status()
+        applied = fastpath.applied_policy_text() if not args.json else None
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -145,6 +147,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"program          id {status['program_id']}, {status['xlated_bytes']} B xlated, "
           f"{status['jited_bytes']} B jited, {status['verified_insns']} insns verified")
     print(f"policy           generation {status['policy_generation']}, mode {status['mode'] or 'none'}")
+    for line in _applied_placement(applied):
+        print(f"  {line}")
     print("maps")
     for name, fill in status["maps"].items():
         print(f"  {name:<14} {fill['entries']:>9} / {fill['capacity']}")
@@ -380,10 +384,25 @@ def cmd_block_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _applied_placement(text: str | None) -> list[str]:
+    """Where the applied policy's rules run (counts per tier and the DNS classes), from the text the
+    last apply recorded; nothing when there is none or it no longer parses."""
+    if text is None:
+        return []
+    try:
+        policy = parse_policy(text, "applied policy")
+    except HyperionError:
+        return []
+    return placement_report(policy, per_rule=False)
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     policy = load_policy(args.file)
     counts = ", ".join(f"{k}={v}" for k, v in policy.summary().items())
     print(f"{args.file}: valid ({policy.mode} mode; {counts})")
+    # Where each DNS rule and signature runs: XDP or the slow path.
+    for line in placement_report(policy, per_rule=not args.counts_only):
+        print(line)
     return 0
 
 
@@ -535,8 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("policy", help="check or apply a policy file")
     pol = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    c = pol.add_parser("check", help="validate a policy file; exit 2 with the problems if invalid")
+    c = pol.add_parser("check", help="validate a policy file and say where each rule runs (xdp or slow path); "
+                       "exit 2 with the problems if invalid")
     c.add_argument("file")
+    c.add_argument("--counts-only", action="store_true",
+                   help="rules per tier only, not a line per rule (for policies of a million rules)")
     c.set_defaults(func=cmd_policy_check)
     c = pol.add_parser("diff", help="what a reload would add and remove (OLD NEW, or running -> FILE)")
     c.add_argument("old", metavar="OLD_OR_NEW")
