@@ -55,8 +55,7 @@ def test_policy_check_prints_the_placement(tmp_path: Path, capsys: pytest.Captur
         ["slow", "path"]] * 3
     words = [" ".join(line.split()) for line in out]
     assert words[3] == "xdp slow_path.dns_rules[0] match=evil.test action=drop"
-    assert words[9] == "slow path slow_path.dns_rules[6] match=c2.test action=block_source ttl=10m " \
-        "max_blocks_per_second=10"
+    assert words[9] == "slow path slow_path.dns_rules[6] match=c2.test action=block_source ttl=10m"
     assert words[11] == "slow path slow_path.signatures[0] tcp/8080 literal='GET /x' action=drop"
 
 
