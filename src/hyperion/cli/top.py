@@ -30,6 +30,8 @@ VERDICT_STYLES = {
     "redirect": "cyan",
     "would_drop": "yellow",
     "would_redirect": "yellow",
+    "answer": "magenta",  # a DNS rule's answer, sent back from XDP
+    "would_answer": "yellow",
 }
 _SUFFIXES = ("k", "M", "G", "T")
 
