@@ -18,7 +18,7 @@ from hyperion.errors import CapacityError
 from hyperion.kernel.abi import Abi
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.loading import parse_policy
-from hyperion.policy.model import Policy
+from hyperion.policy.model import DnsRule, Policy, SlowPathSection
 from tests.support.paths import BPF_DIR
 
 HEADER = (BPF_DIR / "include" / "hyperion_abi.h").read_text()
@@ -224,19 +224,27 @@ def test_more_names_than_a_map_holds_is_a_capacity_error(abi: Abi) -> None:
     assert abi.capacity["dns_names"] == _enum("hyp_capacity").get("HYP_CAP_DNS_NAMES", 2097152)
 
 
-def test_a_million_name_rules_compile_in_seconds(abi: Abi) -> None:
-    rules = [{"match": f"host{i}.zone{i % 1000}.example", "action": "drop"} for i in range(999_999)]
-    rules.append({"match": "*.last.example", "action": "nxdomain"})
-    policy = Policy.model_validate({"fast_path": {"redirect_ports": [{"protocol": "udp", "port": 53}]},
-                                    "slow_path": {"dns_rules": rules}})
+def test_a_quarter_million_name_rules_compile_in_seconds(abi: Abi) -> None:
+    """The compiler's share of a big policy (1M rules took 3-5 s on the 2-core machine, see
+    docs/policy.md); the rules are built without validation, which is not the compiler's time."""
+    count = 250_000
+    rules = tuple(DnsRule.model_construct(match=f"host{i}.zone{i % 1000}.example", regex=None, qtype=None,
+                                          action="drop", ttl_seconds=None, block_rate=None) for i in range(count - 1))
+    rules += (DnsRule.model_construct(match="*.last.example", regex=None, qtype=None, action="nxdomain",
+                                      ttl_seconds=None, block_rate=None),)
+    policy = Policy.model_construct(mode="enforce", fast_path=parse_policy(UDP53).fast_path,
+                                    slow_path=SlowPathSection.model_construct(
+                                        malformed_dns_action="drop", dns_ports=(53,), dns_rules=rules,
+                                        signatures=(), never_block=(), never_block_defaults=True))
     start = time.perf_counter()
     compiled = PolicyCompiler(abi, {"hyp_dns_short": abi.capacity["dns_names"]}).compile(policy)
     took = time.perf_counter() - start
-    print(f"1M name rules compiled in {took:.2f} s")
+    print(f"{count} name rules compiled in {took:.2f} s")
     image = compiled.images["hyp_dns_short"]
-    assert image.count == 1_000_000
+    assert image.count == count
     key = SHORT_KEY.unpack_from(image.keys, 123_456 * SHORT_KEY.size)
     assert key == (0, KIND["HYP_DNS_EXACT"], key_name("host123456.zone456.example").ljust(32, b"\0"))
     assert RULE.unpack_from(image.values, 123_456 * RULE.size) == (123_457, ACTION["HYP_DNS_DROP"], 0, 0)
-    assert SHORT_KEY.unpack_from(image.keys, 999_999 * SHORT_KEY.size)[1] == KIND["HYP_DNS_SUFFIX"]
-    assert took < 30  # generous: the machine is shared; the time is printed
+    assert SHORT_KEY.unpack_from(image.keys, (count - 1) * SHORT_KEY.size)[1:] == (
+        KIND["HYP_DNS_SUFFIX"], key_name("last.example").ljust(32, b"\0"))
+    assert took < 20  # generous: the machine is shared; the time is printed
