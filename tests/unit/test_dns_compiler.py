@@ -94,8 +94,8 @@ def test_the_design_example_key(abi: Abi) -> None:
 
 
 def test_names_longer_than_32_key_bytes_go_to_the_long_map(abi: Abi) -> None:
-    fits = "a" * 27 + ".test"  # 1 + 4 + 1 + 27 = 33 bytes? no: 5 + 28 = 33 -> long
-    exact32 = "a" * 26 + ".test"  # 5 + 27 = 32 -> short
+    fits = "a" * 27 + ".test"  # key bytes (1 + 4) + (1 + 27) = 33: long
+    exact32 = "a" * 26 + ".test"  # (1 + 4) + (1 + 26) = 32: short
     longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 253 characters, 254 key bytes
     text = UDP53 + "slow_path:\n  dns_rules:\n" + "".join(
         f"    - {{match: '{n}', action: drop}}\n" for n in (fits, exact32, longest)) + \
