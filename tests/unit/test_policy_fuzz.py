@@ -368,10 +368,13 @@ class RecordingFastPath:
     def capacities(self) -> dict[str, int]:
         return self.capacity
 
-    def apply(self, compiled: CompiledPolicy) -> int:
+    def apply(self, compiled: CompiledPolicy, retire: Any = None) -> int:
         self.applied.append(compiled)
         self.generation += 1
         return self.generation
+
+    def active_slot(self) -> int:
+        return self.generation & 1
 
     def record_applied_policy(self, text: str) -> None:
         self.texts.append(text)
