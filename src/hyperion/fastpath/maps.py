@@ -132,6 +132,9 @@ class MapAdapter:
         self.templates = templates
         self.ncpus = libbpf.num_possible_cpus() if ncpus is None else ncpus
         self._class_key = packer(abi.ClassKey)
+        # The DNS inner maps this adapter installed, by (map, slot), kept open to read their hits: a map
+        # by id (BPF_MAP_GET_FD_BY_ID) needs CAP_SYS_ADMIN, which the daemon no longer has by then.
+        self._dns_inner: dict[tuple[str, int], libbpf.MapFd] = {}
 
     @classmethod
     def from_fds(cls, abi: Abi, map_fds: Mapping[str, int], templates: Mapping[str, InnerTemplate]) -> MapAdapter:
@@ -140,6 +143,9 @@ class MapAdapter:
     def close(self) -> None:
         for m in self.maps.values():
             m.close()
+        for inner in self._dns_inner.values():
+            inner.close()
+        self._dns_inner.clear()
 
     def max_entries(self, name: str) -> int:
         """The kernel's capacity of a map (of the outer map for a generation map: use templates)."""
@@ -197,15 +203,23 @@ class MapAdapter:
     def install_generation(self, slot: int, images: Mapping[str, MapImage]) -> ctypes.Array[ctypes.c_uint32]:
         """Builds every policy map's inner map and puts it in `slot` of its outer map; returns the entry
         counts by policy-map index (hyp_settings.entries). The outer map keeps its own reference, so
-        the inner fd is closed here."""
+        the inner fd is closed here, except a DNS map's, kept for dns_hits (the one it replaces closed)."""
         entries = (ctypes.c_uint32 * len(self.abi.policy_maps))()
         for index, name in self.abi.policy_maps.items():
             image = images[name]
             inner = self.build_inner(name, image)
+            keep = False
             try:
                 self.maps[name].update(_u32(slot), _u32(inner.fd))
+                if name in DNS_MAPS:
+                    replaced = self._dns_inner.pop((name, slot), None)
+                    if replaced is not None:
+                        replaced.close()
+                    self._dns_inner[(name, slot)] = inner
+                    keep = True
             finally:
-                inner.close()
+                if not keep:
+                    inner.close()
             entries[index] = image.count
         return entries
 
@@ -220,24 +234,22 @@ class MapAdapter:
         return libbpf.MapFd(fd, t.key_size, t.value_size, f"{name}[{slot}]")
 
     def dns_hits(self, slot: int) -> dict[int, int]:
-        """rule id (1-based dns_rules position) -> queries it decided, from the DNS maps in `slot`; rules
-        without hits (and the placeholders, rule 0) are left out."""
+        """rule id (1-based dns_rules position) -> queries it decided, from the DNS maps this adapter
+        installed in `slot` (a generation installed by another process: {}, its rules are not known
+        here); rules without hits (and the placeholders, rule 0) are left out."""
         hits: dict[int, int] = {}
         rule = packer(self.abi.DnsRule)
         # The packer's fields: what it unpacks, reserved* and padding left out.
         names = [field[0] for field in self.abi.DnsRule._fields_ if not field[0].startswith(("_", "reserved", "pad"))]
         rule_at, hits_at = names.index("rule_id"), names.index("hits")
         for name in DNS_MAPS:
-            inner = self.inner_map(name, slot)
+            inner = self._dns_inner.get((name, slot))
             if inner is None:
                 continue
-            try:
-                for values in _batches(inner, rule.size):
-                    for value in rule.iter_unpack(values):
-                        if value[hits_at] and value[rule_at]:
-                            hits[value[rule_at]] = hits.get(value[rule_at], 0) + value[hits_at]
-            finally:
-                inner.close()
+            for values in _batches(inner, rule.size):
+                for value in rule.iter_unpack(values):
+                    if value[hits_at] and value[rule_at]:
+                        hits[value[rule_at]] = hits.get(value[rule_at], 0) + value[hits_at]
         return hits
 
     def class_keys(self, image: MapImage) -> list[bytes]:
