@@ -4,7 +4,11 @@
  * table (a lookup per label suffix of the query name, so the cost depends on
  * the name, not on the rule count) and regexes in one Hyperscan database.
  * Payload signatures: one Hyperscan database per redirect class.
- * Among all matching rules the one first in the policy wins.
+ * Precedence of DNS rules (the same as the XDP stage's, DESIGN14): the most specific name rule
+ * wins (the exact rule on the whole name, then "*.x" rules by decreasing length of x); on the
+ * same (kind, name) a rule with the query's qtype beats one without qtype; identical (kind, name,
+ * qtype): the first in the policy. Regex rules only when no name rule matches: the first in the
+ * policy among them. Among signatures of a class, the first in the policy.
  */
 #ifndef HYP_SLOWPATH_RULES_H
 #define HYP_SLOWPATH_RULES_H
@@ -36,7 +40,7 @@ struct sp_rule {
 	uint8_t action;
 	uint16_t qtype;      /* 0 = any */
 	uint64_t ttl_ns;     /* block_source */
-	uint32_t next;       /* next rule for the same name, in policy order */
+	uint32_t next;       /* next rule for the same (kind, name), in policy order */
 	/* block_source: a token bucket of max_blocks_per_sec tokens (one second's worth), refilled at
 	 * that rate; 0 = uncapped. Per Rules object, i.e. per worker (queue) and rule generation. */
 	uint32_t max_blocks_per_sec;
@@ -101,7 +105,7 @@ int sp_rules_load_class(struct sp_rules *r, uint8_t protocol, uint16_t port, con
 /* Hyperscan compiles done by this process (a worker that loads serialized databases does none). */
 unsigned long sp_compile_count(void);
 
-/* Best (lowest-index) rule for a question, or SP_NO_RULE. */
+/* The deciding rule for a question (precedence above), or SP_NO_RULE. */
 uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const struct dns_question *q);
 /* Best signature rule for a payload of the class, or SP_NO_RULE. */
 uint32_t sp_match_payload(const struct sp_rules *r, hs_scratch_t *scratch, uint8_t protocol, uint16_t port,

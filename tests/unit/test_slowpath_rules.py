@@ -2,8 +2,8 @@
 
 Matching semantics (documented in the README): exact names match only
 themselves; "*.x" matches strict subdomains of x, never x itself; names are
-compared case-insensitively; a qtype filter narrows a rule; among all
-matching rules the first in the policy wins.
+compared case-insensitively; a qtype filter narrows a rule; the most specific
+name rule wins, regexes only when no name rule matches (tests/unit/test_dns_precedence.py).
 """
 
 from __future__ import annotations
