@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hyperion_parser.h"
+
 static uint64_t fnv1a(const char *s, size_t len, uint8_t kind)
 {
 	uint64_t h = 1469598103934665603ULL ^ kind;
@@ -100,6 +102,28 @@ int sp_rules_add_name(struct sp_rules *r, uint32_t index, uint8_t kind, const ch
 	r->rules[index].next = *link;
 	*link = index;
 	return 0;
+}
+
+static int dns_family(uint8_t protocol)
+{
+	return protocol == HYP_IPPROTO_UDP ? 0 : protocol == HYP_IPPROTO_TCP ? 1 : -1;
+}
+
+int sp_rules_add_dns_class(struct sp_rules *r, uint8_t protocol, uint16_t port)
+{
+	int family = dns_family(protocol);
+
+	if (family < 0)
+		return -1;
+	r->dns_ports[family][port / 8] |= (uint8_t)(1u << (port % 8));
+	return 0;
+}
+
+int sp_is_dns_class(const struct sp_rules *r, uint8_t protocol, uint16_t port)
+{
+	int family = dns_family(protocol);
+
+	return family >= 0 && (r->dns_ports[family][port / 8] >> (port % 8)) & 1;
 }
 
 static unsigned long compile_count;

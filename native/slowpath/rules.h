@@ -83,6 +83,9 @@ struct sp_rules {
 	hs_scratch_t *scratch_proto;   /* sized for every database; cloned per worker */
 	uint8_t malformed_action;
 	uint64_t *hits;                /* per rule, updated atomically by all workers */
+	/* DNS classes (a redirect class whose port is in slow_path.dns_ports), a bit per port: [0] UDP,
+	 * [1] TCP. Only UDP ones are parsed as DNS this round; TCP ones are carried for DNS over TCP. */
+	uint8_t dns_ports[2][65536 / 8];
 	/* never_block: sorted, disjoint ranges per family; block_source never inserts a source in one. */
 	struct sp_range *never4, *never6;
 	uint32_t never4_count, never6_count;
@@ -102,6 +105,10 @@ int sp_rules_load_dns_regex(struct sp_rules *r, const char *bytes, size_t len, c
 			    uint32_t count, char *err_buf, size_t err_len);
 int sp_rules_load_class(struct sp_rules *r, uint8_t protocol, uint16_t port, const char *bytes, size_t len,
 			const uint32_t *rule_ids, uint32_t count, char *err_buf, size_t err_len);
+/* Marks (protocol, port) a DNS class: 0, or -1 if the protocol is neither UDP nor TCP. */
+int sp_rules_add_dns_class(struct sp_rules *r, uint8_t protocol, uint16_t port);
+/* 1 if (protocol, port) is a DNS class. */
+int sp_is_dns_class(const struct sp_rules *r, uint8_t protocol, uint16_t port);
 /* Hyperscan compiles done by this process (a worker that loads serialized databases does none). */
 unsigned long sp_compile_count(void);
 

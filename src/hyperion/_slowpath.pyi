@@ -39,6 +39,7 @@ class Rules:
         malformed_action: int = ...,
         never_block: list[tuple[int, str, str]] = ...,
         block_limits: list[int] = ...,
+        dns_classes: list[tuple[int, int]] = ...,
         databases: SerializedDatabases | None = ...,
     ) -> None: ...
     def serialize(self) -> SerializedDatabases: ...

@@ -137,7 +137,7 @@ LABELS = st.sampled_from(["a", "b", "evil", "test", "xy"])
 NAME = st.lists(LABELS, min_size=1, max_size=4).map(".".join)
 QTYPES = st.sampled_from([A, AAAA, MX])
 ACTIONS = st.sampled_from(["drop", "pass", "alert", "nxdomain", "refuse", "block_source"])
-NAME_RULE = st.builds(lambda wildcard, name, qtype, action: Rule(("*." if wildcard else "") + name, None, qtype, action),
+NAME_RULE = st.builds(lambda star, name, qtype, action: Rule(("*." if star else "") + name, None, qtype, action),
                       st.booleans(), NAME, st.one_of(st.none(), QTYPES), ACTIONS)
 REGEX_RULE = st.builds(lambda label, anchor, qtype, action: Rule(None, f"{anchor}{label}", qtype, action),
                        LABELS, st.sampled_from(["", "^", "\\."]), st.one_of(st.none(), QTYPES), ACTIONS)

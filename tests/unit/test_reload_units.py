@@ -69,7 +69,7 @@ def test_workers_build_rules_from_the_serialized_databases_without_compiling() -
     from hyperion.slowpath.protocol import decode_rules, encode_rules
     from hyperion.slowpath.worker import Worker
 
-    text = "slow_path:\n  dns_rules:\n" + "".join(
+    text = "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\nslow_path:\n  dns_rules:\n" + "".join(
         f"    - {{regex: '^x{i}-[a-f0-9]{{4,12}}\\.(com|net)$', action: drop}}\n" for i in range(200))
     text += ("    - {match: 'evil.test', action: nxdomain}\n  signatures:\n"
              "    - {class: {protocol: udp, port: 53}, literal: 'zzz', action: alert}\n")

@@ -126,6 +126,8 @@ def test_the_control_block_is_read_by_field_name() -> None:
 
 
 POLICY = """
+fast_path:
+  redirect_ports: [{protocol: udp, port: 53}, {protocol: udp, port: 9999}]
 slow_path:
   malformed_dns_action: alert
   never_block: ['203.0.113.0/24', '2001:db8:53::/48']

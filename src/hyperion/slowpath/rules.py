@@ -13,7 +13,7 @@ from typing import Any
 from hyperion import _slowpath
 from hyperion.errors import PolicyError
 from hyperion.policy import model
-from hyperion.policy.model import Action, Policy, SlowPathSection
+from hyperion.policy.model import Action, Policy, RedirectClass, SlowPathSection
 from hyperion.policy.neverblock import HostFacts, effective_never_block
 from hyperion.slowpath.protocol import RuleSpec
 
@@ -53,7 +53,7 @@ def compile_rules(policy: Policy, never_block: Iterable[IPv4Network | IPv6Networ
     default the policy's own entries and, unless never_block_defaults is false, its allow_cidrs."""
     if never_block is None:
         never_block = effective_never_block(policy, HostFacts())
-    return compile_slow_path_rules(policy.slow_path, never_block)
+    return compile_slow_path_rules(policy.slow_path, policy.fast_path.redirect_ports, never_block)
 
 
 def never_block_ranges(networks: Iterable[IPv4Network | IPv6Network]) -> list[list[Any]]:
@@ -73,8 +73,19 @@ def never_block_ranges(networks: Iterable[IPv4Network | IPv6Network]) -> list[li
     return ranges
 
 
-def compile_slow_path_rules(slow: SlowPathSection,
+# slow_path.dns_ports' default, until the policy model has the field (DESIGN14).
+DEFAULT_DNS_PORTS: tuple[int, ...] = (53,)
+
+
+def dns_classes(slow: SlowPathSection, redirect_ports: Iterable[RedirectClass]) -> list[tuple[int, int]]:
+    """(protocol, port) of the DNS classes: the redirect classes whose port is in slow_path.dns_ports."""
+    ports = frozenset(getattr(slow, "dns_ports", DEFAULT_DNS_PORTS))
+    return [(c.protocol, c.port) for c in redirect_ports if c.port in ports]
+
+
+def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[RedirectClass],
                             never_block: Iterable[IPv4Network | IPv6Network] | None = None) -> CompiledRules:
+    """slow_path -> Rules, parsing as DNS the DNS classes among redirect_ports (fast_path's)."""
     rules: list[tuple[int, int, float]] = []
     labels: list[str] = []
     actions: list[str] = []
@@ -106,7 +117,8 @@ def compile_slow_path_rules(slow: SlowPathSection,
         s.max_blocks_per_second or 0 for s in slow.signatures]
     try:
         spec = RuleSpec(rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action],
-                        [(version, first, last) for version, first, last in never_block_ranges(networks)], limits)
+                        [(version, first, last) for version, first, last in never_block_ranges(networks)], limits,
+                        dns_classes(slow, redirect_ports))
         compiled = spec.build()
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
