@@ -1395,6 +1395,7 @@ PyMODINIT_FUNC SP_MODULE_INIT(void)
 	}
 	PyModule_AddIntConstant(m, "DROP", SP_DROP);
 	PyModule_AddIntConstant(m, "PASS", SP_PASS);
+	PyModule_AddIntConstant(m, "ALLOW", SP_PASS); /* the policy's other name for pass */
 	PyModule_AddIntConstant(m, "ALERT", SP_ALERT);
 	PyModule_AddIntConstant(m, "NXDOMAIN", SP_NXDOMAIN);
 	PyModule_AddIntConstant(m, "REFUSE", SP_REFUSE);

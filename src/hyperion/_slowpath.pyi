@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 DROP: int
 PASS: int
+ALLOW: int  # the same native action as PASS
 ALERT: int
 NXDOMAIN: int
 REFUSE: int

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
-from typing import Any
+from typing import Any, Final
 
 from hyperion import _slowpath
 from hyperion.errors import PolicyError
@@ -20,12 +20,22 @@ from hyperion.slowpath.protocol import RuleSpec
 log = logging.getLogger("hyperion.slowpath")
 
 
-# Each policy action's native constant has the action's name in capitals (_slowpath.BLOCK_SOURCE);
-# an action the extension lacks fails here, at import, not at the first packet.
-ACTIONS: dict[Action, int] = {action: getattr(_slowpath, action.upper()) for action in model.ACTIONS}
+def native_action(action: str) -> int:
+    """A policy action's native constant: the action's name in capitals (_slowpath.BLOCK_SOURCE)."""
+    value: int = getattr(_slowpath, action.upper())
+    return value
 
 
-ACTION_NAMES: dict[int, Action] = {v: k for k, v in ACTIONS.items()}
+# Other names of a native action: `allow` is _slowpath.ALLOW, the same action as `pass`.
+ALIASES: Final[frozenset[str]] = frozenset({"allow"})
+
+
+# An action the extension lacks fails here, at import, not at the first packet.
+ACTIONS: dict[Action, int] = {action: native_action(action) for action in model.ACTIONS}
+
+
+# Native action -> its name (an alias's native action is named by its main name: "pass").
+ACTION_NAMES: dict[int, Action] = {v: k for k, v in ACTIONS.items() if k not in ALIASES}
 
 
 STOPPING_ACTIONS = model.STOPPING_ACTIONS
@@ -93,7 +103,7 @@ def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[Redi
     dns_regex: list[tuple[int, str]] = []
     for i, rule in enumerate(slow.dns_rules):
         index = len(rules)
-        rules.append((ACTIONS[rule.action], rule.qtype or 0, rule.ttl_seconds or 0.0))
+        rules.append((native_action(rule.action), rule.qtype or 0, rule.ttl_seconds or 0.0))
         labels.append(f"slow_path.dns_rules[{i}] {rule.describe()}")
         actions.append(rule.action)
         if rule.match is not None:
@@ -106,7 +116,7 @@ def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[Redi
     by_class: dict[tuple[int, int], list[tuple[int, str]]] = {}
     for i, sig in enumerate(slow.signatures):
         index = len(rules)
-        rules.append((ACTIONS[sig.action], 0, sig.ttl_seconds or 0.0))
+        rules.append((native_action(sig.action), 0, sig.ttl_seconds or 0.0))
         labels.append(f"slow_path.signatures[{i}] {sig.describe()}")
         actions.append(sig.action)
         pattern = _literal_pattern(sig.literal) if sig.literal is not None else sig.regex or ""
@@ -116,7 +126,7 @@ def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[Redi
     limits = [r.max_blocks_per_second or 0 for r in slow.dns_rules] + [
         s.max_blocks_per_second or 0 for s in slow.signatures]
     try:
-        spec = RuleSpec(rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action],
+        spec = RuleSpec(rules, names, dns_regex, classes, native_action(slow.malformed_dns_action),
                         [(version, first, last) for version, first, last in never_block_ranges(networks)], limits,
                         dns_classes(slow, redirect_ports))
         compiled = spec.build()
