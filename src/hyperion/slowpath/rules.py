@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from typing import Any, Final
 
@@ -41,13 +41,20 @@ ACTION_NAMES: dict[int, Action] = {v: k for k, v in ACTIONS.items() if k not in 
 STOPPING_ACTIONS = model.STOPPING_ACTIONS
 
 
+# Name rules (match:) the workers apply: the XDP program judges the others, and redirects a query
+# only when its most specific name rule has one of these actions, or no name rule matches it.
+SLOW_PATH_NAME_ACTIONS: Final[frozenset[str]] = frozenset({"block_source"})
+
+
 @dataclass(frozen=True)
 class CompiledRules:
-    rules: Any                  # _slowpath.Rules
+    rules: Any                  # _slowpath.Rules of the whole slow_path section (replay, inspect)
     labels: list[str]           # rule index -> "slow_path.dns_rules[0] match=evil.com action=drop"
     actions: list[str]          # rule index -> action name
     # The Rules constructor's arguments: what a worker process builds its own Rules from, so it
-    # needs neither the policy model nor its validation.
+    # needs neither the policy model nor its validation. Only what runs in the slow path: every
+    # rule keeps its index (so a worker's hits line up with labels), but names holds only the
+    # SLOW_PATH_NAME_ACTIONS name rules; regexes and signatures are all there (the same databases).
     spec: RuleSpec = field(default_factory=RuleSpec)
 
 
@@ -132,7 +139,8 @@ def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[Redi
         compiled = spec.build()
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
-    return CompiledRules(compiled, labels, actions, spec)
+    worker_names = [entry for entry in names if actions[entry[0]] in SLOW_PATH_NAME_ACTIONS]
+    return CompiledRules(compiled, labels, actions, replace(spec, names=worker_names))
 
 
 def _name_failing_rule(message: str, dns_regex: list[tuple[int, str]],
