@@ -56,9 +56,11 @@ struct sp_event {
 };
 
 /* The Rules constructor's arguments, in this order (its keywords; exported as RULE_SPEC_FIELDS):
- * what a rule spec carries. The optional `databases` keyword follows them. */
+ * what a rule spec carries. The optional `databases` keyword follows them. dns_classes: the
+ * (protocol, port) pairs judged as DNS (none given: no port is). */
 #define SP_RULE_SPEC_FIELDS(X) \
-	X(rules) X(names) X(dns_regex) X(classes) X(malformed_action) X(never_block) X(block_limits)
+	X(rules) X(names) X(dns_regex) X(classes) X(malformed_action) X(never_block) X(block_limits) \
+	X(dns_classes)
 
 /* Per-packet inspection latency buckets (upper bounds in module.c); the last is +Inf. */
 #define SP_LATENCY_BUCKETS 10

@@ -31,6 +31,7 @@
 #include <xdp/xsk.h>
 
 #include "hyperion_abi.h"
+#include "hyperion_parser.h"
 #include "control.h"
 #include "dns.h"
 #include "packet.h"
@@ -81,7 +82,8 @@ static void decide(const struct sp_rules *r, hs_scratch_t *scratch, const uint8_
 	}
 	const uint8_t *payload = frame + d->pkt.payload_offset;
 
-	if (d->pkt.protocol == 17 && d->pkt.dst_port == 53) {
+	/* A UDP DNS class (the policy's DNS ports): DNS over TCP is not parsed this round. */
+	if (d->pkt.protocol == HYP_IPPROTO_UDP && sp_is_dns_class(r, d->pkt.protocol, d->pkt.dst_port)) {
 		enum dns_parse_result res = dns_parse_query(payload, d->pkt.payload_len, &d->q);
 
 		if (res == DNS_MALFORMED) {
@@ -211,6 +213,28 @@ static int never_block_ranges(struct sp_rules *r, PyObject *list)
 	return 0;
 }
 
+/* dns_classes: [(protocol, port)], UDP or TCP, ports 1..65535. */
+static int add_dns_classes(struct sp_rules *r, PyObject *list)
+{
+	for (Py_ssize_t i = 0; i < PyList_Size(list); i++) {
+		int protocol, port;
+
+		if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "ii", &protocol, &port))
+			return -1;
+		if (protocol != HYP_IPPROTO_UDP && protocol != HYP_IPPROTO_TCP) {
+			PyErr_Format(PyExc_ValueError, "dns_classes[%zd]: protocol %d (expected %d UDP or %d TCP)", i,
+				     protocol, HYP_IPPROTO_UDP, HYP_IPPROTO_TCP);
+			return -1;
+		}
+		if (port < 1 || port > 65535) {
+			PyErr_Format(PyExc_ValueError, "dns_classes[%zd]: port %d (expected 1..65535)", i, port);
+			return -1;
+		}
+		sp_rules_add_dns_class(r, (uint8_t)protocol, (uint16_t)port);
+	}
+	return 0;
+}
+
 /* One serialized database of `databases`: bytes, or None where the set has no patterns. */
 static int serialized_db(PyObject *item, const char **bytes, Py_ssize_t *len, uint32_t count, const char *what)
 {
@@ -234,7 +258,7 @@ static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 		SP_RULE_SPEC_FIELDS(SP_RULE_SPEC_KEYWORD)
 #undef SP_RULE_SPEC_KEYWORD
 		"databases", NULL};
-	PyObject *rules, *names, *dns_regex, *classes, *never_block = NULL, *block_limits = NULL;
+	PyObject *rules, *names, *dns_regex, *classes, *never_block = NULL, *block_limits = NULL, *dns_classes = NULL;
 	PyObject *databases = Py_None, *class_dbs = NULL;
 	PyObject *snapshot = NULL;
 	int malformed_action = SP_DROP, rc;
@@ -242,10 +266,10 @@ static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 	const char **patterns = NULL;
 	uint32_t *ids = NULL, count = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!|iO!O!O", kwlist, &PyList_Type, &rules, &PyList_Type,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!|iO!O!O!O", kwlist, &PyList_Type, &rules, &PyList_Type,
 					 &names, &PyList_Type, &dns_regex, &PyList_Type, &classes,
 					 &malformed_action, &PyList_Type, &never_block, &PyList_Type, &block_limits,
-					 &databases))
+					 &PyList_Type, &dns_classes, &databases))
 		return -1;
 	if (databases != Py_None) {
 		/* (dns_regex database, [database per class, in the order of classes]) from serialize() */
@@ -300,6 +324,8 @@ static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 		self->rules->rules[i].max_blocks_per_sec = (uint32_t)limit;
 	}
 	if (never_block && never_block_ranges(self->rules, never_block))
+		return -1;
+	if (dns_classes && add_dns_classes(self->rules, dns_classes))
 		return -1;
 	for (Py_ssize_t i = 0; i < PyList_Size(names); i++) {
 		unsigned int index;
@@ -719,7 +745,7 @@ static void block_source(QueueObject *q, const struct sp_decision *d)
 		q->stats[ST_BLOCK_NEVER]++;
 		return;
 	}
-	if (d->pkt.protocol == 6 && !tcp_established(q, &d->pkt)) {
+	if (d->pkt.protocol == HYP_IPPROTO_TCP && !tcp_established(q, &d->pkt)) {
 		q->stats[ST_BLOCK_NOT_ESTABLISHED]++;
 		return;
 	}
@@ -1369,6 +1395,7 @@ PyMODINIT_FUNC SP_MODULE_INIT(void)
 	}
 	PyModule_AddIntConstant(m, "DROP", SP_DROP);
 	PyModule_AddIntConstant(m, "PASS", SP_PASS);
+	PyModule_AddIntConstant(m, "ALLOW", SP_PASS); /* the policy's other name for pass */
 	PyModule_AddIntConstant(m, "ALERT", SP_ALERT);
 	PyModule_AddIntConstant(m, "NXDOMAIN", SP_NXDOMAIN);
 	PyModule_AddIntConstant(m, "REFUSE", SP_REFUSE);

@@ -187,7 +187,7 @@ size_t sp_build_dns_answer(uint8_t *frame, size_t len, const struct sp_packet *p
 	size_t dns_len = q->question_end, udp_len = 8 + dns_len, ip_hlen = p->l4_offset - p->l3_offset;
 	uint32_t sum;
 
-	if (p->protocol != 17 || p->has_ext_headers || p->payload_offset + dns_len > len)
+	if (p->protocol != HYP_IPPROTO_UDP || p->has_ext_headers || p->payload_offset + dns_len > len)
 		return 0;
 	swap_bytes(frame, frame + 6, 6);
 	/* DNS: a response with the question only; RD copied, RA set. */

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hyperion_parser.h"
+
 static uint64_t fnv1a(const char *s, size_t len, uint8_t kind)
 {
 	uint64_t h = 1469598103934665603ULL ^ kind;
@@ -100,6 +102,28 @@ int sp_rules_add_name(struct sp_rules *r, uint32_t index, uint8_t kind, const ch
 	r->rules[index].next = *link;
 	*link = index;
 	return 0;
+}
+
+static int dns_family(uint8_t protocol)
+{
+	return protocol == HYP_IPPROTO_UDP ? 0 : protocol == HYP_IPPROTO_TCP ? 1 : -1;
+}
+
+int sp_rules_add_dns_class(struct sp_rules *r, uint8_t protocol, uint16_t port)
+{
+	int family = dns_family(protocol);
+
+	if (family < 0)
+		return -1;
+	r->dns_ports[family][port / 8] |= (uint8_t)(1u << (port % 8));
+	return 0;
+}
+
+int sp_is_dns_class(const struct sp_rules *r, uint8_t protocol, uint16_t port)
+{
+	int family = dns_family(protocol);
+
+	return family >= 0 && (r->dns_ports[family][port / 8] >> (port % 8)) & 1;
 }
 
 static unsigned long compile_count;
@@ -268,12 +292,21 @@ static int on_match(unsigned int id, unsigned long long from, unsigned long long
 	return 0; /* keep scanning: a later pattern may be an earlier rule */
 }
 
+/* The rule a (kind, name) slot decides for a qtype: the first rule in policy order whose qtype is
+ * the query's, else the first without qtype (a qtype-specific rule is the more specific one). */
 static uint32_t best_in_chain(const struct sp_rules *r, uint32_t rule, uint16_t qtype)
 {
-	for (; rule != SP_NO_RULE; rule = r->rules[rule].next)
-		if (qtype_ok(&r->rules[rule], qtype))
+	uint32_t any = SP_NO_RULE;
+
+	for (; rule != SP_NO_RULE; rule = r->rules[rule].next) {
+		uint16_t want = r->rules[rule].qtype;
+
+		if (want != 0 && want == qtype)
 			return rule;
-	return SP_NO_RULE;
+		if (want == 0 && any == SP_NO_RULE)
+			any = rule;
+	}
+	return any;
 }
 
 static uint32_t lookup(const struct sp_rules *r, const char *name, size_t len, uint8_t kind, uint16_t qtype)
@@ -285,18 +318,16 @@ static uint32_t lookup(const struct sp_rules *r, const char *name, size_t len, u
 
 uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const struct dns_question *q)
 {
-	uint32_t best = lookup(r, q->name, q->name_len, SP_EXACT, q->qtype), found;
+	/* The most specific name rule: the exact rule on the whole name, then each proper suffix
+	 * after a dot from the longest to the shortest (at most one lookup per label). */
+	uint32_t best = lookup(r, q->name, q->name_len, SP_EXACT, q->qtype);
 
-	/* Every proper suffix after a dot: at most one lookup per label. */
-	for (size_t i = 0; i < q->name_len; i++) {
-		if (q->name[i] != '.')
-			continue;
-		found = lookup(r, q->name + i + 1, q->name_len - i - 1, SP_SUFFIX, q->qtype);
-		if (found < best)
-			best = found;
-	}
-	if (r->dns_regex && scratch) {
-		struct best_match m = { r, r->dns_regex_rules, r->dns_regex_count, q->qtype, best };
+	for (size_t i = 0; best == SP_NO_RULE && i < q->name_len; i++)
+		if (q->name[i] == '.')
+			best = lookup(r, q->name + i + 1, q->name_len - i - 1, SP_SUFFIX, q->qtype);
+	/* Regexes only when no name rule matched: the first in policy order. */
+	if (best == SP_NO_RULE && r->dns_regex && scratch) {
+		struct best_match m = { r, r->dns_regex_rules, r->dns_regex_count, q->qtype, SP_NO_RULE };
 
 		hs_scan(r->dns_regex, q->name, (unsigned)q->name_len, 0, scratch, on_match, &m);
 		best = m.best;

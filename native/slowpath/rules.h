@@ -4,7 +4,11 @@
  * table (a lookup per label suffix of the query name, so the cost depends on
  * the name, not on the rule count) and regexes in one Hyperscan database.
  * Payload signatures: one Hyperscan database per redirect class.
- * Among all matching rules the one first in the policy wins.
+ * Precedence of DNS rules (the same as the XDP stage's, DESIGN14): the most specific name rule
+ * wins (the exact rule on the whole name, then "*.x" rules by decreasing length of x); on the
+ * same (kind, name) a rule with the query's qtype beats one without qtype; identical (kind, name,
+ * qtype): the first in the policy. Regex rules only when no name rule matches: the first in the
+ * policy among them. Among signatures of a class, the first in the policy.
  */
 #ifndef HYP_SLOWPATH_RULES_H
 #define HYP_SLOWPATH_RULES_H
@@ -36,7 +40,7 @@ struct sp_rule {
 	uint8_t action;
 	uint16_t qtype;      /* 0 = any */
 	uint64_t ttl_ns;     /* block_source */
-	uint32_t next;       /* next rule for the same name, in policy order */
+	uint32_t next;       /* next rule for the same (kind, name), in policy order */
 	/* block_source: a token bucket of max_blocks_per_sec tokens (one second's worth), refilled at
 	 * that rate; 0 = uncapped. Per Rules object, i.e. per worker (queue) and rule generation. */
 	uint32_t max_blocks_per_sec;
@@ -79,6 +83,9 @@ struct sp_rules {
 	hs_scratch_t *scratch_proto;   /* sized for every database; cloned per worker */
 	uint8_t malformed_action;
 	uint64_t *hits;                /* per rule, updated atomically by all workers */
+	/* DNS classes (a redirect class whose port is in slow_path.dns_ports), a bit per port: [0] UDP,
+	 * [1] TCP. Only UDP ones are parsed as DNS this round; TCP ones are carried for DNS over TCP. */
+	uint8_t dns_ports[2][65536 / 8];
 	/* never_block: sorted, disjoint ranges per family; block_source never inserts a source in one. */
 	struct sp_range *never4, *never6;
 	uint32_t never4_count, never6_count;
@@ -98,10 +105,14 @@ int sp_rules_load_dns_regex(struct sp_rules *r, const char *bytes, size_t len, c
 			    uint32_t count, char *err_buf, size_t err_len);
 int sp_rules_load_class(struct sp_rules *r, uint8_t protocol, uint16_t port, const char *bytes, size_t len,
 			const uint32_t *rule_ids, uint32_t count, char *err_buf, size_t err_len);
+/* Marks (protocol, port) a DNS class: 0, or -1 if the protocol is neither UDP nor TCP. */
+int sp_rules_add_dns_class(struct sp_rules *r, uint8_t protocol, uint16_t port);
+/* 1 if (protocol, port) is a DNS class. */
+int sp_is_dns_class(const struct sp_rules *r, uint8_t protocol, uint16_t port);
 /* Hyperscan compiles done by this process (a worker that loads serialized databases does none). */
 unsigned long sp_compile_count(void);
 
-/* Best (lowest-index) rule for a question, or SP_NO_RULE. */
+/* The deciding rule for a question (precedence above), or SP_NO_RULE. */
 uint32_t sp_match_dns(const struct sp_rules *r, hs_scratch_t *scratch, const struct dns_question *q);
 /* Best signature rule for a payload of the class, or SP_NO_RULE. */
 uint32_t sp_match_payload(const struct sp_rules *r, hs_scratch_t *scratch, uint8_t protocol, uint16_t port,

@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 DROP: int
 PASS: int
+ALLOW: int  # the same native action as PASS
 ALERT: int
 NXDOMAIN: int
 REFUSE: int
@@ -39,6 +40,7 @@ class Rules:
         malformed_action: int = ...,
         never_block: list[tuple[int, str, str]] = ...,
         block_limits: list[int] = ...,
+        dns_classes: list[tuple[int, int]] = ...,
         databases: SerializedDatabases | None = ...,
     ) -> None: ...
     def serialize(self) -> SerializedDatabases: ...

@@ -86,9 +86,10 @@ def test_workers_build_rules_from_the_serialized_databases_without_compiling() -
     assert _slowpath.compile_count() == before, "the worker compiled the databases again"
     assert command.generation == 7
     assert took < 0.5
-    for name, rule in (("x17-beef.com", 17), ("x199-abcd.net", 199), ("evil.test", 200), ("x17-.com", None),
-                       ("good.test", None)):
-        assert rules.inspect(_query(name))["rule"] == rule, name
+    # evil.test's nxdomain rule runs in XDP: the worker has no such name rule.
+    for name, rule, in_worker in (("x17-beef.com", 17, 17), ("x199-abcd.net", 199, 199), ("evil.test", 200, None),
+                                  ("x17-.com", None, None), ("good.test", None, None)):
+        assert rules.inspect(_query(name))["rule"] == in_worker, name
         assert compiled.rules.inspect(_query(name))["rule"] == rule, name
 
 

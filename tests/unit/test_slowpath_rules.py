@@ -2,8 +2,8 @@
 
 Matching semantics (documented in the README): exact names match only
 themselves; "*.x" matches strict subdomains of x, never x itself; names are
-compared case-insensitively; a qtype filter narrows a rule; among all
-matching rules the first in the policy wins.
+compared case-insensitively; a qtype filter narrows a rule; the most specific
+name rule wins, regexes only when no name rule matches (tests/unit/test_dns_precedence.py).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ slow_path:
 
 RULES = compile_rules(parse_policy(POLICY))
 A = dns.rdatatype.A
+DNS_CLASS = "fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"  # udp/53: parsed as DNS
 
 
 def query(name: str, qtype: str = "A", v6: bool = False, vlan: bool = False) -> bytes:
@@ -92,8 +93,8 @@ def test_dns_rules(frame: bytes, expected: tuple[str, str | None]) -> None:
 
 
 def test_apex_of_a_wildcard_does_not_match() -> None:
-    rules = compile_rules(parse_policy("fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
-                                        "slow_path:\n  dns_rules: [{match: '*.tracker.test', action: drop}]\n"))
+    rules = compile_rules(parse_policy(
+        DNS_CLASS + "slow_path:\n  dns_rules: [{match: '*.tracker.test', action: drop}]\n"))
     assert rules.rules.inspect(query("tracker.test"))["rule"] is None
     assert rules.rules.inspect(query("a.tracker.test"))["rule"] == 0
 
@@ -135,7 +136,7 @@ def test_responses_are_not_inspected() -> None:
 
 
 def test_malformed_action_is_configurable() -> None:
-    rules = compile_rules(parse_policy("slow_path:\n  malformed_dns_action: alert\n"))
+    rules = compile_rules(parse_policy(DNS_CLASS + "slow_path:\n  malformed_dns_action: alert\n"))
     assert rules.rules.inspect(raw_dns(b"\x00"))["action"] == _slowpath.ALERT
 
 
@@ -177,8 +178,7 @@ def test_100k_names_load_and_match_without_per_rule_cost() -> None:
     names = "\n".join(f"    - {{match: 'n{i}.blocked.test', action: drop}}" for i in range(100_000))
     start = time.perf_counter()
     suffix_rule = "    - {match: '*.sfx.test', action: nxdomain}"
-    rules = compile_rules(parse_policy(f"fast_path:\n  redirect_ports: [{{protocol: udp, port: 53}}]\n"
-                                       f"slow_path:\n  dns_rules:\n{names}\n{suffix_rule}\n"))
+    rules = compile_rules(parse_policy(DNS_CLASS + f"slow_path:\n  dns_rules:\n{names}\n{suffix_rule}\n"))
     print(f"100k DNS rules compiled in {time.perf_counter() - start:.2f} s")
     assert rules.rules.inspect(query("n99999.blocked.test"))["rule"] == 99_999
     assert rules.rules.inspect(query("a.b.sfx.test"))["rule"] == 100_000

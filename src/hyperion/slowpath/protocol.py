@@ -244,6 +244,7 @@ NameEntry = tuple[int, int, str]                   # rule index, _slowpath.EXACT
 PatternEntry = tuple[int, str]                     # rule index, Hyperscan pattern
 ClassEntry = tuple[int, int, list[PatternEntry]]   # IP protocol, port, its signatures
 RangeEntry = tuple[int, str, str]                  # IP version, first and last address in hex
+DnsClassEntry = tuple[int, int]                    # IP protocol (UDP, or TCP: not parsed yet), DNS port
 
 
 @dataclass(frozen=True)
@@ -258,13 +259,16 @@ class RuleSpec:
     malformed_action: int = _slowpath.DROP
     never_block: list[RangeEntry] = field(default_factory=list)
     block_limits: list[int] = field(default_factory=list)
+    # The DNS classes: (protocol, port) of the redirect classes whose port is a DNS port (empty: no
+    # packet is parsed as DNS).
+    dns_classes: list[DnsClassEntry] = field(default_factory=list)
 
     def to_args(self) -> tuple[list[RuleEntry], list[NameEntry], list[PatternEntry], list[ClassEntry], int,
-                               list[RangeEntry], list[int]]:
+                               list[RangeEntry], list[int], list[DnsClassEntry]]:
         """Positional arguments of _slowpath.Rules (the optional databases keyword apart), typed so
         that mypy checks them against the extension's stub."""
         return (self.rules, self.names, self.dns_regex, self.classes, self.malformed_action, self.never_block,
-                self.block_limits)
+                self.block_limits, self.dns_classes)
 
     def build(self, databases: _slowpath.SerializedDatabases | None = None) -> _slowpath.Rules:
         """The native rule set; with the supervisor's serialized databases Hyperscan compiles nothing."""
@@ -297,9 +301,11 @@ class RuleSpec:
             never_block = [(int(v), str(lo), str(hi)) for v, lo, hi in data[name]]
             name = "block_limits"
             block_limits = [int(n) for n in data[name]]
+            name = "dns_classes"
+            dns_classes = [(int(p), int(port)) for p, port in data[name]]
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"rule spec: {name}: malformed ({exc})") from None
-        return cls(rules, names, dns_regex, classes, malformed_action, never_block, block_limits)
+        return cls(rules, names, dns_regex, classes, malformed_action, never_block, block_limits, dns_classes)
 
 
 # ---- commands: a worker's stdin, and the rules socket -------------------------------------------

@@ -6,38 +6,55 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
-from typing import Any
+from typing import Any, Final
 
 from hyperion import _slowpath
 from hyperion.errors import PolicyError
 from hyperion.policy import model
-from hyperion.policy.model import Action, Policy, SlowPathSection
+from hyperion.policy.model import Action, Policy, RedirectClass, SlowPathSection
 from hyperion.policy.neverblock import HostFacts, effective_never_block
 from hyperion.slowpath.protocol import RuleSpec
 
 log = logging.getLogger("hyperion.slowpath")
 
 
-# Each policy action's native constant has the action's name in capitals (_slowpath.BLOCK_SOURCE);
-# an action the extension lacks fails here, at import, not at the first packet.
-ACTIONS: dict[Action, int] = {action: getattr(_slowpath, action.upper()) for action in model.ACTIONS}
+def native_action(action: str) -> int:
+    """A policy action's native constant: the action's name in capitals (_slowpath.BLOCK_SOURCE)."""
+    value: int = getattr(_slowpath, action.upper())
+    return value
 
 
-ACTION_NAMES: dict[int, Action] = {v: k for k, v in ACTIONS.items()}
+# Other names of a native action: `allow` is _slowpath.ALLOW, the same action as `pass`.
+ALIASES: Final[frozenset[str]] = frozenset({"allow"})
+
+
+# An action the extension lacks fails here, at import, not at the first packet.
+ACTIONS: dict[Action, int] = {action: native_action(action) for action in model.ACTIONS}
+
+
+# Native action -> its name (an alias's native action is named by its main name: "pass").
+ACTION_NAMES: dict[int, Action] = {v: k for k, v in ACTIONS.items() if k not in ALIASES}
 
 
 STOPPING_ACTIONS = model.STOPPING_ACTIONS
 
 
+# Name rules (match:) the workers apply: the XDP program judges the others, and redirects a query
+# only when its most specific name rule has one of these actions, or no name rule matches it.
+SLOW_PATH_NAME_ACTIONS: Final[frozenset[str]] = frozenset({"block_source"})
+
+
 @dataclass(frozen=True)
 class CompiledRules:
-    rules: Any                  # _slowpath.Rules
+    rules: Any                  # _slowpath.Rules of the whole slow_path section (replay, inspect)
     labels: list[str]           # rule index -> "slow_path.dns_rules[0] match=evil.com action=drop"
     actions: list[str]          # rule index -> action name
     # The Rules constructor's arguments: what a worker process builds its own Rules from, so it
-    # needs neither the policy model nor its validation.
+    # needs neither the policy model nor its validation. Only what runs in the slow path: every
+    # rule keeps its index (so a worker's hits line up with labels), but names holds only the
+    # SLOW_PATH_NAME_ACTIONS name rules; regexes and signatures are all there (the same databases).
     spec: RuleSpec = field(default_factory=RuleSpec)
 
 
@@ -53,7 +70,7 @@ def compile_rules(policy: Policy, never_block: Iterable[IPv4Network | IPv6Networ
     default the policy's own entries and, unless never_block_defaults is false, its allow_cidrs."""
     if never_block is None:
         never_block = effective_never_block(policy, HostFacts())
-    return compile_slow_path_rules(policy.slow_path, never_block)
+    return compile_slow_path_rules(policy.slow_path, policy.fast_path.redirect_ports, never_block)
 
 
 def never_block_ranges(networks: Iterable[IPv4Network | IPv6Network]) -> list[list[Any]]:
@@ -73,8 +90,19 @@ def never_block_ranges(networks: Iterable[IPv4Network | IPv6Network]) -> list[li
     return ranges
 
 
-def compile_slow_path_rules(slow: SlowPathSection,
+# slow_path.dns_ports' default, until the policy model has the field (DESIGN14).
+DEFAULT_DNS_PORTS: tuple[int, ...] = (53,)
+
+
+def dns_classes(slow: SlowPathSection, redirect_ports: Iterable[RedirectClass]) -> list[tuple[int, int]]:
+    """(protocol, port) of the DNS classes: the redirect classes whose port is in slow_path.dns_ports."""
+    ports = frozenset(getattr(slow, "dns_ports", DEFAULT_DNS_PORTS))
+    return [(c.protocol, c.port) for c in redirect_ports if c.port in ports]
+
+
+def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[RedirectClass],
                             never_block: Iterable[IPv4Network | IPv6Network] | None = None) -> CompiledRules:
+    """slow_path -> Rules, parsing as DNS the DNS classes among redirect_ports (fast_path's)."""
     rules: list[tuple[int, int, float]] = []
     labels: list[str] = []
     actions: list[str] = []
@@ -82,7 +110,7 @@ def compile_slow_path_rules(slow: SlowPathSection,
     dns_regex: list[tuple[int, str]] = []
     for i, rule in enumerate(slow.dns_rules):
         index = len(rules)
-        rules.append((ACTIONS[rule.action], rule.qtype or 0, rule.ttl_seconds or 0.0))
+        rules.append((native_action(rule.action), rule.qtype or 0, rule.ttl_seconds or 0.0))
         labels.append(f"slow_path.dns_rules[{i}] {rule.describe()}")
         actions.append(rule.action)
         if rule.match is not None:
@@ -95,7 +123,7 @@ def compile_slow_path_rules(slow: SlowPathSection,
     by_class: dict[tuple[int, int], list[tuple[int, str]]] = {}
     for i, sig in enumerate(slow.signatures):
         index = len(rules)
-        rules.append((ACTIONS[sig.action], 0, sig.ttl_seconds or 0.0))
+        rules.append((native_action(sig.action), 0, sig.ttl_seconds or 0.0))
         labels.append(f"slow_path.signatures[{i}] {sig.describe()}")
         actions.append(sig.action)
         pattern = _literal_pattern(sig.literal) if sig.literal is not None else sig.regex or ""
@@ -105,12 +133,14 @@ def compile_slow_path_rules(slow: SlowPathSection,
     limits = [r.max_blocks_per_second or 0 for r in slow.dns_rules] + [
         s.max_blocks_per_second or 0 for s in slow.signatures]
     try:
-        spec = RuleSpec(rules, names, dns_regex, classes, ACTIONS[slow.malformed_dns_action],
-                        [(version, first, last) for version, first, last in never_block_ranges(networks)], limits)
+        spec = RuleSpec(rules, names, dns_regex, classes, native_action(slow.malformed_dns_action),
+                        [(version, first, last) for version, first, last in never_block_ranges(networks)], limits,
+                        dns_classes(slow, redirect_ports))
         compiled = spec.build()
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
-    return CompiledRules(compiled, labels, actions, spec)
+    worker_names = [entry for entry in names if actions[entry[0]] in SLOW_PATH_NAME_ACTIONS]
+    return CompiledRules(compiled, labels, actions, replace(spec, names=worker_names))
 
 
 def _name_failing_rule(message: str, dns_regex: list[tuple[int, str]],
