@@ -375,6 +375,11 @@ SignatureAction = Literal["drop", "alert", "block_source"]
 MalformedDnsAction = Literal["drop", "pass", "alert"]
 
 
+# Where the exact and "*.suffix" name rules run: in the XDP program (the default), or all of them in
+# the AF_XDP slow path, as before the program judged names (an operator's override).
+NameRulePlacement = Literal["xdp", "slow_path"]
+
+
 # Actions after which the packet does not reach its destination (pass and allow deliver it).
 STOPPING_ACTIONS: Final[frozenset[Action]] = frozenset({"drop", "block_source", "nxdomain", "refuse"})
 
@@ -583,6 +588,7 @@ class SlowPathSection(_Strict):
     malformed_dns_action: Annotated[MalformedDnsAction, _CaseInsensitive] = "drop"
     # The ports whose redirect classes carry DNS (DNS classes): the name rules judge their queries.
     dns_ports: tuple[_Port, ...] = DEFAULT_DNS_PORTS
+    dns_name_rules: Annotated[NameRulePlacement, _CaseInsensitive] = "xdp"
     dns_rules: tuple[DnsRule, ...] = ()
     signatures: tuple[Signature, ...] = ()
     # Sources block_source never inserts (hyperion.neverblock adds the host's own addresses, gateways,

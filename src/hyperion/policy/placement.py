@@ -46,8 +46,10 @@ class Placement:
 
 
 def is_xdp_dns_class(policy: Policy, cls: RedirectClass) -> bool:
-    """A UDP class on a DNS port: the program judges its queries by the name rules."""
-    return cls.protocol == UDP and cls.port in policy.slow_path.dns_ports
+    """A UDP class on a DNS port: the program judges its queries by the name rules (unless
+    slow_path.dns_name_rules puts them all in the slow path)."""
+    slow = policy.slow_path
+    return slow.dns_name_rules == "xdp" and cls.protocol == UDP and cls.port in slow.dns_ports
 
 
 def xdp_dns_classes(policy: Policy) -> tuple[RedirectClass, ...]:

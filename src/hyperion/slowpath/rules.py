@@ -13,7 +13,8 @@ from typing import Any, Final
 from hyperion import _slowpath
 from hyperion.errors import PolicyError
 from hyperion.policy import model
-from hyperion.policy.model import Action, Policy, RedirectClass, SlowPathSection
+from hyperion.policy.model import Action, FastPathSection, Policy, RedirectClass, SlowPathSection
+from hyperion.policy.placement import xdp_dns_classes
 from hyperion.policy.neverblock import HostFacts, effective_never_block
 from hyperion.slowpath.protocol import RuleSpec
 
@@ -90,14 +91,18 @@ def never_block_ranges(networks: Iterable[IPv4Network | IPv6Network]) -> list[li
     return ranges
 
 
-# slow_path.dns_ports' default, until the policy model has the field (DESIGN14).
-DEFAULT_DNS_PORTS: tuple[int, ...] = (53,)
-
-
 def dns_classes(slow: SlowPathSection, redirect_ports: Iterable[RedirectClass]) -> list[tuple[int, int]]:
     """(protocol, port) of the DNS classes: the redirect classes whose port is in slow_path.dns_ports."""
-    ports = frozenset(getattr(slow, "dns_ports", DEFAULT_DNS_PORTS))
+    ports = frozenset(slow.dns_ports)
     return [(c.protocol, c.port) for c in redirect_ports if c.port in ports]
+
+
+def names_judged_in_xdp(slow: SlowPathSection, redirect_ports: Iterable[RedirectClass]) -> bool:
+    """Whether the XDP program judges the name rules: then workers see only the queries it hands
+    over, and need only the name rules it cannot carry out."""
+    policy = Policy.model_construct(fast_path=FastPathSection.model_construct(redirect_ports=tuple(redirect_ports)),
+                                    slow_path=slow)
+    return bool(xdp_dns_classes(policy))
 
 
 def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[RedirectClass],
@@ -139,7 +144,8 @@ def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[Redi
         compiled = spec.build()
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
-    worker_names = [entry for entry in names if actions[entry[0]] in SLOW_PATH_NAME_ACTIONS]
+    worker_names = [entry for entry in names if actions[entry[0]] in SLOW_PATH_NAME_ACTIONS] \
+        if names_judged_in_xdp(slow, redirect_ports) else names
     return CompiledRules(compiled, labels, actions, replace(spec, names=worker_names))
 
 
