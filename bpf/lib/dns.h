@@ -88,11 +88,38 @@ static __always_inline __u64 dns_offset(__u64 v)
 	return v & 0xFF;
 }
 
+/* 8 bytes of scratch at any offset. clang takes &buf[i] as 1-byte aligned and
+ * would split the access into bytes; BPF on the JITs' architectures accesses
+ * map values unaligned, which the verifier allows. */
+static __always_inline __u64 *dns_word(__u8 *p)
+{
+	return __builtin_assume_aligned(p, 8);
+}
+
 static __always_inline struct hyp_dns_scratch *dns_scratch(void)
 {
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&hyp_dns_scratch, &zero);
+}
+
+/* Whether any byte of v is b (bytes of a little-endian load; the classic
+ * has-zero-byte test, exact about existence). */
+static __always_inline int dns_has_byte(__u64 v, __u8 b)
+{
+	__u64 x = v ^ (0x0101010101010101ULL * b);
+
+	return ((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL) != 0;
+}
+
+/* 0x80 in each byte of v that is ASCII 'A'..'Z'. */
+static __always_inline __u64 dns_upper(__u64 v)
+{
+	__u64 low7 = v & 0x7F7F7F7F7F7F7F7FULL;
+	__u64 ge_a = low7 + 0x3F3F3F3F3F3F3F3FULL;       /* bit 7: >= 'A' (0x41) */
+	__u64 gt_z = low7 + 0x2525252525252525ULL;       /* bit 7: > 'Z' (0x5A) */
+
+	return (ge_a ^ gt_z) & ~v & 0x8080808080808080ULL; /* and no high bit of its own */
 }
 
 /* One label of the question name (or its root label), as dns_parse_query in
@@ -124,21 +151,27 @@ static long dns_walk_label(__u64 index, void *arg)
 		goto malformed; /* the label runs past the message */
 	s->label_off[index & 127] = name_off;
 	key_at = DNS_KEY_BASE - name_off - 1 - len;
-	s->key[dns_index(key_at)] = c;
-	for (__u32 i = 0; i < DNS_MAX_LABEL; i++) {
-		__u8 ch;
+	/* Eight bytes at a time, right-aligned on the label's end: a chunk may start
+	 * before the label (bytes of the key that later labels, or the key header,
+	 * overwrite), never after it (the labels already written). */
+	for (__u32 k = 0; k < (DNS_MAX_LABEL + 7) / 8; k++) {
+		__u32 right = 8 * k;      /* label bytes right of this chunk */
+		__u64 v, junk = 0, upper;
 
-		if (i >= len)
+		if (right >= len)
 			break;
-		ch = s->msg[dns_index(pos + 1 + i)];
+		v = *dns_word(&s->msg[dns_index(pos + 1 + len - right - 8)]);
+		if (len - right < 8)      /* the chunk's low bytes precede the label */
+			junk = ~0ULL >> (8 * (len - right));
+		v |= junk;                /* 0xFF: neither NUL, dot nor upper case */
 		/* Legal on the wire, but they would make the dotted name ambiguous (as the
 		 * native parser, which refuses them). */
-		if (ch == '.' || ch == 0)
+		if (dns_has_byte(v, 0) || dns_has_byte(v, '.'))
 			goto malformed;
-		if (ch >= 'A' && ch <= 'Z')
-			ch += 'a' - 'A';
-		s->key[dns_index(key_at + 1 + i)] = ch;
+		upper = dns_upper(v);
+		*dns_word(&s->key[dns_index(key_at + 1 + len - right - 8)]) = v | upper >> 2;
 	}
+	s->key[dns_index(key_at)] = c; /* after the chunks, which may have covered it */
 	s->walk_labels = index + 1;
 	s->walk_pos = pos + 1 + len;
 	return 0;
@@ -147,6 +180,42 @@ malformed:
 	return 1;
 }
 
+/* The lookups of one candidate key in one map of the active slot: the any-qtype
+ * entry, then, if it says so, the query's qtype. Returns 1 when a rule decided
+ * (m->rule_id, m->action set, its hits counted). One function per map: a call
+ * site that sees one map gets the kernel's inlined lookup, one that may see
+ * either map the generic helper (an indirect call). */
+#define HYP_DNS_LOOKUP(fn, outer)                                                        \
+	static __attribute__((noinline)) int fn(struct dns_match *m,                   \
+						 struct hyp_dns_key_short *key)         \
+	{                                                                              \
+		struct hyp_dns_rule *any, *chosen = NULL;                              \
+		void *table = bpf_map_lookup_elem(&outer, &m->slot);                   \
+                                                                                       \
+		if (!table || !key)                                                    \
+			return 0;                                                      \
+		any = bpf_map_lookup_elem(table, key);                                 \
+		if (!any)                                                              \
+			return 0;                                                      \
+		if ((any->flags & HYP_DNS_F_QTYPES) && m->qtype) {                     \
+			key->qtype = m->qtype;                                         \
+			chosen = bpf_map_lookup_elem(table, key);                      \
+			if (chosen && chosen->action == HYP_DNS_NONE)                  \
+				chosen = NULL;                                         \
+		}                                                                      \
+		if (!chosen && any->action != HYP_DNS_NONE)                            \
+			chosen = any;                                                  \
+		if (!chosen)                                                           \
+			return 0; /* a placeholder: shorter suffixes may still match */\
+		__sync_fetch_and_add(&chosen->hits, 1);                                \
+		m->rule_id = chosen->rule_id;                                          \
+		m->action = chosen->action;                                            \
+		return 1;                                                              \
+	}
+
+HYP_DNS_LOOKUP(dns_lookup_short, hyp_dns_short)
+HYP_DNS_LOOKUP(dns_lookup_long, hyp_dns_long)
+
 /* Candidate `index` of the lookups: 0 is the whole name (an exact rule), k > 0
  * the suffix without the first k labels ("*.x" rules). Stops at the first rule
  * that decides; a placeholder (qtype rules only, none for this qtype) does not. */
@@ -154,12 +223,10 @@ static long dns_lookup_candidate(__u64 index, void *arg)
 {
 	struct dns_match *m = arg;
 	struct hyp_dns_scratch *s = dns_scratch();
-	struct hyp_dns_rule *any, *chosen = NULL;
 	struct hyp_dns_key_short *key;
 	__u32 name_len = m->name_len, labels = m->labels, key_len, count, bit;
 	__u64 bits;
 	__u8 kind;
-	void *table;
 
 	if (!s || name_len > DNS_MAX_NAME - 1 || labels > DNS_MAX_LABELS || index > labels)
 		return 1;
@@ -188,7 +255,7 @@ static long dns_lookup_candidate(__u64 index, void *arg)
 
 #pragma unroll
 		for (int i = 0; i < DNS_ZERO_SPAN; i += 8)
-			*(__u64 *)&s->key[zero_at + i] = 0;
+			*dns_word(&s->key[zero_at + i]) = 0;
 	}
 	bit = count >= 63 ? 63 : count;
 	if (!(bits & (1ULL << bit)))
@@ -197,34 +264,9 @@ static long dns_lookup_candidate(__u64 index, void *arg)
 	key->qtype = 0;
 	key->kind = kind;
 	key->pad = 0;
-	if (key_len <= HYP_CAP_DNS_SHORT_NAME) {
-		if (!m->short_entries)
-			return 0;
-		table = bpf_map_lookup_elem(&hyp_dns_short, &m->slot);
-	} else {
-		if (!m->long_entries)
-			return 0;
-		table = bpf_map_lookup_elem(&hyp_dns_long, &m->slot);
-	}
-	if (!table)
-		return 0;
-	any = bpf_map_lookup_elem(table, key);
-	if (!any)
-		return 0;
-	if ((any->flags & HYP_DNS_F_QTYPES) && m->qtype) {
-		key->qtype = m->qtype;
-		chosen = bpf_map_lookup_elem(table, key);
-		if (chosen && chosen->action == HYP_DNS_NONE)
-			chosen = NULL;
-	}
-	if (!chosen && any->action != HYP_DNS_NONE)
-		chosen = any;
-	if (!chosen)
-		return 0; /* a placeholder: shorter suffixes may still match */
-	__sync_fetch_and_add(&chosen->hits, 1);
-	m->rule_id = chosen->rule_id;
-	m->action = chosen->action;
-	return 1;
+	if (key_len <= HYP_CAP_DNS_SHORT_NAME)
+		return m->short_entries ? dns_lookup_short(m, key) : 0;
+	return m->long_entries ? dns_lookup_long(m, key) : 0;
 }
 
 /* nxdomain/refuse are answered only where the answer is well-formed and goes to
