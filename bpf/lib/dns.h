@@ -161,7 +161,7 @@ static long dns_walk_label(__u64 index, void *arg)
 		if (right >= len)
 			break;
 		v = *dns_word(&s->msg[dns_index(pos + 1 + len - right - 8)]);
-		if (len - right < 8)      /* the chunk's low bytes precede the label */
+		if (len - right < 8)      /* the low bytes (little-endian) precede the label */
 			junk = ~0ULL >> (8 * (len - right));
 		v |= junk;                /* 0xFF: neither NUL, dot nor upper case */
 		/* Legal on the wire, but they would make the dotted name ambiguous (as the
