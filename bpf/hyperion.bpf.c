@@ -2,13 +2,17 @@
 /*
  * Hyperion fast path. Stages, in order: parse (malformed -> drop), allowlist
  * (pass, nothing later applies), static CIDR blocklist, static exact-IP
- * blocklist, dynamic blocklist, redirect classes (AF_XDP), default pass.
+ * blocklist, dynamic blocklist, redirect classes: for a DNS class's UDP
+ * queries first the DNS stage (name rules: drop, answer in place, allow,
+ * alert; lib/dns.h), then what it did not decide to AF_XDP if the class has
+ * something for the slow path; default pass.
  * Every exit goes through finish(), which counts (verdict, reason).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "hyperion_abi.h"
 #include "hyperion_parser.h"
+#include "dns.h"
 #include "events.h"
 #include "maps.h"
 #include "parsing.h"
@@ -65,7 +69,7 @@ static __always_inline __u32 judge(struct xdp_md *ctx, struct packet_info *pkt,
 	struct hyp_settings *settings;
 	struct hyp_dyn_block *block;
 	struct hyp_config *config;
-	__u32 zero = 0, slot, reason;
+	__u32 zero = 0, slot, reason, flags;
 	int rc;
 
 	*verdict = HYP_VERDICT_PASS;
@@ -113,6 +117,35 @@ static __always_inline __u32 judge(struct xdp_md *ctx, struct packet_info *pkt,
 	if (!class)
 		return HYP_REASON_NO_MATCH;
 	pkt->rule_id = class->class_id;
+	/* flags 0: a class from before the DNS stage: redirect (as every class did). */
+	flags = class->flags ? class->flags : HYP_CLASS_F_SLOWPATH;
+	if ((flags & HYP_CLASS_F_DNS) && pkt->l4_protocol == HYP_IPPROTO_UDP) {
+		struct hyp_dns_args dns = {
+			.slot = slot,
+			.l3_off = pkt->l3_off,
+			.payload_off = pkt->payload_off,
+			.payload_len = pkt->payload_len,
+			.is_ipv6 = pkt->is_ipv6,
+			.ip_ext = pkt->ip_ext,
+		};
+
+		reason = hyp_dns_stage(ctx, &dns);
+		if (reason != HYP_REASON_REDIRECT_CLASS) {
+			*verdict = dns.verdict;
+			pkt->event = dns.event;
+			pkt->dns_rcode = dns.rcode;
+			pkt->dns_answer_len = dns.answer_len;
+			pkt->rule_id = dns.rule_id;
+			/* Not decided here: the slow path's, if the class has something for it. */
+			if ((reason != HYP_REASON_DNS_NO_MATCH && reason != HYP_REASON_DNS_NOT_QUERY) ||
+			    !(flags & HYP_CLASS_F_SLOWPATH))
+				return reason;
+			pkt->rule_id = class->class_id;
+		}
+		/* else a name rule for the slow path (block_source): redirect it, class id for events */
+	} else if (!(flags & HYP_CLASS_F_SLOWPATH)) {
+		return HYP_REASON_NO_MATCH; /* nothing for the slow path in this class */
+	}
 	*verdict = HYP_VERDICT_REDIRECT;
 	if (cfg->mode == HYP_MODE_MONITOR)
 		return HYP_REASON_REDIRECT_CLASS;

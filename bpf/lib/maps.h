@@ -72,6 +72,45 @@ HYP_GENERATION_MAP(hyp_dns_short, BPF_MAP_TYPE_HASH, struct hyp_dns_key_short,
 HYP_GENERATION_MAP(hyp_dns_long, BPF_MAP_TYPE_HASH, struct hyp_dns_key,
 		   struct hyp_dns_rule, HYP_CAP_DNS_NAMES, BPF_F_NO_PREALLOC);
 
+#define DNS_HEADER_LEN 12
+#define DNS_MAX_NAME 255                 /* wire bytes with the root label (RFC 1035) */
+#define DNS_MAX_LABEL 63
+#define DNS_MAX_LABELS 127
+/* The header, the longest name and QTYPE/QCLASS: all the stage reads. */
+#define DNS_PREFIX_MAX (DNS_HEADER_LEN + DNS_MAX_NAME + 4)
+#define DNS_MSG_BUF 512                  /* power of two: indices are masked with DNS_MSG_BUF - 1 */
+#define DNS_KEY_BASE 260                 /* >= 4 + 254: the header of the longest name fits before */
+#define DNS_KEY_BUF 1024                 /* > any masked index (511) plus a long key (260) */
+#define DNS_ZERO_SPAN 64                 /* >= 1 + DNS_MAX_LABEL: one dropped label zeroed at once */
+
+#define DNS_FLAGS_QR 0x80
+#define DNS_FLAGS_OPCODE 0x78
+
+/* The DNS stage's per-CPU scratch (lib/dns.h): one packet's message prefix and
+ * name key. Kernel-only: user space never reads it. udp directly precedes msg so
+ * the answer's UDP checksum is one sum over both. */
+struct hyp_dns_scratch {
+	__u8 pseudo[40];                 /* the answer's checksum pseudo-header */
+	__u8 udp[8];                     /* the answer's UDP header, checksum 0 */
+	__u8 msg[DNS_MSG_BUF];           /* the message prefix (DNS_PREFIX_MAX bytes at most) */
+	__u8 key[DNS_KEY_BUF];
+	__u8 label_off[DNS_MAX_LABELS + 2]; /* p_i per label; [n] = T */
+	/* The name walk's state, kept here rather than on the stack: the verifier
+	 * tracks no values in map memory, so the walk's callback converges at once
+	 * instead of being checked once per label. */
+	__u32 walk_pos;                  /* msg offset of the current label's length byte */
+	__u32 walk_len;                  /* bytes in msg */
+	__u32 walk_labels;
+	__u32 walk_status;               /* DNS_WALK_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hyp_dns_scratch);
+} hyp_dns_scratch SEC(".maps");
+
 /* Runtime blocks (operator, slow path): outside the policy generations so a
  * reload keeps them. LRU so a full table evicts the oldest instead of failing. */
 struct {

@@ -59,6 +59,14 @@ struct packet_info {
 	/* Offset 0 with more fragments to come: its L4 header is the reassembled
 	 * datagram's, whose length fields this fragment cannot be checked against. */
 	__u8 first_fragment;
+	/* For the DNS stage, which reads the message and may answer in place. */
+	__u8 ip_ext;         /* IPv4 options or IPv6 extension headers present */
+	__u8 event;          /* a stage asks for an event whatever the verdict (DNS alerts) */
+	__u16 l3_off;        /* the IP header, from the frame's start */
+	__u16 payload_off;   /* UDP: the payload, from the frame's start */
+	__u16 payload_len;   /* UDP: payload bytes in this datagram (or first fragment) */
+	__u16 dns_answer_len; /* verdict ANSWER: DNS bytes the answer keeps */
+	__u8 dns_rcode;      /* verdict ANSWER: its rcode */
 };
 
 static __always_inline int parse_ethernet(struct hdr_cursor *nh, void *data_end,
@@ -110,6 +118,7 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 		return HYP_REASON_BAD_IP_LENGTH;
 
 	pkt->is_ipv4 = 1;
+	pkt->ip_ext = header_len > sizeof(*iph);
 	pkt->l4_protocol = iph->protocol;
 	pkt->nonfirst_fragment = (bpf_ntohs(iph->frag_off) & HYP_IP_OFFSET) != 0;
 	pkt->first_fragment = (bpf_ntohs(iph->frag_off) & (HYP_IP_OFFSET | HYP_IP_MF)) == HYP_IP_MF;
@@ -151,6 +160,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 		case HYP_IPPROTO_DSTOPTS:
 		case HYP_IPPROTO_AH:
 			opt = nh->pos;
+			pkt->ip_ext = 1;
 			/* Within the frame and within the datagram its header claims. */
 			if ((void *)(opt + 1) > data_end || (void *)(opt + 1) > pkt->l3_end)
 				return HYP_REASON_TRUNCATED_EXTHDR;
@@ -164,6 +174,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 			break;
 		case HYP_IPPROTO_FRAGMENT:
 			frag = nh->pos;
+			pkt->ip_ext = 1;
 			if ((void *)(frag + 1) > data_end || (void *)(frag + 1) > pkt->l3_end)
 				return HYP_REASON_TRUNCATED_EXTHDR;
 			nexthdr = frag->nexthdr;
@@ -229,6 +240,13 @@ static __always_inline int parse_l4(struct hdr_cursor *nh, void *data_end,
 			return HYP_REASON_BAD_UDP_LENGTH;
 		pkt->src_port = bpf_ntohs(udph->source);
 		pkt->dst_port = bpf_ntohs(udph->dest);
+		pkt->payload_off = pkt->l3_off + ((void *)(udph + 1) - pkt->l3);
+		/* What this datagram holds: a first fragment's length claims more, and
+		 * IPv6's 0 is the rest of the datagram. */
+		if (bpf_ntohs(udph->len) == 0 || (void *)udph + udp_len > pkt->l3_end)
+			pkt->payload_len = pkt->l3_end - (void *)(udph + 1);
+		else
+			pkt->payload_len = udp_len - sizeof(*udph);
 		break;
 	case HYP_IPPROTO_ICMP:
 	case HYP_IPPROTO_ICMPV6:
@@ -254,6 +272,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	rc = parse_ethernet(&nh, data_end, &eth_proto);
 	if (rc != HYP_PARSE_OK)
 		return rc;
+	pkt->l3_off = nh.pos - data;
 	if (eth_proto == HYP_ETH_P_IP)
 		rc = parse_ipv4(&nh, data_end, pkt);
 	else if (eth_proto == HYP_ETH_P_IPV6)
