@@ -24,6 +24,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
+from hyperion.daemon.events import EventDecoder, EventReader
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.testrun import run_xdp
 from tests.support.dns_maps import (
@@ -571,3 +572,31 @@ def test_raw_entries_match_by_stored_name_only(maps: tuple[DnsMaps, int]) -> Non
     expect(writer, fd, frame4(query("evil.example")), "drop", "drop", "dns_drop")
     expect(writer, fd, frame4(query("evjl.example")), "pass", "pass", "dns_no_match")
     expect(writer, fd, frame4(query("example.evil")), "pass", "pass", "dns_no_match")
+
+
+def test_events_carry_the_rule_and_the_packet(maps: tuple[DnsMaps, int]) -> None:
+    """Drops, answers, alerts and unanswerable queries are sampled with the dns_rules position as the
+    rule id, and the addresses as received (an answer is built after its event)."""
+    writer, fd = maps
+    writer.install([DNS_ONLY], [exact("drop.example", Action.DROP), exact("nx.example", Action.NXDOMAIN),
+                                exact("watch.example", Action.ALERT), exact("ok.example", Action.ALLOW)])
+    writer.fastpath.set_event_rate(1000)
+    received: list[dict[str, object]] = []
+    reader = EventReader(writer.fastpath.maps["hyp_events"].fd, EventDecoder(writer.abi),
+                         lambda record: received.append(dict(record)))
+    try:
+        frames = [frame4(query("drop.example")), frame4(query("nx.example")), frame4(query("watch.example")),
+                  frame4(query("nx.example"), dst="224.0.0.251"), frame4(query("ok.example"))]
+        for frame in frames:
+            run_xdp(fd, frame)
+        reader.poll(100)
+    finally:
+        reader.close()
+    got = [(r["verdict"], r["reason"], r["rule_id"], r["src"], r["dst"], r["src_port"], r["dst_port"],
+            r["length"]) for r in received]
+    assert got == [
+        ("drop", "dns_drop", 1, CLIENT4, SERVER4, 40000, 53, len(frames[0])),
+        ("answer", "dns_nxdomain", 2, CLIENT4, SERVER4, 40000, 53, len(frames[1])),
+        ("pass", "dns_alert", 3, CLIENT4, SERVER4, 40000, 53, len(frames[2])),
+        ("drop", "dns_unanswerable", 2, CLIENT4, "224.0.0.251", 40000, 53, len(frames[3])),
+    ]
