@@ -71,7 +71,8 @@ def kdig(sb: Sandbox, name: str, qtype: str = "A", server: str = HOST_V4, tcp: b
     status_line = next((line for line in out.splitlines() if "status:" in line), None)
     if status_line is None:
         return "TIMEOUT"
-    rcode = status_line.split("status:")[1].split(",")[0].strip()
+    # ";; ->>HEADER<<- opcode: QUERY; status: NXDOMAIN; id: 27908"
+    rcode = status_line.split("status:")[1].split(";")[0].strip()
     answers = [line.split()[-1] for line in out.splitlines()
                if line and not line.startswith(";") and line.split()[3:4] == ["A"]]
     return f"{rcode} {' '.join(answers)}".strip()

@@ -16,5 +16,8 @@ def test_every_reason_has_a_case(abi: object) -> None:
 
     covered = {c.reason for c in CASES}
     tested_elsewhere = {"truncated_eth", "blocklist_dynamic", "no_config", "redirect_class", "queue_fenced",
-                        "redirect_oversize", "queue_over_capacity"}  # the last two: tests/kernel/test_limits.py
+                        "redirect_oversize", "queue_over_capacity",  # these two: tests/kernel/test_limits.py
+                        # The DNS stage's, with DNS messages built by dnspython: tests/kernel/test_xdp_dns.py.
+                        "dns_no_match", "dns_drop", "dns_nxdomain", "dns_refused", "dns_unanswerable", "dns_allow",
+                        "dns_alert", "dns_malformed", "dns_qdcount", "dns_not_query"}
     assert set(load_abi().reasons.values()) - covered == tested_elsewhere

@@ -35,6 +35,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,12 @@ class Sandbox:
             # Only once both ends are up: set earlier, veth does not start NAPI for XDP frames.
             for ns, ifname in self.links():
                 self.exec(ns, ["ethtool", "-K", ifname, "gro", "on"])
+        # The client's end stands for the wire and the client's NIC. A veth hands the frames an
+        # XDP program transmits (XDP_TX: Hyperion's DNS answers) only to a peer that runs an XDP
+        # program itself (on 6.18, GRO's NAPI alone drops them); a NIC sends them from its own
+        # ring. A minimal XDP_PASS there makes the pair behave like a wire.
+        self.exec(self.client_ns, ["ip", "link", "set", "dev", self.client_if, "xdpdrv", "obj",
+                                   str(resources.files("hyperion") / "_bpf" / "xdp_pass.bpf.o"), "sec", "xdp"])
 
     def links(self) -> list[tuple[str, str]]:
         """(namespace, interface) of every veth end."""
