@@ -41,6 +41,7 @@ fast_path:
     - {protocol: tcp, port: 8080, on_failure: drop}
     - {protocol: udp, port: 9999, on_failure: drop}
 slow_path:
+  dns_name_rules: slow_path  # these tests are about the slow path: every name rule runs there
   dns_rules:
     - {match: "evil.com", action: drop}
   signatures:

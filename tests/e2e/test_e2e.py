@@ -62,7 +62,7 @@ def test_dnsperf_through_hyperion(sandbox: Sandbox, tmp_path: Path) -> None:
     sb = sandbox
     policy = tmp_path / "policy.yaml"
     policy.write_text('fast_path:\n  redirect_ports: [{protocol: udp, port: 53, on_failure: drop}]\n'
-                      'slow_path:\n  dns_rules: [{match: "evil.test", action: drop}]\n')
+                      'slow_path:\n  dns_name_rules: slow_path\n  dns_rules: [{match: "evil.test", action: drop}]\n')
     # A fixed count read once (-n 1), not a time limit: with -l, dnsperf counts a query still in
     # flight at the stop as lost, which happens without Hyperion too (seen against dnsmasq on loopback).
     queries = tmp_path / "queries.txt"

@@ -31,6 +31,7 @@ fast_path:
     - {protocol: udp, port: 53, on_failure: drop}
     - {protocol: udp, port: 9999, on_failure: pass}
 slow_path:
+  dns_name_rules: slow_path  # these tests are about the slow path: every name rule runs there
   dns_rules:
     - {match: "*.tracker.test", action: nxdomain}
 """

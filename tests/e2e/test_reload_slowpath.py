@@ -30,7 +30,7 @@ def big_policy(*first: str) -> str:
     """3,000 DNS rules (enough that the rule set is far larger than a pipe's 64 KiB), 200 of them
     regexes, after the ones given."""
     lines = ["fast_path:", "  redirect_ports:", "    - {protocol: udp, port: 53, on_failure: drop}",
-             "slow_path:", "  dns_rules:", *(f"    - {rule}" for rule in first)]
+             "slow_path:", "  dns_name_rules: slow_path", "  dns_rules:", *(f"    - {rule}" for rule in first)]
     lines += [f"    - {{match: 'blocked-{i}.example', action: drop}}" for i in range(2800)]
     lines += [f"    - {{regex: '^re{i}-[a-f0-9]{{4,12}}\\.example$', action: drop}}" for i in range(200)]
     return "\n".join(lines) + "\n"
@@ -129,6 +129,7 @@ fast_path:
   redirect_ports:
     - {protocol: udp, port: 53, on_failure: pass}
 slow_path:
+  dns_name_rules: slow_path  # these tests are about the slow path: every name rule runs there
   dns_rules:
     - {match: 'evil.test', action: drop}
 """

@@ -25,6 +25,7 @@ fast_path:
     - {protocol: tcp, port: 8080, on_failure: pass}
     - {protocol: udp, port: 9999, on_failure: pass}
 slow_path:
+  dns_name_rules: slow_path  # these tests are about the slow path: every name rule runs there
   dns_rules:
     - {match: "evil.com", action: drop}
     - {match: "*.tracker.test", action: nxdomain}
