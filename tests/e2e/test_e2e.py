@@ -21,7 +21,7 @@ from scapy.utils import wrpcap
 from hyperion.lab.bench import BaselineProgram
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox, entered_netns, stale_namespaces
 from tests.support.kernel import IN_CI
-from tests.support.netutil import WAIT, Daemon, hyperion, scrape, send, status, wait_for
+from tests.support.netutil import WAIT, Daemon, counter, hyperion, scrape, send, status, wait_for
 from tests.support.peers import dig, dnsmasq
 from tests.support.telemetry import parse_metrics, value
 
@@ -138,14 +138,22 @@ def test_iperf3_through_the_fast_path_with_a_large_blocklist(sandbox: Sandbox, t
         baseline.close()
     hyperion(sb, "attach", "--iface", sb.host_if, "--policy", str(policy))
     try:
+        before = status(sb)
         with_hyperion = iperf3_bits_per_second(sb)
-        assert status(sb)["maps"]["hyp_bip6"]["entries"] == 100_000
+        after = status(sb)
+        assert after["maps"]["hyp_bip6"]["entries"] == 100_000
     finally:
         hyperion(sb, "detach", "--iface", sb.host_if)
     print(f"iperf3 TCP: {without / 1e9:.2f} Gbit/s without XDP, {minimal / 1e9:.2f} with a minimal XDP_PASS "
           f"({minimal / without:.2f}), {with_hyperion / 1e9:.2f} with Hyperion and a 100k-entry blocklist "
           f"({with_hyperion / without:.2f} of no XDP, {with_hyperion / minimal:.2f} of XDP_PASS)")
-    assert with_hyperion / minimal > 0.5  # loose on purpose: the figure is reported, the benchmark judges it
+    # Behaviour, not speed (the ratios above are the benchmark's to judge; a loaded machine moves
+    # them): the transfer completed through the loaded program, which passed its segments and
+    # dropped none of them.
+    assert with_hyperion > 0
+    assert counter(after, "pass", "no_match") - counter(before, "pass", "no_match") > 1000
+    assert {reason: counter(after, "drop", reason) - counter(before, "drop", reason)
+            for reason in ("blocklist_ip", "blocklist_cidr")} == {"blocklist_ip": 0, "blocklist_cidr": 0}
 
 
 def test_tcpreplay_counters_equal_the_replay_predictions(sandbox: Sandbox, tmp_path: Path) -> None:
