@@ -28,6 +28,7 @@ from hyperion.daemon.events import EventDecoder, EventReader
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.testrun import run_xdp
 from tests.support.dns_maps import (
+    DNS_ONLY,
     Action,
     ClassFlag,
     DnsClass,
@@ -35,8 +36,10 @@ from tests.support.dns_maps import (
     Entry,
     Kind,
     Rule,
+    delta,
     exact,
     key_name,
+    query,
     reference_match,
     suffix,
 )
@@ -47,7 +50,6 @@ CLIENT_MAC, SERVER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 UDP_P, TCP_P = 17, 6
 A, AAAA, MX, TXT = 1, 28, 15, 16
 
-DNS_ONLY = DnsClass(UDP_P, 53, ClassFlag.DNS, on_failure_drop=True)
 DNS_SLOW = DnsClass(UDP_P, 53, ClassFlag.DNS | ClassFlag.SLOWPATH, on_failure_drop=True)
 DNS_SLOW_OPEN = DnsClass(UDP_P, 53, ClassFlag.DNS | ClassFlag.SLOWPATH, on_failure_drop=False)
 LEGACY = DnsClass(UDP_P, 53, 0, on_failure_drop=True)  # flags 0: a class from before the DNS stage
@@ -61,14 +63,6 @@ def maps(detached: tuple[FastPath, int]) -> Iterator[tuple[DnsMaps, int]]:
         yield writer, prog_fd
     finally:
         writer.close()
-
-
-def query(name: str | dns.name.Name, qtype: int = A, *, rd: bool = True, edns: bool = False) -> bytes:
-    msg = dns.message.make_query(name, qtype, use_edns=0 if edns else None)
-    msg.id = 0x4242
-    if not rd:
-        msg.flags &= ~dns.flags.RD
-    return msg.to_wire()
 
 
 def frame4(payload: bytes, *, dst: str = SERVER4, dst_mac: str = SERVER_MAC, chksum: int | None = None,
@@ -91,16 +85,6 @@ def frame_vlan(payload: bytes) -> bytes:
 
 def counters(fastpath: FastPath) -> dict[tuple[str, str], tuple[int, int]]:
     return fastpath.counters()
-
-
-def delta(before: dict[tuple[str, str], tuple[int, int]],
-          after: dict[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], tuple[int, int]]:
-    out = {}
-    for key, (packets, total) in after.items():
-        old_packets, old_total = before.get(key, (0, 0))
-        if packets != old_packets:
-            out[key] = (packets - old_packets, total - old_total)
-    return out
 
 
 @dataclass(frozen=True)

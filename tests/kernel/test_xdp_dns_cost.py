@@ -14,8 +14,7 @@ from scapy.packet import Raw
 
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.testrun import run_xdp
-from tests.kernel.test_xdp_dns import DNS_ONLY, delta, query
-from tests.support.dns_maps import Action, DnsMaps, Rule, exact, suffix
+from tests.support.dns_maps import DNS_ONLY, Action, DnsMaps, Rule, delta, exact, query, suffix
 
 REPEAT = 100_000
 RULES = 100_000

@@ -12,7 +12,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import dns.flags
+import dns.message
 import dns.name
+import dns.rdatatype
 
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel import libbpf
@@ -241,3 +244,28 @@ def reference_match(rules: Sequence[Rule], qname: dns.name.Name, qtype: int) -> 
         return None
     best = max(candidates, key=lambda c: (c[0], c[1], c[2]))
     return -best[2] + 1, best[3].action
+
+
+A = dns.rdatatype.A
+
+
+def query(name: str | dns.name.Name, qtype: int = A, *, rd: bool = True, edns: bool = False) -> bytes:
+    msg = dns.message.make_query(name, qtype, use_edns=0 if edns else None)
+    msg.id = 0x4242
+    if not rd:
+        msg.flags &= ~dns.flags.RD
+    return msg.to_wire()
+
+
+def delta(before: dict[tuple[str, str], tuple[int, int]],
+          after: dict[tuple[str, str], tuple[int, int]]) -> dict[tuple[str, str], tuple[int, int]]:
+    out = {}
+    for key, (packets, total) in after.items():
+        old_packets, old_total = before.get(key, (0, 0))
+        if packets != old_packets:
+            out[key] = (packets - old_packets, total - old_total)
+    return out
+
+
+# A UDP DNS class whose name rules all run in XDP: nothing is redirected.
+DNS_ONLY = DnsClass(17, 53, ClassFlag.DNS, on_failure_drop=True)
