@@ -74,9 +74,9 @@ def test_samples_carry_ground_truth_and_telemetry(kernel: None, quick_report: Pa
     for config in sections["slowpath"]["configs"]:
         assert {"xdp_rx_ring_full", "xdp_rx_dropped", "xdp_rx_fill_ring_empty_descs"} <= set(config["xsk"])
     dns = sections["dns"]["configs"]
-    assert [c["name"] for c in dns] == ["without hyperion", "through hyperion slow path"]
+    assert [c["name"] for c in dns] == ["without hyperion", "through hyperion, xdp tier", "through hyperion slow path"]
     assert all(c["qps"]["median"] > 0 for c in dns)
-    assert sections["dns"]["configs"][1]["slowpath"]  # the daemon's AF_XDP counters were scraped
+    assert sections["dns"]["configs"][2]["slowpath"]  # the daemon's AF_XDP counters were scraped
 
 
 def test_report_has_the_tables_and_the_plots(kernel: None, quick_report: Path) -> None:

@@ -68,6 +68,8 @@ fast_path:
     - {protocol: udp, port: 53, on_failure: drop}
     - {protocol: tcp, port: 8080, on_failure: pass}
     - {protocol: udp, port: 4789, on_failure: pass}
+slow_path:
+  dns_name_rules: slow_path  # classes redirected whole: the DNS stage has its own reference (test_xdp_dns)
 """
 # address -> in force (False: already expired when the test starts)
 DYNAMIC = {"198.51.100.77": True, "2001:db8:ff::77": True, "198.51.100.78": False, "2001:db8:ff::78": False}

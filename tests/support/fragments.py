@@ -20,6 +20,8 @@ fast_path:
   drop_cidrs: ["203.0.113.0/24", "2001:db8:bad::/48"]
   redirect_ports:
     - {protocol: udp, port: 53, on_failure: drop}
+slow_path:
+  dns_name_rules: slow_path  # the class is redirected whole, as the reference classifier models it
 """
 
 CLEAN4, CLEAN6 = "198.51.100.10", "2001:db8:ff::10"

@@ -25,6 +25,8 @@ fast_path:
   redirect_ports:
     - {protocol: udp, port: 53, on_failure: drop}
     - {protocol: tcp, port: 8080, on_failure: pass}
+slow_path:
+  dns_name_rules: slow_path  # classes redirected whole: the DNS stage is tests/kernel/test_xdp_dns.py's
 """
 
 CLEAN4 = "198.51.100.10"   # matches no list

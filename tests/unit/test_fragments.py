@@ -33,7 +33,6 @@ def test_reference(case: Case) -> None:
 
 
 RULES = compile_rules(parse_policy(POLICY + """
-slow_path:
   dns_rules:
     - {match: "evil.test", action: drop}
 """))

@@ -14,8 +14,8 @@ from hyperion import _slowpath
 from hyperion.errors import PolicyError
 from hyperion.policy import model
 from hyperion.policy.model import Action, FastPathSection, Policy, RedirectClass, SlowPathSection
-from hyperion.policy.placement import xdp_dns_classes
 from hyperion.policy.neverblock import HostFacts, effective_never_block
+from hyperion.policy.placement import xdp_dns_classes
 from hyperion.slowpath.protocol import RuleSpec
 
 log = logging.getLogger("hyperion.slowpath")

@@ -254,7 +254,10 @@ WORKER_CPU = 1
 def _slowpath_rules(size: int) -> Any:
     """size DNS drop rules; the benchmark's query name matches the last one."""
     names = [f"n{i}.blocked.test" for i in range(size - 1)] + [SLOWPATH_QUERY]
-    policy = Policy.model_validate({"slow_path": {"dns_rules": [{"match": n, "action": "drop"} for n in names]}})
+    # The slow path's own engine (all name rules in the workers), as the section measures it.
+    policy = Policy.model_validate({
+        "fast_path": {"redirect_ports": [{"protocol": "udp", "port": 53}]},
+        "slow_path": {"dns_name_rules": "slow_path", "dns_rules": [{"match": n, "action": "drop"} for n in names]}})
     return compile_rules(policy).rules
 
 
@@ -355,8 +358,12 @@ DNS_SERVICE_POLICY = """
 fast_path:
   redirect_ports: [{protocol: udp, port: 53, on_failure: drop}]
 slow_path:
-  dns_rules: [{match: "evil.test", action: drop}]
+  dns_name_rules: {placement}
+  dns_rules: [{{match: "evil.test", action: drop}}]
 """
+# Config name -> where the name rule runs: the XDP program judges every query, or (the operator's
+# override) the AF_XDP workers inspect every query.
+DNS_SERVICE_TIERS = {"through hyperion, xdp tier": "xdp", "through hyperion slow path": "slow_path"}
 METRICS_ADDR = "127.0.0.1:2112"  # inside the sandbox's host namespace
 
 
@@ -397,14 +404,17 @@ def _scrape(sb: Sandbox) -> dict[str, float]:
 
 
 def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
-    """dnsperf against dnsmasq, without Hyperion and through it (the slow path inspecting every query)."""
-    names = ("without hyperion", "through hyperion slow path")
+    """dnsperf against dnsmasq, without Hyperion and through it: the XDP program judging every query,
+    and the slow path inspecting every query."""
+    names = ("without hyperion", *DNS_SERVICE_TIERS)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     with Sandbox() as sb, tempfile.TemporaryDirectory() as tmp:
         queries = Path(tmp) / "queries.txt"
         queries.write_text("good.test A\n")
-        policy = Path(tmp) / "policy.yaml"
-        policy.write_text(DNS_SERVICE_POLICY)
+        policies = {}
+        for name, placement in DNS_SERVICE_TIERS.items():
+            policies[name] = Path(tmp) / f"policy-{placement}.yaml"
+            policies[name].write_text(DNS_SERVICE_POLICY.format(placement=placement))
         server = sb.popen(sb.host_ns, ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
                                        f"--listen-address={HOST_V4}", "--pid-file", "--user=root",
                                        "--address=/good.test/203.0.113.80", "--cache-size=1000"],
@@ -417,26 +427,27 @@ def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
                     result = _dnsperf(sb, queries, plan.dns_seconds)
                 runs[names[0]].append({"round": round_no, **result, "telemetry": telemetry})
                 progress(f"dns r{round_no} {names[0]}: {result['qps']:.0f} qps")
-                daemon = sb.popen(sb.host_ns, [sys.executable, "-m", "hyperion.cli", "run", "--iface", sb.host_if,
-                                               "--policy", str(policy), "--metrics-addr", METRICS_ADDR],
-                                  stderr=subprocess.DEVNULL)
-                try:
-                    _wait_for_answer(sb, daemon)
-                    before = _scrape(sb)
-                    with captured(probes) as telemetry:
-                        result = _dnsperf(sb, queries, plan.dns_seconds)
-                    after = _scrape(sb)
-                    slowpath = {k: v - before.get(k, 0.0) for k, v in after.items()}
-                    runs[names[1]].append({"round": round_no, **result, "telemetry": telemetry,
-                                           "slowpath": slowpath})
-                    progress(f"dns r{round_no} {names[1]}: {result['qps']:.0f} qps")
-                finally:
-                    daemon.terminate()
+                for name, policy in policies.items():
+                    daemon = sb.popen(sb.host_ns, [sys.executable, "-m", "hyperion.cli", "run", "--iface",
+                                                   sb.host_if, "--policy", str(policy), "--metrics-addr",
+                                                   METRICS_ADDR], stderr=subprocess.DEVNULL)
                     try:
-                        daemon.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        daemon.kill()
-                        daemon.wait(timeout=10)
+                        _wait_for_answer(sb, daemon)
+                        before = _scrape(sb)
+                        with captured(probes) as telemetry:
+                            result = _dnsperf(sb, queries, plan.dns_seconds)
+                        after = _scrape(sb)
+                        slowpath = {k: v - before.get(k, 0.0) for k, v in after.items()}
+                        runs[name].append({"round": round_no, **result, "telemetry": telemetry,
+                                           "slowpath": slowpath})
+                        progress(f"dns r{round_no} {name}: {result['qps']:.0f} qps")
+                    finally:
+                        daemon.terminate()
+                        try:
+                            daemon.wait(timeout=20)
+                        except subprocess.TimeoutExpired:
+                            daemon.kill()
+                            daemon.wait(timeout=10)
         finally:
             server.terminate()
             server.wait(timeout=10)
@@ -457,7 +468,8 @@ def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
         "title": "DNS service: dnsperf against dnsmasq",
         "method": {"client": "dnsperf -q 64 -t 2, one name (good.test A)", "server": "dnsmasq, cache on",
                    "seconds_per_run": plan.dns_seconds, "rounds": plan.dns_rounds,
-                   "hyperion": "hyperion run: udp/53 redirected to the AF_XDP slow path, 1 DNS rule, copy mode"},
+                   "hyperion": "hyperion run, 1 DNS name rule: judged in XDP (xdp tier), or every query "
+                               "redirected to the AF_XDP slow path (dns_name_rules: slow_path, copy mode)"},
         "baseline": names[0],
         "configs": rows,
         "samples": [{"config": n, **r} for n in names for r in runs[n]],
