@@ -30,6 +30,8 @@ STAGES = {
     "allowlist": "allowlist", "blocklist_cidr": "blocklist_cidr", "blocklist_ip": "blocklist_ip",
     "blocklist_dynamic": "blocklist_dynamic", "fragment": "fragment", "non_ip": "non_ip", "no_match": "default",
     "no_config": "default", "redirect_class": "redirect", "redirect_failed": "redirect",
+    **{f"dns_{name}": "dns" for name in ("no_match", "drop", "nxdomain", "refused", "unanswerable", "allow", "alert",
+                                         "malformed", "qdcount", "not_query")},
 }
 REDIRECTED = {"redirect_class", "redirect_failed"}
 

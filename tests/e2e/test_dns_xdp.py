@@ -50,11 +50,21 @@ def _packets(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], verdi
 
 
 @pytest.fixture
-def name_rules(sandbox: Sandbox, tmp_path: Path) -> Iterator[Sandbox]:
+def wire(kernel: None) -> Iterator[Sandbox]:
+    """A sandbox whose client end delivers XDP_TX frames (the program's answers), as a NIC does."""
+    sb = Sandbox(wire_xdp=True).up()
+    try:
+        yield sb
+    finally:
+        sb.down()
+
+
+@pytest.fixture
+def name_rules(wire: Sandbox, tmp_path: Path) -> Iterator[Sandbox]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(NAME_RULES)
-    with daemon_serving_dns(sandbox, policy):
-        yield sandbox
+    with daemon_serving_dns(wire, policy):
+        yield wire
 
 
 def test_name_rules_are_judged_and_answered_in_xdp(name_rules: Sandbox) -> None:
@@ -86,8 +96,8 @@ def test_name_rules_are_judged_and_answered_in_xdp(name_rules: Sandbox) -> None:
     assert value(after, "hyperion_dns_rule_matches_total", rule=RULE["x_aaaa"], action="refuse") == 2
 
 
-def test_unbound_behind_the_xdp_tier(sandbox: Sandbox, tmp_path: Path) -> None:
-    sb = sandbox
+def test_unbound_behind_the_xdp_tier(wire: Sandbox, tmp_path: Path) -> None:
+    sb = wire
     policy = tmp_path / "policy.yaml"
     policy.write_text(NAME_RULES)
     server = unbound(sb, tmp_path)
@@ -139,9 +149,9 @@ def test_vlan_tagged_queries_are_answered_with_their_tag(name_rules: Sandbox, fa
     assert _packets(_metrics(sb), "answer", "dns_nxdomain") - _packets(before, "answer", "dns_nxdomain") == 1
 
 
-def test_regex_rules_keep_the_slow_path_for_unmatched_names(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_regex_rules_keep_the_slow_path_for_unmatched_names(wire: Sandbox, tmp_path: Path) -> None:
     """Name rules decide in XDP; only queries no name rule matched go up to the regex rules."""
-    sb = sandbox
+    sb = wire
     policy = tmp_path / "policy.yaml"
     policy.write_text(NAME_RULES + '    - {regex: "^[a-z0-9]{20,}\\\\.", action: drop}\n')
     with daemon_serving_dns(sb, policy):

@@ -234,7 +234,8 @@ def test_slow_path_starts_on_more_queues_than_the_capacity(sandbox: Sandbox, tmp
     out = tmp_path / "bpf"
     subprocess.run(["make", "-s", "-C", str(BPF_DIR), f"OUT={out}", "EXTRA_BPF_CFLAGS=-DHYP_QUEUES_CAPACITY=2",
                     f"{out}/hyperion.bpf.o"], check=True, capture_output=True)
-    policy = "fast_path:\n  redirect_ports:\n    - {protocol: udp, port: 53, on_failure: pass}\n"
+    policy = ("fast_path:\n  redirect_ports:\n    - {protocol: udp, port: 53, on_failure: pass}\n"
+              "slow_path:\n  dns_name_rules: slow_path\n")  # redirected whole: the workers serve it
     server = dnsmasq(sb)
     proc = sb.popen(sb.host_ns, [sys.executable, "-c", OVER_CAPACITY, sb.host_if, str(out / "hyperion.bpf.o"),
                                  policy], stdin=subprocess.PIPE, stdout=subprocess.PIPE)

@@ -31,6 +31,8 @@ fast_path:
   drop_ips: ["198.51.100.42", "2001:db8:ff::42"]
   drop_cidrs: ["203.0.113.0/24", "2001:db8:bad::/48"]
   redirect_ports: [{protocol: udp, port: 53, on_failure: drop}, {protocol: tcp, port: 80, on_failure: pass}]
+slow_path:
+  dns_name_rules: slow_path  # compared with the reference classifier, which has no DNS stage
 """
 PAYLOAD = Raw(bytes(range(64)))
 SOURCES4 = ["192.0.2.3", "198.51.100.42", "198.51.100.43", "203.0.113.9"]

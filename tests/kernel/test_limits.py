@@ -34,6 +34,8 @@ fast_path:
   redirect_ports:
     - {protocol: udp, port: 53, on_failure: drop}
     - {protocol: udp, port: 9999, on_failure: pass}
+slow_path:
+  dns_name_rules: slow_path  # the udp/53 class is redirected whole, as this test expects
 """
 
 

@@ -44,10 +44,11 @@ def test_replay_of_a_crafted_capture(kernel: None, tmp_path: Path) -> None:
         ("drop", "blocklist_ip", "blocklist_ip", "fast_path.drop_ips[0] 198.51.100.42"),
         ("drop", "blocklist_cidr", "blocklist_cidr", "fast_path.drop_cidrs[0] 203.0.113.0/24"),
         ("drop", "parse", "bad_tcp_offset", None),
-        ("pass", "slowpath", "no_match", "fast_path.redirect_ports[0] udp/53 on_failure=drop"),
-        ("drop", "slowpath", "rule", "slow_path.dns_rules[0] match=evil.com action=drop"),
-        ("nxdomain", "slowpath", "rule", "slow_path.dns_rules[1] match=*.tracker.test action=nxdomain"),
-        ("drop", "slowpath", "malformed_dns", "fast_path.redirect_ports[0] udp/53 on_failure=drop"),
+        # The name rules are judged in XDP (the DNS stage), which answers the nxdomain rule in place.
+        ("pass", "dns", "dns_no_match", None),
+        ("drop", "dns", "dns_drop", "slow_path.dns_rules[0] match=evil.com action=drop"),
+        ("answer", "dns", "dns_nxdomain", "slow_path.dns_rules[1] match=*.tracker.test action=nxdomain"),
+        ("drop", "dns", "dns_malformed", None),
     ]
     assert [r["index"] for r in rows] == list(range(8))
 

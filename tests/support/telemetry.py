@@ -10,6 +10,8 @@ fast_path:
   drop_ips: ["198.51.100.42"]
   redirect_ports:
     - {protocol: udp, port: 53, on_failure: drop}
+slow_path:
+  dns_name_rules: slow_path  # the udp/53 class is redirected whole, as this test expects
 """
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -22,7 +22,8 @@ def _sandbox(args: argparse.Namespace) -> Any:
     from hyperion.lab.sandbox import Sandbox
 
     # GRO on: frames from `hyperion generate` reach the stack even with no XDP program attached.
-    return Sandbox(prefix=args.name, topology=args.topology, rx_queues=args.queues, owned=False, gro=True)
+    return Sandbox(prefix=args.name, topology=args.topology, rx_queues=args.queues, owned=False, gro=True,
+                   wire_xdp=True)
 
 
 def cmd_sandbox_up(args: argparse.Namespace) -> int:

@@ -235,7 +235,7 @@ def report(scene: Scene, result: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    sb = Sandbox()
+    sb = Sandbox(wire_xdp=True)  # the program's DNS answers reach the client
     # SIGTERM unwinds like Ctrl-C, through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with tempfile.TemporaryDirectory(prefix="hyperion-demo-") as tmp:

@@ -101,6 +101,11 @@ class Sandbox:
     # live-frames generator (XDP_TX, i.e. ndo_xdp_xmit to the peer) reach the peer's stack; without
     # NAPI, veth drops them. Off by default: it changes how plain stack traffic is received.
     gro: bool = False
+    # A minimal XDP_PASS on the client's end, which stands for the wire and the client's NIC: a veth
+    # hands the frames an XDP program transmits (XDP_TX: Hyperion's DNS answers) only to a peer that
+    # runs an XDP program itself (on 6.18, without one it drops them); a NIC sends them from its own
+    # ring. Off by default: an XDP program on a veth caps its peer's MTU and channel changes.
+    wire_xdp: bool = False
 
     def __post_init__(self) -> None:
         if self.topology not in TOPOLOGIES:
@@ -198,7 +203,7 @@ class Sandbox:
         SANDBOX_STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
         pid = os.getpid() if self.owned else None
         state = {"prefix": self.prefix, "topology": self.topology, "rx_queues": self.rx_queues, "gro": self.gro,
-                 "namespaces": self.namespaces, "owner_pid": pid,
+                 "wire_xdp": self.wire_xdp, "namespaces": self.namespaces, "owner_pid": pid,
                  "owner_start": _process_start(pid) if pid else None, "created": time.time()}
         tmp = SANDBOX_STATE / f".{self.prefix}.json.tmp"
         tmp.write_text(json.dumps(state))
@@ -210,12 +215,9 @@ class Sandbox:
             # Only once both ends are up: set earlier, veth does not start NAPI for XDP frames.
             for ns, ifname in self.links():
                 self.exec(ns, ["ethtool", "-K", ifname, "gro", "on"])
-        # The client's end stands for the wire and the client's NIC. A veth hands the frames an
-        # XDP program transmits (XDP_TX: Hyperion's DNS answers) only to a peer that runs an XDP
-        # program itself (on 6.18, GRO's NAPI alone drops them); a NIC sends them from its own
-        # ring. A minimal XDP_PASS there makes the pair behave like a wire.
-        self.exec(self.client_ns, ["ip", "link", "set", "dev", self.client_if, "xdpdrv", "obj",
-                                   str(resources.files("hyperion") / "_bpf" / "xdp_pass.bpf.o"), "sec", "xdp"])
+        if self.wire_xdp:
+            self.exec(self.client_ns, ["ip", "link", "set", "dev", self.client_if, "xdpdrv", "obj",
+                                       str(resources.files("hyperion") / "_bpf" / "xdp_pass.bpf.o"), "sec", "xdp"])
 
     def links(self) -> list[tuple[str, str]]:
         """(namespace, interface) of every veth end."""

@@ -408,7 +408,7 @@ def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
     and the slow path inspecting every query."""
     names = ("without hyperion", *DNS_SERVICE_TIERS)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    with Sandbox() as sb, tempfile.TemporaryDirectory() as tmp:
+    with Sandbox(wire_xdp=True) as sb, tempfile.TemporaryDirectory() as tmp:
         queries = Path(tmp) / "queries.txt"
         queries.write_text("good.test A\n")
         policies = {}
