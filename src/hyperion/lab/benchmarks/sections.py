@@ -278,8 +278,9 @@ def slowpath_section(plan: Plan, progress: Progress) -> dict[str, Any]:
         configs.append((f"hyperion slow path, {n:,} DNS rule{'s' if n > 1 else ''}", rules, True))
     samples: list[Sample] = []
     with Sandbox() as sb:
+        # Every udp/53 packet redirected to the workers (no DNS stage in front of them).
         policy = Policy.model_validate({"fast_path": {"redirect_ports": [
-            {"protocol": "udp", "port": 53, "on_failure": "drop"}]}})
+            {"protocol": "udp", "port": 53, "on_failure": "drop"}]}, "slow_path": {"dns_name_rules": "slow_path"}})
         with entered_netns(sb.host_ns):
             fastpath = FastPath.attach(sb.host_if)
         try:
@@ -358,8 +359,8 @@ DNS_SERVICE_POLICY = """
 fast_path:
   redirect_ports: [{protocol: udp, port: 53, on_failure: drop}]
 slow_path:
-  dns_name_rules: {placement}
-  dns_rules: [{{match: "evil.test", action: drop}}]
+  dns_name_rules: PLACEMENT
+  dns_rules: [{match: "evil.test", action: drop}]
 """
 # Config name -> where the name rule runs: the XDP program judges every query, or (the operator's
 # override) the AF_XDP workers inspect every query.
@@ -414,7 +415,7 @@ def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
         policies = {}
         for name, placement in DNS_SERVICE_TIERS.items():
             policies[name] = Path(tmp) / f"policy-{placement}.yaml"
-            policies[name].write_text(DNS_SERVICE_POLICY.format(placement=placement))
+            policies[name].write_text(DNS_SERVICE_POLICY.replace("PLACEMENT", placement))
         server = sb.popen(sb.host_ns, ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
                                        f"--listen-address={HOST_V4}", "--pid-file", "--user=root",
                                        "--address=/good.test/203.0.113.80", "--cache-size=1000"],
