@@ -35,6 +35,7 @@ POLICY = """
 fast_path:
   redirect_ports: [{protocol: udp, port: 53, on_failure: drop}]
 slow_path:
+  dns_name_rules: slow_path  # the confined worker answers the nxdomain rule itself
   dns_rules:
     - {match: "*.tracker.test", action: nxdomain}
     - {match: "c2.test", action: block_source, ttl: 10m}
