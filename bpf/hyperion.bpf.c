@@ -35,6 +35,8 @@ struct hyp_abi_types {
 	enum hyp_dns_kind dns_kind;
 	enum hyp_dns_rule_flag dns_rule_flag;
 	enum hyp_class_flag class_flag;
+	enum hyp_dns_fragment_policy dns_fragment_policy;
+	enum hyp_dns_tcp_state dns_tcp_state;
 	struct hyp_counter counter;
 	struct hyp_config config;
 	struct hyp_settings settings;
@@ -49,6 +51,8 @@ struct hyp_abi_types {
 	struct hyp_dns_key_short dns_key_short;
 	struct hyp_dns_key dns_key;
 	struct hyp_dns_rule dns_rule;
+	struct hyp_dns_tcp_key dns_tcp_key;
+	struct hyp_dns_tcp_flow dns_tcp_flow;
 	struct hyp_queue_counter queue_counter;
 	struct hyp_class_counter class_counter;
 	struct hyp_event_state event_state;

@@ -69,6 +69,14 @@ enum hyp_reason {
 	HYP_REASON_DNS_MALFORMED = 35,    /* malformed query: hyp_settings.dns_malformed decides */
 	HYP_REASON_DNS_QDCOUNT = 36,      /* QDCOUNT != 1 (RFC 9619): as malformed */
 	HYP_REASON_DNS_NOT_QUERY = 37,    /* a response or an opcode other than QUERY: not judged */
+	/* DNS over TCP (a DNS class on TCP; hyp_dns_tcp tracks each connection). */
+	HYP_REASON_DNS_TCP_NO_DATA = 38,  /* a segment without payload (handshake, ACK, FIN, RST): pass */
+	HYP_REASON_DNS_TCP_MIDSTREAM = 39, /* payload on a connection whose SYN was not seen (opened before
+					    * the program, or evicted): where queries start is unknown, dropped */
+	HYP_REASON_DNS_TCP_ENDED = 40,    /* payload after the program answered in-stream and ended the
+					   * stream (FIN): the server never saw that query, dropped */
+	HYP_REASON_DNS_FRAGMENT = 41,     /* a first fragment to a DNS class, hyp_settings.dns_fragments
+					   * HYP_DNS_FRAG_DROP: dropped */
 	HYP_REASON__MAX,
 };
 
@@ -144,7 +152,23 @@ enum hyp_dns_rule_flag {
 /* hyp_class_value.flags */
 enum hyp_class_flag {
 	HYP_CLASS_F_SLOWPATH = 1, /* redirect what the program did not decide to AF_XDP */
-	HYP_CLASS_F_DNS = 2,      /* a DNS class: judge UDP queries by the name rules first */
+	HYP_CLASS_F_DNS = 2,      /* a DNS class: judge its queries (UDP, and TCP per hyp_dns_tcp) by the name rules first */
+};
+
+/* hyp_settings.dns_fragments: what a first fragment to a DNS class gets. Non-first fragments
+ * carry no port; without their first one the kernel's reassembly discards them. */
+enum hyp_dns_fragment_policy {
+	HYP_DNS_FRAG_DROP = 0,  /* dropped, HYP_REASON_DNS_FRAGMENT (resolvers do not fragment queries) */
+	HYP_DNS_FRAG_JUDGE = 1, /* judged by the question it holds, which must be whole in it */
+};
+
+/* hyp_dns_tcp_flow.state */
+enum hyp_dns_tcp_state {
+	HYP_DNS_TCP_XDP = 1,      /* each payload segment starting at `next` and holding one whole
+				   * query is judged in XDP */
+	HYP_DNS_TCP_SLOWPATH = 2, /* the slow path reassembles the stream from `next` on: every
+				   * payload segment is redirected */
+	HYP_DNS_TCP_ENDED = 3,    /* answered in-stream with FIN: payload dropped */
 };
 
 /* Map capacities; the policy compiler refuses a policy that does not fit
@@ -204,6 +228,12 @@ enum hyp_capacity {
 	 * bytes; the rest, up to 254, the long one. */
 	HYP_CAP_DNS_SHORT_NAME = 32,
 	HYP_CAP_DNS_NAME = 256,
+	/* TCP connections to DNS classes tracked at once (hyp_dns_tcp, LRU). */
+#ifndef HYP_DNS_TCP_CAPACITY
+	HYP_CAP_DNS_TCP_FLOWS = 65536,
+#else
+	HYP_CAP_DNS_TCP_FLOWS = HYP_DNS_TCP_CAPACITY,
+#endif
 };
 
 /* hyp_counters is a per-CPU array indexed by verdict * HYP_REASON__MAX + reason. */
@@ -249,7 +279,7 @@ struct hyp_settings {
 	__u64 dns_exact_labels;           /* exact rules: the name's labels */
 	__u64 dns_suffix_labels;          /* "*.x" rules: the labels of x */
 	__u32 dns_malformed;              /* enum hyp_dns_action for malformed queries: DROP, ALLOW or ALERT */
-	__u32 reserved3;
+	__u32 dns_fragments;              /* enum hyp_dns_fragment_policy */
 };
 
 /* LPM trie keys: prefix length in bits, then the address in network order. */
@@ -315,6 +345,22 @@ struct hyp_dns_key {
 	__u8 kind;
 	__u8 pad;
 	__u8 name[HYP_CAP_DNS_NAME];
+};
+
+/* hyp_dns_tcp: a TCP connection to a DNS class, in the client's direction; created by the
+ * client's SYN. The slow path reads `next` when a connection is handed to it. */
+struct hyp_dns_tcp_key {
+	__u8 saddr[16];   /* IPv4 in the first 4 bytes, the rest zero */
+	__u8 daddr[16];
+	__u16 sport;      /* host order */
+	__u16 dport;
+	__u8 family;      /* 4 or 6 */
+	__u8 pad[3];
+};
+
+struct hyp_dns_tcp_flow {
+	__u32 next;       /* sequence number (host order) where the next unjudged query starts */
+	__u32 state;      /* enum hyp_dns_tcp_state */
 };
 
 struct hyp_dns_rule {

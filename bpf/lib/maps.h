@@ -127,6 +127,15 @@ struct {
 	__type(value, struct hyp_dyn_block);
 } hyp_dyn6 SEC(".maps");
 
+/* TCP connections to DNS classes (outside the generations: a reload keeps them). LRU: a full
+ * table evicts the oldest, whose payload then counts as HYP_REASON_DNS_TCP_MIDSTREAM. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, HYP_CAP_DNS_TCP_FLOWS);
+	__type(key, struct hyp_dns_tcp_key);
+	__type(value, struct hyp_dns_tcp_flow);
+} hyp_dns_tcp SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__uint(max_entries, HYP_CAP_QUEUES);

@@ -35,7 +35,7 @@ EEXIST, E2BIG = 17, 7
 
 # Enumerator values in hyperion_abi.h.
 VERDICT_PASS, VERDICT_DROP = 0, 1
-REASON_NO_MATCH, REASON_BLOCKLIST_IP, REASON_COUNT = 0, 19, 38
+REASON_NO_MATCH, REASON_BLOCKLIST_IP, REASON_COUNT = 0, 19, 42
 QSTATE_FENCED, QREASON_HEARTBEAT_STALE = 4, 4
 MODE_ENFORCE, MODE_MONITOR = 0, 1
 PMAP_BIP4, PMAP_ALLOW4, PMAP_COUNT = 4, 0, 9
@@ -188,7 +188,7 @@ def fastpath_over(adapter: FakeAdapter, templates: dict[str, InnerTemplate], att
 
 def settings_of(fakes: dict[str, FakeMap], slot: int) -> tuple[int, int, int, tuple[int, ...]]:
     """struct hyp_settings: mode, reserved, generation, applied_at_ns, entries[9], reserved2, dns_exact_labels,
-    dns_suffix_labels, dns_malformed, reserved3."""
+    dns_suffix_labels, dns_malformed, dns_fragments."""
     mode, _, generation, applied_at, *entries = struct.unpack(SETTINGS, fakes["hyp_settings"].entries[
         slot.to_bytes(4, "little")])[:4 + PMAP_COUNT]
     return mode, generation, applied_at, tuple(entries)

@@ -19,5 +19,7 @@ def test_every_reason_has_a_case(abi: object) -> None:
                         "redirect_oversize", "queue_over_capacity",  # these two: tests/kernel/test_limits.py
                         # The DNS stage's, with DNS messages built by dnspython: tests/kernel/test_xdp_dns.py.
                         "dns_no_match", "dns_drop", "dns_nxdomain", "dns_refused", "dns_unanswerable", "dns_allow",
-                        "dns_alert", "dns_malformed", "dns_qdcount", "dns_not_query"}
+                        "dns_alert", "dns_malformed", "dns_qdcount", "dns_not_query",
+                        # DNS over TCP: tests/kernel/test_xdp_dns_tcp.py; fragments: test_xdp_dns_fragments.py.
+                        "dns_tcp_no_data", "dns_tcp_midstream", "dns_tcp_ended", "dns_fragment"}
     assert set(load_abi().reasons.values()) - covered == tested_elsewhere
