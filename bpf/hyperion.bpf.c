@@ -123,6 +123,12 @@ static __always_inline __u32 judge(struct xdp_md *ctx, struct packet_info *pkt,
 	pkt->rule_id = class->class_id;
 	/* flags 0: a class from before the DNS stage: redirect (as every class did). */
 	flags = class->flags ? class->flags : HYP_CLASS_F_SLOWPATH;
+	/* A first fragment holds the ports but maybe not the whole query, and its UDP checksum
+	 * covers what the program cannot see; resolvers do not fragment queries. */
+	if ((flags & HYP_CLASS_F_DNS) && pkt->first_fragment && settings->dns_fragments == HYP_DNS_FRAG_DROP) {
+		*verdict = HYP_VERDICT_DROP;
+		return HYP_REASON_DNS_FRAGMENT;
+	}
 	if ((flags & HYP_CLASS_F_DNS) && pkt->l4_protocol == HYP_IPPROTO_UDP) {
 		struct hyp_dns_args dns = {
 			.slot = slot,

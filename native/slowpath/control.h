@@ -60,7 +60,7 @@ struct sp_event {
  * (protocol, port) pairs judged as DNS (none given: no port is). */
 #define SP_RULE_SPEC_FIELDS(X) \
 	X(rules) X(names) X(dns_regex) X(classes) X(malformed_action) X(never_block) X(block_limits) \
-	X(dns_classes)
+	X(dns_classes) X(dns_fragments)
 
 /* Per-packet inspection latency buckets (upper bounds in module.c); the last is +Inf. */
 #define SP_LATENCY_BUCKETS 10

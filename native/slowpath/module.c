@@ -82,6 +82,13 @@ static void decide(const struct sp_rules *r, hs_scratch_t *scratch, const uint8_
 	}
 	const uint8_t *payload = frame + d->pkt.payload_offset;
 
+	/* As the XDP program: a first fragment to a DNS class, by the policy's dns_fragments. */
+	if (d->pkt.first_fragment && r->dns_fragments == HYP_DNS_FRAG_DROP &&
+	    sp_is_dns_class(r, d->pkt.protocol, d->pkt.dst_port)) {
+		d->action = SP_DROP;
+		return;
+	}
+
 	/* A UDP DNS class (the policy's DNS ports): DNS over TCP is not parsed this round. */
 	if (d->pkt.protocol == HYP_IPPROTO_UDP && sp_is_dns_class(r, d->pkt.protocol, d->pkt.dst_port)) {
 		enum dns_parse_result res = dns_parse_query(payload, d->pkt.payload_len, &d->q);
@@ -261,15 +268,15 @@ static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 	PyObject *rules, *names, *dns_regex, *classes, *never_block = NULL, *block_limits = NULL, *dns_classes = NULL;
 	PyObject *databases = Py_None, *class_dbs = NULL;
 	PyObject *snapshot = NULL;
-	int malformed_action = SP_DROP, rc;
+	int malformed_action = SP_DROP, dns_fragments = HYP_DNS_FRAG_DROP, rc;
 	char err[256] = "";
 	const char **patterns = NULL;
 	uint32_t *ids = NULL, count = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!|iO!O!O!O", kwlist, &PyList_Type, &rules, &PyList_Type,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!|iO!O!O!iO", kwlist, &PyList_Type, &rules, &PyList_Type,
 					 &names, &PyList_Type, &dns_regex, &PyList_Type, &classes,
 					 &malformed_action, &PyList_Type, &never_block, &PyList_Type, &block_limits,
-					 &PyList_Type, &dns_classes, &databases))
+					 &PyList_Type, &dns_classes, &dns_fragments, &databases))
 		return -1;
 	if (databases != Py_None) {
 		/* (dns_regex database, [database per class, in the order of classes]) from serialize() */
@@ -295,6 +302,12 @@ static int Rules_init(RulesObject *self, PyObject *args, PyObject *kwds)
 		return -1;
 	}
 	self->rules->malformed_action = (uint8_t)malformed_action;
+	if (dns_fragments != HYP_DNS_FRAG_DROP && dns_fragments != HYP_DNS_FRAG_JUDGE) {
+		PyErr_Format(PyExc_ValueError, "dns_fragments: %d (expected %d drop or %d judge)", dns_fragments,
+			     HYP_DNS_FRAG_DROP, HYP_DNS_FRAG_JUDGE);
+		return -1;
+	}
+	self->rules->dns_fragments = (uint8_t)dns_fragments;
 	for (uint32_t i = 0; i < rule_count; i++) {
 		int action, qtype;
 		double ttl;
@@ -1394,6 +1407,8 @@ PyMODINIT_FUNC SP_MODULE_INIT(void)
 		return NULL;
 	}
 	PyModule_AddIntConstant(m, "DROP", SP_DROP);
+	PyModule_AddIntConstant(m, "FRAG_DROP", HYP_DNS_FRAG_DROP);
+	PyModule_AddIntConstant(m, "FRAG_JUDGE", HYP_DNS_FRAG_JUDGE);
 	PyModule_AddIntConstant(m, "PASS", SP_PASS);
 	PyModule_AddIntConstant(m, "ALLOW", SP_PASS); /* the policy's other name for pass */
 	PyModule_AddIntConstant(m, "ALERT", SP_ALERT);

@@ -82,6 +82,7 @@ struct sp_rules {
 	uint32_t class_count;
 	hs_scratch_t *scratch_proto;   /* sized for every database; cloned per worker */
 	uint8_t malformed_action;
+	uint8_t dns_fragments;     /* enum hyp_dns_fragment_policy: what a first fragment to a DNS class gets */
 	uint64_t *hits;                /* per rule, updated atomically by all workers */
 	/* DNS classes (a redirect class whose port is in slow_path.dns_ports), a bit per port: [0] UDP,
 	 * [1] TCP. Only UDP ones are parsed as DNS this round; TCP ones are carried for DNS over TCP. */

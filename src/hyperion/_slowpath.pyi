@@ -5,6 +5,8 @@ from typing import Any, Literal
 DROP: int
 PASS: int
 ALLOW: int  # the same native action as PASS
+FRAG_DROP: int  # enum hyp_dns_fragment_policy
+FRAG_JUDGE: int
 ALERT: int
 NXDOMAIN: int
 REFUSE: int
@@ -41,6 +43,7 @@ class Rules:
         never_block: list[tuple[int, str, str]] = ...,
         block_limits: list[int] = ...,
         dns_classes: list[tuple[int, int]] = ...,
+        dns_fragments: int = ...,
         databases: SerializedDatabases | None = ...,
     ) -> None: ...
     def serialize(self) -> SerializedDatabases: ...

@@ -159,7 +159,7 @@ class DnsMaps:
         return bytes(value)
 
     def install(self, classes: Sequence[DnsClass], rules: Sequence[Rule] = (), *, monitor: bool = False,
-                malformed: Action = Action.DROP,
+                malformed: Action = Action.DROP, fragments: int = 0,
                 raw_entries: dict[tuple[Kind, bytes, int], Entry] | None = None) -> None:
         """A new generation with these classes and rules (or raw entries), then the switch."""
         adapter = self.fastpath.adapter
@@ -194,6 +194,7 @@ class DnsMaps:
         settings.dns_exact_labels = label_bits(rules, Kind.EXACT)
         settings.dns_suffix_labels = label_bits(rules, Kind.SUFFIX)
         settings.dns_malformed = int(malformed)
+        settings.dns_fragments = fragments  # enum hyp_dns_fragment_policy: 0 drop, 1 judge
         adapter.write_settings(target, settings)
         config.active_slot = target
         adapter.write_config(config)

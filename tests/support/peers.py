@@ -63,10 +63,12 @@ def need_tool(name: str) -> None:
         pytest.skip(f"{name} is not installed")
 
 
-def kdig(sb: Sandbox, name: str, qtype: str = "A", server: str = HOST_V4, tcp: bool = False) -> str:
-    """Knot's kdig, a second, independent client: 'RCODE answers' or TIMEOUT, as dig() returns."""
+def kdig(sb: Sandbox, name: str, qtype: str = "A", server: str = HOST_V4, tcp: bool = False,
+         options: tuple[str, ...] = ()) -> str:
+    """Knot's kdig, a second, independent client: 'RCODE answers' or TIMEOUT, as dig() returns.
+    options: more of kdig's +options."""
     need_tool("kdig")
-    argv = ["kdig", "+time=1", "+retry=0", f"@{server}", name, qtype] + (["+tcp"] if tcp else [])
+    argv = ["kdig", "+time=1", "+retry=0", f"@{server}", name, qtype] + (["+tcp"] if tcp else []) + list(options)
     out = sb.exec(sb.client_ns, argv, check=False).stdout
     status_line = next((line for line in out.splitlines() if "status:" in line), None)
     if status_line is None:

@@ -32,7 +32,10 @@ def test_reference(case: Case) -> None:
     assert ReferenceFastPath(parse_policy(POLICY)).judge(case.frame) == (case.verdict, case.reason)
 
 
+# judge: these cases are about what the parser reads in a first fragment (the default drops it
+# before: tests/unit/test_dns_fragments_policy.py).
 RULES = compile_rules(parse_policy(POLICY + """
+  dns_fragments: judge
   dns_rules:
     - {match: "evil.test", action: drop}
 """))

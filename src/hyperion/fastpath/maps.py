@@ -62,6 +62,7 @@ class CompiledPolicy:
     dns_exact_labels: int = 0
     dns_suffix_labels: int = 0
     dns_malformed: int = 0
+    dns_fragments: int = 0  # enum hyp_dns_fragment_policy
 
     def entry_counts(self) -> dict[str, int]:
         return {name: image.count for name, image in self.images.items()}

@@ -203,7 +203,8 @@ class FastPath:
                                      applied_at_ns=time.time_ns(), entries=entries,
                                      dns_exact_labels=compiled.dns_exact_labels,
                                      dns_suffix_labels=compiled.dns_suffix_labels,
-                                     dns_malformed=compiled.dns_malformed)
+                                     dns_malformed=compiled.dns_malformed,
+                                     dns_fragments=compiled.dns_fragments)
         self.adapter.write_settings(target, settings)
         classes = self.adapter.class_keys(compiled.images[CLASSES_MAP])
         # New classes count from the flip on; existing ones keep counting across reloads.

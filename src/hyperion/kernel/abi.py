@@ -222,6 +222,7 @@ class Abi:
         self.dns_kinds = _by_label(self.btf.enum("hyp_dns_kind"), "HYP_DNS_")
         self.dns_rule_flags = _by_label(self.btf.enum("hyp_dns_rule_flag"), "HYP_DNS_F_")
         self.class_flags = _by_label(self.btf.enum("hyp_class_flag"), "HYP_CLASS_F_")
+        self.dns_fragment_policies = _by_label(self.btf.enum("hyp_dns_fragment_policy"), "HYP_DNS_FRAG_")
         self.queue_states = _labels(self.btf.enum("hyp_queue_state_id"), "HYP_QSTATE_")
         self.queue_reasons = _labels(self.btf.enum("hyp_queue_reason"), "HYP_QREASON_")
         # Parser limits (bpf/include/hyperion_parser.h): 'vlan_max_depth', 'ipv6_ext_max'.

@@ -100,7 +100,8 @@ class PolicyCompiler:
         return CompiledPolicy(mode=self.abi.modes[policy.mode], images=images,
                               dns_exact_labels=names.exact_labels, dns_suffix_labels=names.suffix_labels,
                               dns_malformed=self.abi.dns_actions[
-                                  MALFORMED_DNS_ACTIONS[policy.slow_path.malformed_dns_action]])
+                                  MALFORMED_DNS_ACTIONS[policy.slow_path.malformed_dns_action]],
+                              dns_fragments=self.abi.dns_fragment_policies[policy.slow_path.dns_fragments])
 
     def dns_images(self, policy: Policy) -> DnsImages:
         """The name rules that run in XDP (and the block_source ones, which XDP hands to the slow path),

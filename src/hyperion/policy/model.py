@@ -380,6 +380,11 @@ MalformedDnsAction = Literal["drop", "pass", "alert"]
 NameRulePlacement = Literal["xdp", "slow_path"]
 
 
+# What a first fragment to a DNS class gets: dropped (resolvers do not fragment queries), or judged by
+# the question it holds (which must be whole in it; Linux discards overlapping fragments, RFC 5722).
+DnsFragmentPolicy = Literal["drop", "judge"]
+
+
 # Actions after which the packet does not reach its destination (pass and allow deliver it).
 STOPPING_ACTIONS: Final[frozenset[Action]] = frozenset({"drop", "block_source", "nxdomain", "refuse"})
 
@@ -589,6 +594,7 @@ class SlowPathSection(_Strict):
     # The ports whose redirect classes carry DNS (DNS classes): the name rules judge their queries.
     dns_ports: tuple[_Port, ...] = DEFAULT_DNS_PORTS
     dns_name_rules: Annotated[NameRulePlacement, _CaseInsensitive] = "xdp"
+    dns_fragments: Annotated[DnsFragmentPolicy, _CaseInsensitive] = "drop"
     dns_rules: tuple[DnsRule, ...] = ()
     signatures: tuple[Signature, ...] = ()
     # Sources block_source never inserts (hyperion.neverblock adds the host's own addresses, gateways,

@@ -262,13 +262,16 @@ class RuleSpec:
     # The DNS classes: (protocol, port) of the redirect classes whose port is a DNS port (empty: no
     # packet is parsed as DNS).
     dns_classes: list[DnsClassEntry] = field(default_factory=list)
+    # What a first fragment to a DNS class gets: _slowpath.FRAG_DROP or FRAG_JUDGE (enum
+    # hyp_dns_fragment_policy).
+    dns_fragments: int = _slowpath.FRAG_DROP
 
     def to_args(self) -> tuple[list[RuleEntry], list[NameEntry], list[PatternEntry], list[ClassEntry], int,
-                               list[RangeEntry], list[int], list[DnsClassEntry]]:
+                               list[RangeEntry], list[int], list[DnsClassEntry], int]:
         """Positional arguments of _slowpath.Rules (the optional databases keyword apart), typed so
         that mypy checks them against the extension's stub."""
         return (self.rules, self.names, self.dns_regex, self.classes, self.malformed_action, self.never_block,
-                self.block_limits, self.dns_classes)
+                self.block_limits, self.dns_classes, self.dns_fragments)
 
     def build(self, databases: _slowpath.SerializedDatabases | None = None) -> _slowpath.Rules:
         """The native rule set; with the supervisor's serialized databases Hyperscan compiles nothing."""
@@ -303,9 +306,12 @@ class RuleSpec:
             block_limits = [int(n) for n in data[name]]
             name = "dns_classes"
             dns_classes = [(int(p), int(port)) for p, port in data[name]]
+            name = "dns_fragments"
+            dns_fragments = int(data[name])
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"rule spec: {name}: malformed ({exc})") from None
-        return cls(rules, names, dns_regex, classes, malformed_action, never_block, block_limits, dns_classes)
+        return cls(rules, names, dns_regex, classes, malformed_action, never_block, block_limits, dns_classes,
+                   dns_fragments)
 
 
 # ---- commands: a worker's stdin, and the rules socket -------------------------------------------

@@ -39,6 +39,10 @@ ACTIONS: dict[Action, int] = {action: native_action(action) for action in model.
 ACTION_NAMES: dict[int, Action] = {v: k for k, v in ACTIONS.items() if k not in ALIASES}
 
 
+FRAGMENT_POLICIES: Final[dict[model.DnsFragmentPolicy, int]] = {"drop": _slowpath.FRAG_DROP,
+                                                                 "judge": _slowpath.FRAG_JUDGE}
+
+
 STOPPING_ACTIONS = model.STOPPING_ACTIONS
 
 
@@ -140,7 +144,7 @@ def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[Redi
     try:
         spec = RuleSpec(rules, names, dns_regex, classes, native_action(slow.malformed_dns_action),
                         [(version, first, last) for version, first, last in never_block_ranges(networks)], limits,
-                        dns_classes(slow, redirect_ports))
+                        dns_classes(slow, redirect_ports), FRAGMENT_POLICIES[slow.dns_fragments])
         compiled = spec.build()
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
