@@ -396,6 +396,12 @@ struct hyp_event_state {
 	__u64 ring_full;       /* budget allowed it, the ring buffer had no room */
 };
 
+/* The re-entry program's one setting (bpf/reentry.bpf.c, map hyp_reentry): the real
+ * interface that the frames a worker passes enter. */
+struct hyp_reentry_target {
+	__u32 ifindex;    /* 0: not configured, frames dropped */
+};
+
 /* One RX queue's lifecycle state (hyp_queue_state, an array indexed by queue). */
 struct hyp_queue_state {
 	__u32 state;       /* enum hyp_queue_state_id */

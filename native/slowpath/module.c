@@ -570,6 +570,12 @@ typedef struct {
 	uint32_t free_count;
 	uint32_t tx_outstanding;
 	int queue_id, xsk_map_fd, dyn4_fd, dyn6_fd, deliver_fd;
+	int deliver_frames;          /* deliver_fd takes whole frames (the re-entry veth), sent in batches */
+	/* The batch's frames to deliver (deliver_frames): sent with one sendmmsg, then freed. */
+	struct mmsghdr out_msgs[BATCH];
+	struct iovec out_iov[BATCH];
+	uint64_t out_addr[BATCH];
+	uint32_t out_count;
 	int diag_fd;                 /* NETLINK_SOCK_DIAG: is a TCP flow established? (-1: cannot tell) */
 	uint32_t diag_seq;
 	pthread_mutex_t lock;        /* held while a batch runs; guards rules and events */
@@ -776,10 +782,12 @@ static void block_source(QueueObject *q, const struct sp_decision *d)
 		q->stats[ST_BLOCKED_SOURCES]++;
 }
 
-/* Hands a passing packet to the local stack (the TUN device): the IP datagram only.
- * The stack verifies its checksum, so an offloading sender's partial one is
- * completed first; a wrong one is left for the stack to drop and count. */
-static void deliver(QueueObject *q, uint8_t *frame, const struct sp_decision *d)
+/* Hands a passing packet to the local stack, which verifies its checksum, so an offloading
+ * sender's partial one is completed first; a wrong one is left for the stack to drop and count.
+ * Re-entry (deliver_frames): the whole frame, as it came off the wire, queued for the batch's one
+ * sendmmsg on the helper veth (flush_deliveries frees it). TUN: the IP datagram, written now, and
+ * the frame freed. */
+static void deliver(QueueObject *q, uint8_t *frame, uint64_t addr, uint32_t len, const struct sp_decision *d)
 {
 	if (!(d->flags & SP_NOT_PARSED)) {
 		enum sp_csum_result csum = sp_complete_checksum(frame, &d->pkt);
@@ -787,10 +795,44 @@ static void deliver(QueueObject *q, uint8_t *frame, const struct sp_decision *d)
 		q->stats[ST_CSUM_COMPLETED] += csum == SP_CSUM_COMPLETED;
 		q->stats[ST_CSUM_BAD] += csum == SP_CSUM_BAD;
 	}
-	if (q->deliver_fd < 0 || write(q->deliver_fd, frame + d->pkt.l3_offset, d->pkt.l3_len) < 0)
+	if (q->deliver_frames && q->deliver_fd >= 0 && q->out_count < BATCH) {
+		uint32_t i = q->out_count++;
+
+		q->out_iov[i] = (struct iovec){.iov_base = frame, .iov_len = len};
+		q->out_msgs[i] = (struct mmsghdr){.msg_hdr = {.msg_iov = &q->out_iov[i], .msg_iovlen = 1}};
+		q->out_addr[i] = addr;
+		return;
+	}
+	if (q->deliver_fd < 0 || q->deliver_frames ||
+	    write(q->deliver_fd, frame + d->pkt.l3_offset, d->pkt.l3_len) < 0)
 		q->stats[ST_DELIVER_ERRORS]++;
 	else
 		q->stats[ST_PASSED]++;
+	free_frame(q, addr);
+}
+
+/* Sends the batch's queued frames (re-entry), then frees them. A frame the socket refuses (its
+ * buffer full: ENOBUFS/EAGAIN) is counted as a delivery error, as a failed TUN write is. */
+static void flush_deliveries(QueueObject *q)
+{
+	uint32_t sent = 0;
+
+	while (sent < q->out_count) {
+		int n = sendmmsg(q->deliver_fd, &q->out_msgs[sent], q->out_count - sent, MSG_DONTWAIT);
+
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			q->stats[ST_DELIVER_ERRORS]++; /* this one is dropped; try the rest */
+			sent++;
+			continue;
+		}
+		q->stats[ST_PASSED] += (uint32_t)n;
+		sent += (uint32_t)n;
+	}
+	for (uint32_t i = 0; i < q->out_count; i++)
+		free_frame(q, q->out_addr[i]);
+	q->out_count = 0;
 }
 
 static uint64_t now_ns(void)
@@ -840,8 +882,7 @@ static uint32_t process_batch(QueueObject *q)
 			q->stats[ST_ALERTED]++;
 			/* fall through: an alert passes */
 		case SP_PASS:
-			deliver(q, frame, &d);
-			free_frame(q, desc->addr);
+			deliver(q, frame, desc->addr, desc->len, &d);
 			break;
 		case SP_NXDOMAIN:
 		case SP_REFUSE:
@@ -867,6 +908,8 @@ static uint32_t process_batch(QueueObject *q)
 		}
 	}
 done:
+	if (q->out_count)
+		flush_deliveries(q);
 	xsk_ring_cons__release(&q->rx, rcvd);
 	pthread_mutex_unlock(&q->lock);
 
@@ -933,7 +976,7 @@ static void Queue_dealloc(QueueObject *self)
 static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"ifname", "queue_id", "xsk_map_fd", "rules", "dyn4_fd", "dyn6_fd", "deliver_fd",
-				 "frames", "ring_size", "zerocopy", "events", "inspect", "control", NULL};
+				 "frames", "ring_size", "zerocopy", "events", "inspect", "control", "deliver_frames", NULL};
 	const char *ifname;
 	PyObject *control = Py_None;
 	int frames = 4096, ring = 2048, zerocopy = 0, events = 1, inspect = 1, err;
@@ -943,9 +986,10 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 
 	self->dyn4_fd = self->dyn6_fd = self->deliver_fd = self->diag_fd = -1;
 	pthread_mutex_init(&self->lock, NULL);
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiipppO", kwlist, &ifname, &self->queue_id,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiipppOp", kwlist, &ifname, &self->queue_id,
 					 &self->xsk_map_fd, &RulesType, &rules, &self->dyn4_fd, &self->dyn6_fd,
-					 &self->deliver_fd, &frames, &ring, &zerocopy, &events, &inspect, &control))
+					 &self->deliver_fd, &frames, &ring, &zerocopy, &events, &inspect, &control,
+					 &self->deliver_frames))
 		return -1;
 	if (control != Py_None) {
 		if (PyObject_GetBuffer(control, &self->control, PyBUF_WRITABLE))

@@ -181,6 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         events_path=args.events, events_per_sec=args.events_rate, watch_policy=not args.no_watch,
         slowpath=not args.no_slowpath,
         slowpath_options=SlowPathOptions(
+            delivery=args.delivery,
             zerocopy=args.zerocopy, cpus=_cpus(args.cpus), deadline=args.watchdog_deadline,
             max_queue_restarts=args.max_queue_restarts, escalate=args.escalate,
             worker_module=args.worker_module, worker_user=worker_user),
@@ -489,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only, not on file changes")
     p.add_argument("--no-slowpath", action="store_true",
                    help="no AF_XDP workers: redirect classes take their on_failure fallback")
+    p.add_argument("--delivery", choices=["wire", "tun"], default="wire",
+                   help="how what the slow path passes reaches the stack: wire (default; it re-enters through "
+                        "--iface, as received there) or tun (a TUN device; always with --mode generic)")
     p.add_argument("--zerocopy", choices=["auto", "on", "off"], default="off",
                    help="AF_XDP zero-copy (default off: copy mode works on every driver)")
     p.add_argument("--cpus", help="pin queue workers to these CPUs, e.g. 0,1 (worker i -> i-th CPU, cycling)")

@@ -14,6 +14,7 @@ It also checks every second that the program is still attached.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -181,7 +182,7 @@ class Daemon:
         started: SlowPath | None = None
         previous = self.slowpath.rules if self.slowpath is not None else None
         if rules is not None and self.slowpath is None:
-            started = SlowPath(self.fastpath, self.options.ifname, policy, self.options.slowpath_options,
+            started = SlowPath(self.fastpath, self.options.ifname, policy, self._slowpath_options(),
                                event_sink=self._event_sink, compiled=rules)
             started.start()  # on failure it stopped what it began; nothing is kept
         elif rules is not None and self.slowpath is not None:
@@ -249,6 +250,15 @@ class Daemon:
             self.slowpath.update(self.policy, previous)
         except HyperionError as exc:  # the watchdog replaces whichever worker still holds other rules
             log.error("slow path: restoring the running rules: %s", exc)
+
+    def _slowpath_options(self) -> SlowPathOptions:
+        """The options, with TUN delivery in generic mode: there the program runs on the skb path,
+        which a frame re-entering through the interface takes again."""
+        options = self.options.slowpath_options
+        if self.options.attach_mode == "generic" and options.delivery == "wire":
+            log.info("fast path in generic mode: the slow path delivers through a TUN device")
+            return dataclasses.replace(options, delivery="tun")
+        return options
 
     def _wants_slowpath(self, policy: Policy) -> bool:
         return self.options.slowpath and bool(policy.fast_path.redirect_ports)

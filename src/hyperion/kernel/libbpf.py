@@ -28,6 +28,7 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 BPF_XDP = 37  # enum bpf_attach_type
+BPF_TCX_INGRESS = 46  # enum bpf_attach_type (Linux 6.6): TC ingress through a BPF link
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2

@@ -50,9 +50,10 @@ _CMD = 0xFFFFFFFF  # an int argument: compare the low 32 bits
 WORKER_SYSCALLS = (
     # memory
     "brk", "mmap", "munmap", "mremap", "mprotect", "madvise",
-    # the descriptors it holds: pipes to the supervisor, the TUN device, the AF_XDP socket, map fds
+    # the descriptors it holds: pipes to the supervisor, the delivery (a packet socket on the re-entry
+    # veth: sendmmsg; or the TUN device), the AF_XDP socket, map fds
     "read", "pread64", "write", "lseek", "close", "fstat",
-    "poll", "ppoll", "recvfrom", "sendto", "getsockopt",
+    "poll", "ppoll", "recvfrom", "sendto", "sendmmsg", "getsockopt",
     # a reload's rules: a sealed memfd received over the rules socket (SCM_RIGHTS), its seals checked
     "recvmsg", "fcntl",
     # threads and their synchronisation

@@ -40,7 +40,7 @@ from hyperion.kernel.netdev import (
 from hyperion.policy.model import Policy
 from hyperion.protocols import PROTOCOL_NAMES
 from hyperion.slowpath.confinement import DEFAULT_WORKER_USER, resolve_worker_user
-from hyperion.slowpath.delivery import TunDevice
+from hyperion.slowpath.delivery import Delivery, DeliveryKind, open_delivery
 from hyperion.slowpath.protocol import (
     CONTROL_BYTES,
     PIPE_MESSAGE_MAX,
@@ -101,6 +101,9 @@ class SlowPathOptions:
     frames: int = 4096
     ring_size: int = 2048
     tun_name: str | None = None
+    # wire: passed frames re-enter through the real interface (a helper veth and a TC program);
+    # tun: the fallback, a TUN device (the daemon picks it when the fast path runs in generic mode).
+    delivery: DeliveryKind = "wire"
     deadline: float = DEFAULT_DEADLINE   # watchdog detection deadline, seconds
     max_queue_restarts: int = 3          # failed queue-local recoveries in a row before escalating
     escalate: str = "none"               # none | interface (link down/up: interrupts all traffic)
@@ -264,7 +267,7 @@ class SlowPath:
         self._blob: RulesBlob | None = None  # the current generation's, for workers that start
         self._update_lock = threading.Lock()  # one update at a time; never held by the watchdog
         self.queues: dict[int, ManagedQueue] = {}
-        self.tun: TunDevice | None = None
+        self.delivery: Delivery | None = None
         self._retired_hits: dict[str, int] = {}
         self._lock = threading.RLock()     # lifecycle: held by the watchdog while it acts
         self._data = threading.Lock()      # telemetry from the workers: never held while waiting on one
@@ -283,7 +286,7 @@ class SlowPath:
         requested = self.options.queues
         queues = served_queues(rx_queue_count(self.ifname) if requested is None else 0, requested,
                                self.fastpath.abi.capacity["queues"])
-        self.tun = TunDevice(self.options.tun_name or f"hyp{os.getpid() % 100000}t", mirror_addresses_of=self.ifname)
+        self.delivery = open_delivery(self.options.delivery, self.ifname, self.options.tun_name)
         try:
             for position, queue_id in enumerate(queues):
                 mq = ManagedQueue(queue_id, position, QueueStateMachine(queue_id))
@@ -301,11 +304,11 @@ class SlowPath:
         self._watchdog_thread = threading.Thread(target=self.watchdog.run, name="queue-watchdog", daemon=True)
         self._watchdog_thread.start()
         log.info("slow path on %s: %d worker process(es), delivery through %s, watchdog deadline %.0f ms",
-                 self.ifname, len(self.queues), self.tun.name, self.options.deadline * 1000)
+                 self.ifname, len(self.queues), self.delivery.name, self.options.deadline * 1000)
 
     def stop(self) -> None:
         """Ordered teardown per queue: fence (state, then xsk_map entry), stop the worker, which closes
-        its socket and then its UMEM; the TUN device last."""
+        its socket and then its UMEM; the delivery (helper veth or TUN device) last."""
         self._stopping.set()
         if self._watchdog_thread is not None:
             self._watchdog_thread.join(timeout=5)
@@ -318,9 +321,9 @@ class SlowPath:
             if self._blob is not None:
                 self._blob.close()
                 self._blob = None
-        if self.tun is not None:
-            self.tun.close()
-            self.tun = None
+        if self.delivery is not None:
+            self.delivery.close()
+            self.delivery = None
 
     # ---- workers --------------------------------------------------------------------------
 
@@ -332,7 +335,7 @@ class SlowPath:
         return self._blob
 
     def _spawn(self, mq: ManagedQueue) -> WorkerProcess:
-        assert self.tun is not None
+        assert self.delivery is not None
         blob = self._current_blob()
         control_fd = os.memfd_create(f"hyp-q{mq.queue_id}-control")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -341,7 +344,7 @@ class SlowPath:
             control = mmap.mmap(control_fd, CONTROL_BYTES)
             maps = self.fastpath.maps
             fds = {"xsk-map-fd": maps["xsk_map"].fd, "dyn4-fd": maps["hyp_dyn4"].fd, "dyn6-fd": maps["hyp_dyn6"].fd,
-                   "deliver-fd": self.tun.fd, "control-fd": control_fd, "rules-memfd": blob.fd,
+                   "deliver-fd": self.delivery.fd, "control-fd": control_fd, "rules-memfd": blob.fd,
                    "rules-socket": theirs.fileno()}
             argv = [sys.executable, "-m", self.options.worker_module, "--ifname", self.ifname,
                     "--queue", str(mq.queue_id),
@@ -350,6 +353,8 @@ class SlowPath:
             argv += [arg for name, fd in fds.items() for arg in (f"--{name}", str(fd))]
             if self.event_sink is not None:
                 argv.append("--events")
+            if self.delivery.frames:
+                argv.append("--deliver-frames")
             if self.options.cpus:
                 argv += ["--cpu", str(self.options.cpus[mq.position % len(self.options.cpus)])]
             if self._worker_ids is not None:

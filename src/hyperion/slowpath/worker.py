@@ -88,7 +88,8 @@ class Worker:
     def open_queue(self, rules: Any, zerocopy: bool) -> Any:
         a = self.args
         return _slowpath.Queue(a.ifname, a.queue, a.xsk_map_fd, rules, dyn4_fd=a.dyn4_fd, dyn6_fd=a.dyn6_fd,
-                               deliver_fd=a.deliver_fd, frames=a.frames, ring_size=a.ring_size, zerocopy=zerocopy,
+                               deliver_fd=a.deliver_fd, deliver_frames=a.deliver_frames, frames=a.frames,
+                               ring_size=a.ring_size, zerocopy=zerocopy,
                                events=a.events, control=self.control)
 
     def start(self, first: RulesCommand) -> None:
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ring-size", type=int, default=2048)
     parser.add_argument("--zerocopy", choices=("off", "auto", "on"), default="off")
     parser.add_argument("--events", action="store_true")
+    parser.add_argument("--deliver-frames", action="store_true",
+                        help="deliver-fd takes whole frames (re-entry through the interface), not IP datagrams")
     parser.add_argument("--cpu", type=int)
     parser.add_argument("--rules-memfd", type=int, help="sealed memfd with the first rule set (else: stdin)")
     parser.add_argument("--rules-socket", type=int, help="seqpacket socket later rule sets arrive on")
