@@ -35,9 +35,10 @@ from tests.support.telemetry import parse_metrics, value
 
 POLICY_A = 'fast_path:\n  drop_ips: ["198.51.100.42"]\n'
 POLICY_B = 'fast_path:\n  drop_ips: ["198.51.100.43"]\n'
+# dns_name_rules: slow_path: the first daemon runs a worker (a queue) for the second to leave alone.
 DNS_POLICY = ('fast_path:\n  drop_ips: ["198.51.100.42"]\n'
               '  redirect_ports: [{protocol: udp, port: 53, on_failure: drop}]\n'
-              'slow_path:\n  dns_rules: [{match: "evil.test", action: drop}]\n')
+              'slow_path:\n  dns_name_rules: slow_path\n  dns_rules: [{match: "evil.test", action: drop}]\n')
 SOURCES = ("198.51.100.10", "198.51.100.42", "198.51.100.43")
 
 

@@ -54,6 +54,7 @@ from hyperion.policy.compiler import PolicyCompiler, fast_path_rule_name
 from hyperion.policy.loading import read_policy
 from hyperion.policy.model import Policy
 from hyperion.policy.neverblock import HostFacts, discover_host_facts, effective_never_block
+from hyperion.policy.placement import needs_slow_path
 from hyperion.slowpath.rules import CompiledRules, compile_rules
 from hyperion.slowpath.supervisor import SlowPath, SlowPathOptions
 
@@ -261,7 +262,9 @@ class Daemon:
         return options
 
     def _wants_slowpath(self, policy: Policy) -> bool:
-        return self.options.slowpath and bool(policy.fast_path.redirect_ports)
+        """Workers only when some class sends them something: not for DNS classes whose rules all
+        run in XDP (the placement's "xdp only")."""
+        return self.options.slowpath and any(needs_slow_path(policy, cls) for cls in policy.fast_path.redirect_ports)
 
     def reload(self) -> bool:
         """Validates and applies the policy file again; a bad file leaves the running policy in place."""
