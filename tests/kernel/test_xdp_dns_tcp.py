@@ -176,6 +176,16 @@ def test_segments_without_payload_pass(maps: tuple[DnsMaps, int], flags: str) ->
     assert flow(writer) == (next_seq, State.XDP)
 
 
+def test_a_reload_keeps_the_connections(maps: tuple[DnsMaps, int]) -> None:
+    """hyp_dns_tcp is outside the policy generations: a new generation judges the same streams."""
+    writer, fd = maps
+    writer.install([TCP_DNS], RULES)
+    position = connect(writer, fd)
+    writer.install([TCP_DNS], [exact("ok.example", Action.DROP)])
+    expect(writer, fd, segment(framed(query("ok.example")), seq=position), "drop", "drop", "dns_drop")
+    assert flow(writer) == (position, State.XDP)
+
+
 def test_payload_without_the_syn_is_dropped_as_midstream(maps: tuple[DnsMaps, int]) -> None:
     writer, fd = maps
     writer.install([TCP_DNS], RULES)
