@@ -4,7 +4,9 @@
  * (pass, nothing later applies), static CIDR blocklist, static exact-IP
  * blocklist, dynamic blocklist, redirect classes: for a DNS class's UDP
  * queries first the DNS stage (name rules: drop, answer in place, allow,
- * alert; lib/dns.h), then what it did not decide to AF_XDP if the class has
+ * alert; lib/dns.h), for its TCP segments the connection's stage (a whole query at
+ * the stream position judged the same way, the rest to the slow path;
+ * lib/dns_tcp.h), then what it did not decide to AF_XDP if the class has
  * something for the slow path; default pass.
  * Every exit goes through finish(), which counts (verdict, reason).
  */
@@ -13,6 +15,7 @@
 #include "hyperion_abi.h"
 #include "hyperion_parser.h"
 #include "dns.h"
+#include "dns_tcp.h"
 #include "events.h"
 #include "maps.h"
 #include "parsing.h"
@@ -153,6 +156,31 @@ static __always_inline __u32 judge(struct xdp_md *ctx, struct packet_info *pkt,
 			pkt->rule_id = class->class_id;
 		}
 		/* else a name rule for the slow path (block_source): redirect it, class id for events */
+	} else if ((flags & HYP_CLASS_F_DNS) && pkt->l4_protocol == HYP_IPPROTO_TCP) {
+		struct hyp_dns_args dns = {
+			.slot = slot,
+			.l3_off = pkt->l3_off,
+			.is_ipv6 = pkt->is_ipv6,
+			.ip_ext = pkt->ip_ext,
+			.fragment = pkt->first_fragment,
+			.mode = cfg->mode,
+			.tcp_off = pkt->l4_off,
+			.rule_id = class->class_id,
+		};
+
+		/* The connection's stage; a whole query at the stream position is judged by the
+		 * DNS stage there. Over TCP a judged query is delivered or not: the slow path
+		 * gets only the rest of the stream. */
+		reason = hyp_dns_tcp_stage(ctx, &dns);
+		if (reason != HYP_REASON_REDIRECT_CLASS) {
+			*verdict = dns.verdict;
+			pkt->event = dns.event;
+			pkt->dns_rcode = dns.rcode;
+			pkt->dns_answer_len = dns.answer_len;
+			pkt->rule_id = dns.rule_id;
+			return reason;
+		}
+		/* else the connection from `next` on, or a block_source rule: redirect */
 	} else if (!(flags & HYP_CLASS_F_SLOWPATH)) {
 		return HYP_REASON_NO_MATCH; /* nothing for the slow path in this class */
 	}

@@ -44,9 +44,14 @@ struct hyp_dns_args {
 	__u16 payload_len;
 	__u8 is_ipv6;
 	__u8 ip_ext;           /* IPv4 options or IPv6 extension headers */
+	/* DNS over TCP (lib/dns_tcp.h), which sets payload_off and payload_len to the message
+	 * (2 bytes into the segment's payload) before it calls the stage. */
+	__u8 fragment;         /* a first fragment: the segment is not whole here */
+	__u8 mode;             /* enum hyp_mode */
+	__u16 tcp_off;         /* the TCP header */
 	/* out */
 	__u32 verdict;         /* enum hyp_verdict */
-	__u32 rule_id;
+	__u32 rule_id;         /* TCP: in, the class id (kept by the connection's own reasons) */
 	__u16 answer_len;      /* DNS bytes the answer keeps: header and question */
 	__u8 rcode;
 	__u8 event;            /* an event is due (alerts) */
@@ -417,6 +422,25 @@ static __always_inline __u16 csum_fold32(__u64 sum)
 	return (__u16)~sum;
 }
 
+/* The answer's DNS header in scratch->msg (the question after it is the query's): flags of
+ * a response, QDCOUNT 1, the other counts 0. Returns dns_len rounded up to 4, the bytes a
+ * checksum sums, zeroed past dns_len. */
+static __always_inline __u32 dns_answer_message(struct hyp_dns_scratch *s, __u8 rcode, __u32 dns_len)
+{
+	s->msg[2] = DNS_FLAGS_QR | (s->msg[2] & 0x79); /* opcode and RD kept, AA and TC cleared */
+	s->msg[3] = 0x80 | (rcode & 0x0F);              /* RA, Z/AD/CD clear, the rcode */
+	s->msg[4] = 0;
+	s->msg[5] = 1;
+#pragma unroll
+	for (int i = 6; i < DNS_HEADER_LEN; i++)
+		s->msg[i] = 0;
+	/* The checksum sums 4-byte words: zero up to the next multiple of 4. */
+#pragma unroll
+	for (int i = 0; i < 3; i++)
+		s->msg[dns_index(dns_len + i)] = 0;
+	return (dns_len + 3) & ~3U;
+}
+
 /* Turns the query into its answer in place, as sp_build_dns_answer in
  * native/slowpath/packet.c does: the question only, flags of a response (opcode
  * and RD kept, RA set), addresses and ports swapped (VLAN tags kept), TTL / hop
@@ -448,18 +472,7 @@ __attribute__((noinline)) int hyp_dns_answer(struct xdp_md *ctx, struct hyp_dns_
 	udp_len = sizeof(struct udphdr) + dns_len;
 
 	/* The DNS header, in scratch (for the checksum) and in the frame. */
-	s->msg[2] = DNS_FLAGS_QR | (s->msg[2] & 0x79); /* opcode and RD kept, AA and TC cleared */
-	s->msg[3] = 0x80 | (a->rcode & 0x0F);           /* RA, Z/AD/CD clear, the rcode */
-	s->msg[4] = 0;
-	s->msg[5] = 1;
-#pragma unroll
-	for (int i = 6; i < DNS_HEADER_LEN; i++)
-		s->msg[i] = 0;
-	/* The checksum sums 4-byte words: zero up to the next multiple of 4. */
-	padded = (dns_len + 3) & ~3U;
-#pragma unroll
-	for (int i = 0; i < 3; i++)
-		s->msg[dns_index(dns_len + i)] = 0;
+	padded = dns_answer_message(s, a->rcode, dns_len);
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;

@@ -102,6 +102,15 @@ struct hyp_dns_scratch {
 	__u32 walk_len;                  /* bytes in msg */
 	__u32 walk_labels;
 	__u32 walk_status;               /* DNS_WALK_* */
+	/* The in-stream TCP answer (lib/dns_tcp.h): the query's TCP header, rewritten here, and
+	 * its options walk (state in map memory for the reason above). */
+	__u8 tcp[64];                    /* 20 to 60 bytes used */
+	__u8 ts[8];                      /* the query's TSval and TSecr, network order */
+	__u32 opt_pos;                   /* offset in tcp of the option being walked */
+	__u32 opt_end;                   /* the header's length */
+	__u32 opt_ts;                    /* offset of the timestamps option, 0 if none */
+	struct hyp_dns_tcp_key tcp_key;  /* the segment's connection */
+	struct hyp_dns_tcp_flow tcp_flow; /* a new connection's entry */
 };
 
 struct {

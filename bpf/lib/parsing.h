@@ -67,6 +67,7 @@ struct packet_info {
 	__u16 payload_len;   /* UDP: payload bytes in this datagram (or first fragment) */
 	__u16 dns_answer_len; /* verdict ANSWER: DNS bytes the answer keeps */
 	__u8 dns_rcode;      /* verdict ANSWER: its rcode */
+	__u16 l4_off;        /* TCP: the header, from the frame's start (for DNS over TCP) */
 };
 
 static __always_inline int parse_ethernet(struct hdr_cursor *nh, void *data_end,
@@ -222,6 +223,9 @@ static __always_inline int parse_l4(struct hdr_cursor *nh, void *data_end,
 			return HYP_REASON_TRUNCATED_TCP;
 		pkt->src_port = bpf_ntohs(tcph->source);
 		pkt->dst_port = bpf_ntohs(tcph->dest);
+		/* For DNS over TCP, which reads the rest of the header itself (lib/dns_tcp.h):
+		 * every instruction here is verified once per parser path. */
+		pkt->l4_off = pkt->l3_off + ((void *)tcph - pkt->l3);
 		break;
 	case HYP_IPPROTO_UDP:
 		udph = nh->pos;

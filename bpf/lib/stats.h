@@ -9,6 +9,7 @@
 #include <bpf/bpf_helpers.h>
 #include "hyperion_abi.h"
 #include "dns.h"
+#include "dns_tcp.h"
 #include "events.h"
 #include "maps.h"
 
@@ -89,6 +90,8 @@ __attribute__((noinline)) int hyp_finish(struct xdp_md *ctx, struct hyp_finish_a
 	case HYP_VERDICT_REDIRECT:
 		return XDP_REDIRECT;
 	case HYP_VERDICT_ANSWER:
+		if (f->event.protocol == HYP_IPPROTO_TCP)
+			return hyp_dns_tcp_answer(ctx, &f->answer); /* in the stream */
 		return hyp_dns_answer(ctx, &f->answer);
 	default:
 		return XDP_PASS;

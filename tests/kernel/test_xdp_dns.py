@@ -426,11 +426,14 @@ def test_slowpath_entry_and_no_match_redirect_only_with_the_slowpath_flag(maps: 
     expect(writer, fd, frame4(query("other.example")), "pass", "pass", "redirect_failed")
     writer.install([DNS_ONLY], rules)
     expect(writer, fd, frame4(query("other.example")), "pass", "pass", "dns_no_match")
-    # A tcp DNS class: no DNS stage (UDP only); without the slow-path flag it is not redirected either.
+    # A tcp DNS class: its connections are judged segment by segment (tests/kernel/test_xdp_dns_tcp.py),
+    # with or without the slow-path flag: a SYN passes. A tcp class without the DNS flag is redirected.
     writer.install([DnsClass(TCP_P, 53, ClassFlag.DNS, on_failure_drop=True)], rules)
     tcp = bytes(Ether(src=CLIENT_MAC, dst=SERVER_MAC) / IP(src=CLIENT4, dst=SERVER4) / TCP(dport=53))
-    expect(writer, fd, tcp, "pass", "pass", "no_match")
+    expect(writer, fd, tcp, "pass", "pass", "dns_tcp_no_data")
     writer.install([DnsClass(TCP_P, 53, ClassFlag.DNS | ClassFlag.SLOWPATH, on_failure_drop=True)], rules)
+    expect(writer, fd, tcp, "pass", "pass", "dns_tcp_no_data")
+    writer.install([DnsClass(TCP_P, 53, ClassFlag.SLOWPATH, on_failure_drop=True)], rules)
     expect(writer, fd, tcp, "drop", "drop", "redirect_failed")
 
 

@@ -200,12 +200,12 @@ class ReferenceFastPath:
         self._classes = {(c.protocol, c.port): c.on_failure for c in fast.redirect_ports}
         self._monitor = self.policy.mode == "monitor"
         slow = self.policy.slow_path
-        if slow.dns_name_rules == "xdp" and any(c.protocol == UDP and c.port in slow.dns_ports
+        if slow.dns_name_rules == "xdp" and any(c.protocol in (UDP, TCP) and c.port in slow.dns_ports
                                                 for c in fast.redirect_ports):
             # The DNS stage has a reference of its own (tests/support/dns_maps.py, dnspython-based,
-            # in tests/kernel/test_xdp_dns.py); this one models the stages before it.
-            raise ValueError("the reference classifier does not model the XDP DNS stage: a UDP class on "
-                             "a DNS port needs slow_path.dns_name_rules: slow_path here")
+            # in tests/kernel/test_xdp_dns.py and test_xdp_dns_tcp.py); this one models the stages before it.
+            raise ValueError("the reference classifier does not model the XDP DNS stage: a UDP or TCP class "
+                             "on a DNS port needs slow_path.dns_name_rules: slow_path here")
 
     @staticmethod
     def _within(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:

@@ -200,15 +200,17 @@ def test_other_classes_keep_the_slow_path(abi: Abi) -> None:
     text = ("fast_path:\n  redirect_ports: [{protocol: udp, port: 53}, {protocol: tcp, port: 53}, "
             "{protocol: udp, port: 5353}, {protocol: tcp, port: 8080}]\n"
             "slow_path: {dns_rules: [{match: a.test, action: drop}]}\n")
-    # udp/53: name rules in XDP only; tcp/53: DNS over TCP stays in the slow path; the others as today.
-    assert _class_flags(abi, text) == [DNS, SLOW, SLOW, SLOW]
+    # udp/53: name rules in XDP only; tcp/53: whole queries in XDP, the slow path reassembles the rest
+    # (DESIGN14B); the others as today.
+    assert _class_flags(abi, text) == [DNS, DNS | SLOW, SLOW, SLOW]
     assert _class_flags(abi, text.replace("slow_path: {", "slow_path: {dns_ports: [53, 5353], ")) == \
-        [DNS, SLOW, DNS, SLOW]
+        [DNS, DNS | SLOW, DNS, SLOW]
 
 
 def test_no_udp_dns_class_means_empty_dns_maps(abi: Abi) -> None:
+    # A tcp DNS class is judged in XDP too (DESIGN14B) unless the names stay in the slow path.
     compiled = compile_text(abi, "fast_path:\n  redirect_ports: [{protocol: tcp, port: 53}]\n"
-                                 "slow_path: {dns_rules: [{match: a.test, action: drop}]}\n")
+                                 "slow_path: {dns_name_rules: slow_path, dns_rules: [{match: a.test, action: drop}]}\n")
     assert compiled.entry_counts()["hyp_dns_short"] == compiled.entry_counts()["hyp_dns_long"] == 0  # type: ignore[attr-defined]
     assert compiled.dns_exact_labels == 0  # type: ignore[attr-defined]
 

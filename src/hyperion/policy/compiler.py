@@ -105,7 +105,7 @@ class PolicyCompiler:
 
     def dns_images(self, policy: Policy) -> DnsImages:
         """The name rules that run in XDP (and the block_source ones, which XDP hands to the slow path),
-        as hyp_dns_short / hyp_dns_long entries (DESIGN: "Kernel data"). Empty when no UDP DNS class
+        as hyp_dns_short / hyp_dns_long entries (DESIGN: "Kernel data"). Empty when no DNS class
         would look them up. Among identical (kind, name, qtype) the first rule wins; every (kind, name)
         with qtype rules has a qtype-0 entry flagged HYP_DNS_F_QTYPES, a placeholder (HYP_DNS_NONE,
         rule 0) when no any-qtype rule is there."""
