@@ -57,7 +57,10 @@ def _dnsmasq(sb: Sandbox, log: Path) -> subprocess.Popen[str]:
         if IN_CI:
             pytest.fail("dnsmasq is not installed (scripts/setup.sh installs it)")
         pytest.skip("dnsmasq is not installed")
-    return sb.popen(sb.host_ns, ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces",
+    # --keep-in-foreground, not --no-daemon: that one serves TCP in the main process, one connection
+    # at a time, so a connection whose query never arrives (dropped, or answered in-stream) would
+    # stall every later one until dnsmasq's TCP timeout. Its TCP children end with it.
+    return sb.popen(sb.host_ns, ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
                                  f"--listen-address={HOST_V4}", f"--listen-address={HOST_V6}", "--pid-file",
                                  "--user=root", "--log-queries", f"--log-facility={log}",
                                  "--address=/good.test/203.0.113.80", "--address=/x.test/203.0.113.81",
