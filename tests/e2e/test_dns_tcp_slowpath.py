@@ -39,6 +39,7 @@ slow_path:
     - {match: "evil.com", action: drop}
     - {match: "*.tracker.test", action: nxdomain}
     - {match: "x.test", qtype: AAAA, action: refuse}
+    - {match: "*.evil.com", action: drop}
 """
 
 
