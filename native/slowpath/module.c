@@ -816,6 +816,7 @@ struct tcp_judge {
 	struct sp_decision *d;
 	uint64_t *stats;
 	QueueObject *q;
+	PyObject *established;  /* DnsTcpStreams: callable() -> bool standing for the socket lookup, or NULL */
 };
 
 static uint8_t tcp_judge_message(void *ctx, const uint8_t *msg, size_t len, int oversized)
@@ -843,7 +844,15 @@ static int tcp_syn_established(void *ctx)
 {
 	struct tcp_judge *j = ctx;
 
-	return tcp_established(j->q, &j->d->pkt);
+	if (j->q)
+		return tcp_established(j->q, &j->d->pkt);
+	if (!j->established || PyErr_Occurred())
+		return 0;
+	PyObject *got = PyObject_CallNoArgs(j->established);
+	int yes = got ? PyObject_IsTrue(got) : 0;
+
+	Py_XDECREF(got);
+	return yes > 0;
 }
 
 enum tcp_outcome {
@@ -860,7 +869,8 @@ static enum tcp_outcome tcp_dns_segment(struct sp_tcp_streams *t, struct tcp_jud
 	struct sp_decision *d = j->d;
 
 	*answer_len = 0;
-	sp_tcp_segment(t, frame, &d->pkt, now, tcp_judge_message, j->q ? tcp_syn_established : NULL, j, res);
+	sp_tcp_segment(t, frame, &d->pkt, now, tcp_judge_message, j->q || j->established ? tcp_syn_established : NULL, j,
+		       res);
 	if (res->cause == SP_TCP_NO_DATA || res->cause == SP_TCP_DATA)
 		return TCP_DELIVER;
 	if (res->cause != SP_TCP_RULE)
@@ -939,7 +949,7 @@ static uint32_t process_batch(QueueObject *q)
 		q->stats[ST_RX]++;
 		decide(q->rules->rules, q->scratch, frame, desc->len, 1, &d);
 		if (d.flags & SP_TCP_DNS) {
-			struct tcp_judge j = {q->rules->rules, q->scratch, &d, q->stats, q};
+			struct tcp_judge j = {q->rules->rules, q->scratch, &d, q->stats, q, NULL};
 			struct sp_tcp_result res;
 
 			switch (tcp_dns_segment(q->streams, &j, frame, q->frame_size - desc->addr % q->frame_size, start,
@@ -1454,6 +1464,7 @@ typedef struct {
 	hs_scratch_t *scratch;
 	int map_fd;
 	PyObject *handoff;  /* callable(key bytes) -> (next, state) | None, when there is no map fd */
+	PyObject *established; /* callable() -> bool: the server still has the segment's connection */
 	uint64_t stats[ST_COUNT];
 } StreamsObject;
 
@@ -1514,14 +1525,15 @@ static int set_streams_rules(StreamsObject *self, PyObject *arg)
 
 static int Streams_init(StreamsObject *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"rules", "capacity", "idle_timeout", "max_message", "dns_tcp_fd", "handoff", NULL};
-	PyObject *rules, *handoff = Py_None;
+	static char *kwlist[] = {"rules", "capacity", "idle_timeout", "max_message", "dns_tcp_fd", "handoff",
+				 "established", NULL};
+	PyObject *rules, *handoff = Py_None, *established = Py_None;
 	unsigned int capacity = SP_TCP_DEFAULT_CAPACITY, max_message = SP_TCP_DEFAULT_MAX_MESSAGE;
 	double idle = (double)SP_TCP_DEFAULT_IDLE_NS / 1e9;
 	int fd = -1;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$IdIiO", kwlist, &rules, &capacity, &idle, &max_message, &fd,
-					 &handoff))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$IdIiOO", kwlist, &rules, &capacity, &idle, &max_message, &fd,
+					 &handoff, &established))
 		return -1;
 	if (capacity < 1 || capacity > (1U << 24)) {
 		PyErr_Format(PyExc_ValueError, "capacity: %u connections (expected 1..%u)", capacity, 1U << 24);
@@ -1536,8 +1548,9 @@ static int Streams_init(StreamsObject *self, PyObject *args, PyObject *kwds)
 		PyErr_SetString(PyExc_ValueError, "idle_timeout: expected seconds > 0");
 		return -1;
 	}
-	if (handoff != Py_None && !PyCallable_Check(handoff)) {
-		PyErr_SetString(PyExc_TypeError, "handoff: expected a callable or None");
+	if ((handoff != Py_None && !PyCallable_Check(handoff)) ||
+	    (established != Py_None && !PyCallable_Check(established))) {
+		PyErr_SetString(PyExc_TypeError, "handoff, established: expected a callable or None");
 		return -1;
 	}
 	if (set_streams_rules(self, rules))
@@ -1551,6 +1564,7 @@ static int Streams_init(StreamsObject *self, PyObject *args, PyObject *kwds)
 	memset(self->stats, 0, sizeof(self->stats));
 	self->map_fd = fd;
 	Py_XSETREF(self->handoff, handoff == Py_None ? NULL : Py_NewRef(handoff));
+	Py_XSETREF(self->established, established == Py_None ? NULL : Py_NewRef(established));
 	self->t->lookup = streams_lookup;
 	self->t->forget = streams_forget;
 	self->t->owner = self;
@@ -1563,6 +1577,7 @@ static void Streams_dealloc(StreamsObject *self)
 	hs_free_scratch(self->scratch);
 	Py_XDECREF(self->rules);
 	Py_XDECREF(self->handoff);
+	Py_XDECREF(self->established);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1613,7 +1628,7 @@ static PyObject *Streams_segment(StreamsObject *self, PyObject *args, PyObject *
 		PyErr_SetString(PyExc_ValueError, "not a TCP segment of a DNS class of these rules");
 		return NULL;
 	}
-	struct tcp_judge j = {self->rules->rules, self->scratch, &d, self->stats, NULL};
+	struct tcp_judge j = {self->rules->rules, self->scratch, &d, self->stats, NULL, self->established};
 
 	outcome = tcp_dns_segment(self->t, &j, frame, cap, now, &res, &answer_len);
 	if (PyErr_Occurred()) {  /* the handoff callable raised */

@@ -9,6 +9,7 @@ are read back with scapy (checksums recomputed by scapy) and dnspython.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -38,7 +39,7 @@ DNS_RULES = (
     DnsRule(match="evil.test", action="drop"),
     DnsRule(match="*.tracker.test", action="nxdomain"),
     DnsRule(match="x.test", qtype="AAAA", action="refuse"),
-    DnsRule(match="c2.test", action="block_source", ttl="10m"),
+    DnsRule.model_validate({"match": "c2.test", "action": "block_source", "ttl": "10m"}),
     DnsRule(match="watch.test", action="alert"),
     DnsRule(match="ok.tracker.test", action="pass"),
 )
@@ -104,7 +105,7 @@ def opened(s: _slowpath.DnsTcpStreams, client: Client, now: float = 1.0) -> Clie
     return client
 
 
-def judged(result: dict[str, Any]) -> tuple[str, str, int | None]:
+def judged(result: _slowpath.TcpSegmentDecision) -> tuple[str, str, int | None]:
     return result["verdict"], result["cause"], result["rule"]
 
 
@@ -132,7 +133,7 @@ def test_a_query_split_over_segments(cut: list[int]) -> None:
     c = opened(s, Client())
     message = framed("a.tracker.test")
     bounds = [0, *cut, len(message)]
-    parts = [message[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    parts = [message[a:b] for a, b in itertools.pairwise(bounds)]
     for part in parts[:-1]:  # nothing whole yet: delivered, nothing judged
         result = s.segment(c.segment(part), now=2)
         assert judged(result) == ("deliver", "data", None) and result["messages"] == 0
@@ -143,7 +144,7 @@ def test_a_query_split_over_segments(cut: list[int]) -> None:
     c2 = opened(s2, Client())
     message = framed("good.test")
     bounds = [0, *cut, len(message)]
-    results = [s2.segment(c2.segment(message[a:b]), now=2) for a, b in zip(bounds, bounds[1:], strict=False)]
+    results = [s2.segment(c2.segment(message[a:b]), now=2) for a, b in itertools.pairwise(bounds)]
     assert [r["verdict"] for r in results] == ["deliver"] * (len(cut) + 1)
     assert [r["messages"] for r in results] == [0] * len(cut) + [1]
 
@@ -159,7 +160,7 @@ def test_two_pipelined_queries_in_one_segment() -> None:
     answered = s.segment(c.segment(framed("good.test") + framed("b.tracker.test", qid=77) + framed("evil.test"),
                                    advance=False), now=4)
     assert judged(answered) == ("answer", "rule", TRACKER) and answered["messages"] == 2
-    assert dns.message.from_wire(tcp_message(answered["answer"])).id == 77
+    assert dns.message.from_wire(tcp_message(answer_of(answered))).id == 77
 
 
 def test_a_query_and_the_start_of_the_next_then_its_rest() -> None:
@@ -230,6 +231,24 @@ def test_syn_learns_the_stream_position_and_a_new_syn_restarts_it() -> None:
     c2 = opened(s, Client(isn=5_000_000), now=4)
     assert s.segment(c2.segment(framed("good.test")), now=5)["verdict"] == "deliver"
     assert len(s) == 1
+
+
+def test_a_syn_does_not_restart_a_connection_the_server_still_has() -> None:
+    """A server discards a SYN on an established connection (RFC 9293 3.10.7.4, RFC 5961 4): were
+    B restarted by it, the client could then send data from a position it chose, overlapping what
+    the server has, so that the server's framing and the workers' differ."""
+    established = [True]
+    s = streams(established=lambda: established[0])
+    c = opened(s, Client())
+    assert s.segment(c.segment(framed("good.test")), now=2)["verdict"] == "deliver"
+    reset = Client(isn=c.next - 30)
+    assert s.segment(reset.syn(), now=3)["verdict"] == "deliver"  # the server answers it with an ACK
+    assert judged(s.segment(reset.segment(framed("good.test")), now=4)) == ("drop", "out_of_order", None)
+    assert s.segment(c.segment(framed("good.test")), now=5)["verdict"] == "deliver"  # B is where it was
+    # Once the server no longer has it, a SYN on the 4-tuple is a new connection.
+    established[0] = False
+    again = opened(s, Client(isn=123), now=6)
+    assert s.segment(again.segment(framed("good.test")), now=7)["verdict"] == "deliver"
 
 
 def test_fast_open_data_in_the_syn_is_judged_from_seq_plus_one() -> None:
@@ -326,6 +345,11 @@ def test_an_oversized_length_is_malformed() -> None:
 # ---- the answer frame ----------------------------------------------------------------------------
 
 
+def answer_of(result: _slowpath.TcpSegmentDecision) -> bytes:
+    assert result["answer"] is not None, result
+    return result["answer"]
+
+
 def tcp_message(frame: bytes) -> bytes:
     payload = bytes(Ether(frame)[TCP].payload)
     assert int.from_bytes(payload[:2], "big") == len(payload) - 2  # RFC 7766 framing
@@ -390,9 +414,9 @@ def test_refused_and_other_options_become_nops() -> None:
     segment = c.segment(framed("x.test", "AAAA"))
     result = s.segment(segment, now=2)
     assert result["verdict"] == "answer"
-    a = Ether(result["answer"])
-    assert checksums_valid(result["answer"])
-    assert dns.message.from_wire(tcp_message(result["answer"])).rcode() == dns.rcode.REFUSED
+    a = Ether(answer_of(result))
+    assert checksums_valid(answer_of(result))
+    assert dns.message.from_wire(tcp_message(answer_of(result))).rcode() == dns.rcode.REFUSED
     opts = bytes(a[TCP])[20:a[TCP].dataofs * 4]
     q_opts = bytes(Ether(segment)[TCP])[20:Ether(segment)[TCP].dataofs * 4]
     assert len(opts) == len(q_opts)  # in place
@@ -408,11 +432,11 @@ def test_a_query_split_is_answered_with_the_whole_question() -> None:
     assert s.segment(c.segment(query[:1]), now=2)["verdict"] == "deliver"
     last = c.segment(query[1:], advance=False)
     result = s.segment(last, now=3)
-    answer = dns.message.from_wire(tcp_message(result["answer"]))
+    answer = dns.message.from_wire(tcp_message(answer_of(result)))
     assert answer.question[0].name == dns.name.from_text("long-label-name.sub.tracker.test")
     assert answer.id == 4321
-    assert Ether(result["answer"])[TCP].ack == Ether(last)[TCP].seq + len(query) - 1
-    assert checksums_valid(result["answer"])
+    assert Ether(answer_of(result))[TCP].ack == Ether(last)[TCP].seq + len(query) - 1
+    assert checksums_valid(answer_of(result))
 
 
 def test_no_answer_with_ip_options_or_extension_headers() -> None:
