@@ -22,6 +22,8 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
@@ -543,3 +545,52 @@ def test_not_a_tcp_dns_segment() -> None:
         streams(capacity=0)
     with pytest.raises(ValueError, match="max_message"):
         streams(max_message=70000)
+
+
+# ---- properties -----------------------------------------------------------------------------------
+
+NAMES = {"good.test": None, "x.test": None, "evil.test": ("drop", EVIL), "a.tracker.test": ("answer", TRACKER)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(names=st.lists(st.sampled_from(sorted(NAMES)), min_size=1, max_size=6), data=st.data())
+def test_any_segmentation_of_a_stream_is_judged_as_the_server_reads_it(names: list[str], data: st.DataObject) -> None:
+    """Reference: the stream as the server reads it (RFC 7766 framing, in order). Every segment is
+    delivered until the one that completes the first blocked message, which takes that message's
+    verdict; each segment judges exactly the messages that end in it."""
+    stream = b"".join(framed(n) for n in names)
+    ends, total = [], 0
+    for n in names:
+        total += len(framed(n))
+        ends.append(total)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=8)))
+    bounds = [0, *cuts, len(stream)]
+    s = streams()
+    c = opened(s, Client())
+    for start, end in itertools.pairwise(bounds):
+        completed = [i for i, e in enumerate(ends) if start < e <= end]
+        blocked = next((i for i in completed if NAMES[names[i]]), None)
+        result = s.segment(c.segment(stream[start:end]), now=2)
+        if blocked is None:
+            assert (result["verdict"], result["messages"]) == ("deliver", len(completed))
+            continue
+        verdict, rule = NAMES[names[blocked]]  # type: ignore[misc]
+        assert (result["verdict"], result["rule"], result["qname"]) == (verdict, rule, names[blocked])
+        assert result["messages"] == completed.index(blocked) + 1
+        return
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=300), seq_offset=st.sampled_from([0, 0, 0, 1, -1, 1000]),
+       flags=st.sampled_from(["PA", "A", "FPA", "S", "SA", "R", "PAU"]))
+def test_arbitrary_bytes_never_break_the_engine(payload: bytes, seq_offset: int, flags: str) -> None:
+    s = streams(rules=compiled(malformed="pass"), max_message=256)
+    c = opened(s, Client())
+    for _ in range(3):
+        seq = (c.next + seq_offset) & 0xFFFFFFFF
+        result = s.segment(c.segment(payload, seq=seq, flags=flags), now=2)
+        assert result["verdict"] in ("deliver", "drop", "answer")
+        if result["verdict"] == "deliver" and seq_offset == 0:
+            c.sent += len(payload)
+        if result["answer"] is not None:
+            assert checksums_valid(result["answer"])
