@@ -594,3 +594,21 @@ def test_arbitrary_bytes_never_break_the_engine(payload: bytes, seq_offset: int,
             c.sent += len(payload)
         if result["answer"] is not None:
             assert checksums_valid(result["answer"])
+
+
+def test_with_names_judged_in_xdp_the_workers_still_judge_every_name_over_tcp() -> None:
+    """dns_name_rules: xdp (the default): a query split over segments is the workers' to judge (XDP
+    judges only a whole query at B), so the workers need the name rules XDP carries out too."""
+    slow = SlowPathSection(dns_rules=DNS_RULES)
+    classes = (RedirectClass(protocol=17, port=53), RedirectClass(protocol=6, port=53))
+    compiled_rules = rules.compile_slow_path_rules(slow, classes, never_block=[])
+    worker = compiled_rules.spec.build(compiled_rules.rules.serialize())  # what a worker builds
+    s = streams(rules=worker)
+    c = opened(s, Client())
+    message = framed("evil.test")
+    assert s.segment(c.segment(message[:9]), now=2)["verdict"] == "deliver"
+    assert judged(s.segment(c.segment(message[9:], advance=False), now=3)) == ("drop", "rule", EVIL)
+    c = opened(s, Client(sport=40100))  # the first one is stuck at the dropped query: a new connection
+    split = framed("b.tracker.test")
+    assert s.segment(c.segment(split[:3]), now=4)["verdict"] == "deliver"
+    assert s.segment(c.segment(split[3:], advance=False), now=5)["verdict"] == "answer"
