@@ -81,12 +81,26 @@ def dig_tcp(sb: Sandbox, name: str, qtype: str = "A", server: str = HOST_V4) -> 
     return f"{rcode} {' '.join(answers)}".strip()
 
 
+# The default placement: the program judges the name rules it can (over TCP: a whole query at
+# the connection's next position), and hands the rest of a TCP connection to the workers.
+POLICY_XDP = POLICY.replace("  dns_name_rules: slow_path", "  # dns_name_rules: xdp (the default)")
+
+
 @pytest.fixture
 def protected(kernel: None, tmp_path: Path) -> Iterator[Protected]:
+    yield from _protected(tmp_path, POLICY)
+
+
+@pytest.fixture
+def protected_xdp(kernel: None, tmp_path: Path) -> Iterator[Protected]:
+    yield from _protected(tmp_path, POLICY_XDP)
+
+
+def _protected(tmp_path: Path, text: str) -> Iterator[Protected]:
     sb = Sandbox(wire_xdp=True).up()
     try:
         policy = tmp_path / "policy.yaml"
-        policy.write_text(POLICY)
+        policy.write_text(text)
         log = tmp_path / "dnsmasq.log"
         log.touch()
         server = _dnsmasq(sb, log)
@@ -221,3 +235,29 @@ def test_split_and_pipelined_queries(protected: Protected, server: str) -> None:
     assert _delta(before, after, "hyperion_slowpath_dns_tcp_total", queue="0", outcome="answered") == 1
     assert _delta(before, after, "hyperion_slowpath_packets_total", queue="0", outcome="nxdomain") == 1
     assert _delta(before, after, "hyperion_slowpath_dns_tcp_total", queue="0", outcome="midstream") == 0
+
+
+def test_with_names_judged_in_xdp_no_blocked_name_resolves_over_tcp(protected_xdp: Protected) -> None:
+    """What XDP cannot judge over TCP (a split query, pipelined queries) the workers judge with the
+    same name rules: whichever tier decides, the client sees the same outcome and dnsmasq never
+    sees a blocked name. Counters are not compared here: which tier counts depends on the program."""
+    p = protected_xdp
+    sb = p.sb
+    assert dig_tcp(sb, "a.tracker.test") == "NXDOMAIN"
+    assert kdig(sb, "x.test", "AAAA", server=HOST_V6, tcp=True) == "REFUSED"
+    assert dig_tcp(sb, "evil.com", server=HOST_V6) == "TIMEOUT"
+    assert dig_tcp(sb, "good.test") == "NOERROR 203.0.113.80"
+    for server in (HOST_V4, HOST_V6):
+        v = "6" if ":" in server else "4"
+        blocked = _framed(f"xsplit{v}.evil.com")
+        assert _client(sb, [blocked[:2], blocked[2:]], server) == []
+        answered = _framed(f"xsplit{v}.tracker.test")
+        assert _client(sb, [answered[:5], answered[5:]], server) == [("NXDOMAIN", f"xsplit{v}.tracker.test")]
+        assert _client(sb, [_framed(f"xone{v}.good.test") + _framed(f"xpipe{v}.evil.com")], server) == []
+        allowed = _framed(f"xsplit{v}.good.test")
+        assert _client(sb, [allowed[:2], allowed[2:] + _framed(f"xtwo{v}.x.test")], server) == [
+            ("NOERROR", f"xsplit{v}.good.test"), ("NOERROR", f"xtwo{v}.x.test")]
+        for name in (f"xsplit{v}.evil.com", f"xsplit{v}.tracker.test", f"xpipe{v}.evil.com", f"xone{v}.good.test"):
+            assert not p.queried(name), name
+    for name in ("a.tracker.test", "evil.com"):
+        assert not p.queried(name), name
