@@ -35,7 +35,8 @@ bench: setup ## drop, pass-through, slow path, DNS, scale, reload: REPORT.md, re
 
 FUZZ_BIN := build/fuzz/fuzz_dns
 FUZZ_SECONDS ?= 600
-FUZZ_SOURCES := native/fuzz/fuzz_dns.c native/slowpath/dns.c native/slowpath/packet.c native/slowpath/rules.c
+FUZZ_SOURCES := native/fuzz/fuzz_dns.c native/slowpath/dns.c native/slowpath/packet.c native/slowpath/rules.c \
+	native/slowpath/tcp_stream.c
 
 $(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard native/slowpath/*.h) bpf/include/hyperion_parser.h
 	@mkdir -p $(dir $@)

@@ -51,8 +51,8 @@ class BuildPyWithBpf(build_py):
 SLOWPATH_DIR = "native/slowpath"
 slowpath = Extension(
     "hyperion._slowpath",
-    sources=[f"{SLOWPATH_DIR}/{name}.c" for name in ("module", "dns", "packet", "rules")],
-    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("control", "dns", "packet", "rules")] + [f"bpf/include/hyperion_{name}.h" for name in ("abi", "parser")],
+    sources=[f"{SLOWPATH_DIR}/{name}.c" for name in ("module", "dns", "packet", "rules", "tcp_stream")],
+    depends=[f"{SLOWPATH_DIR}/{name}.h" for name in ("control", "dns", "packet", "rules", "tcp_stream")] + [f"bpf/include/hyperion_{name}.h" for name in ("abi", "parser")],
     # The same ABI and parser headers as the XDP program: one definition of the map layouts,
     # the parser limits and the wire constants.
     include_dirs=["bpf/include", SLOWPATH_DIR],
@@ -64,7 +64,7 @@ slowpath = Extension(
 # chaos` drives: into the lab package, so the product's extension carries no fault code.
 slowpath_faults = Extension(
     "hyperion.lab._slowpath_faults",
-    sources=["native/lab/slowpath_faults.c", *(f"{SLOWPATH_DIR}/{name}.c" for name in ("dns", "packet", "rules"))],
+    sources=["native/lab/slowpath_faults.c", *(f"{SLOWPATH_DIR}/{name}.c" for name in ("dns", "packet", "rules", "tcp_stream"))],
     depends=[*slowpath.depends, f"{SLOWPATH_DIR}/module.c"],
     include_dirs=slowpath.include_dirs,
     libraries=slowpath.libraries,

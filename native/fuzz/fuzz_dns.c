@@ -10,8 +10,26 @@
 #include "hyperion_parser.h"
 #include "packet.h"
 #include "rules.h"
+#include "tcp_stream.h"
+#include "control.h"
 
 static struct sp_rules *rules;
+static struct sp_tcp_streams *streams;
+static uint64_t stream_stats[ST_COUNT];
+
+/* The workers' judge of a whole TCP message, reduced: name rules over a parsed query. */
+static uint8_t judge_tcp(void *ctx, const uint8_t *msg, size_t len, int oversized)
+{
+	struct dns_question *q = ctx;
+
+	if (oversized || dns_parse_query(msg, len, q) != DNS_OK) {
+		q->question_end = 0;
+		return oversized ? SP_DROP : SP_PASS;
+	}
+	uint32_t rule = sp_match_dns(rules, rules->scratch_proto, q);
+
+	return rule == SP_NO_RULE ? SP_PASS : rules->rules[rule].action;
+}
 
 static void build_rules(void)
 {
@@ -72,6 +90,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (sp_complete_checksum(frame, &p) == SP_CSUM_COMPLETED &&
 		    sp_complete_checksum(frame, &p) != SP_CSUM_VALID)
 			abort();
+		/* TCP: the stream engine (every frame on a few connections of a small table), and the
+		 * in-stream answer in a buffer with room to grow, as a UMEM frame has. */
+		if (p.protocol == HYP_IPPROTO_TCP) {
+			struct sp_tcp_result res;
+			static uint64_t clock_ns;
+
+			if (!streams && !(streams = sp_tcp_streams_new(16, 1000, 512, stream_stats)))
+				abort();
+			sp_tcp_segment(streams, frame, &p, clock_ns += 100, judge_tcp, NULL, &q, &res);
+			if (res.cause == SP_TCP_RULE && (res.action == SP_NXDOMAIN || res.action == SP_REFUSE) &&
+			    q.question_end && q.question_end <= res.head_len) {
+				uint8_t *big = calloc(1, size + 4096);
+
+				if (!big)
+					abort();
+				memcpy(big, frame, size);
+				size_t answer = sp_build_dns_tcp_answer(big, size + 4096, &p, res.head, q.question_end, 3);
+
+				if (answer > size + 4096 || (answer && answer != p.payload_offset + 2 + q.question_end))
+					abort();
+				if (answer)
+					sp_tcp_end(streams, &res);
+				free(big);
+			}
+			if (sp_tcp_count(streams) > 16)
+				abort();
+		}
 		/* Any UDP frame, not only a DNS class's: the answer builder must survive every one. */
 		if (p.protocol == HYP_IPPROTO_UDP && dns_parse_query(frame + p.payload_offset, p.payload_len, &q) == DNS_OK) {
 			size_t answer = sp_build_dns_answer(frame, size, &p, &q, 3);

@@ -26,7 +26,11 @@
 	X(EVENTS_LOST, "events_lost") X(BATCHES, "batches") X(BUSY_NS, "busy_ns")               \
 	X(BLOCK_NEVER, "block_never_block") X(BLOCK_RATE_LIMITED, "block_rate_limited")         \
 	X(BLOCK_NOT_ESTABLISHED, "block_not_established") X(CSUM_COMPLETED, "csum_completed")   \
-	X(CSUM_BAD, "csum_bad")
+	X(CSUM_BAD, "csum_bad") X(DNS_TCP_MESSAGES, "dns_tcp_messages")                           \
+	X(DNS_TCP_MIDSTREAM, "dns_tcp_midstream") X(DNS_TCP_OUT_OF_ORDER, "dns_tcp_out_of_order") \
+	X(DNS_TCP_ENDED, "dns_tcp_ended") X(DNS_TCP_ANSWERED, "dns_tcp_answered")                 \
+	X(DNS_TCP_HANDOFF, "dns_tcp_handoff") X(DNS_TCP_EXPIRED, "dns_tcp_expired")               \
+	X(DNS_TCP_EVICTED, "dns_tcp_evicted")
 
 enum sp_stat {
 #define SP_STAT_ENUM(id, name) ST_##id,

@@ -36,6 +36,7 @@
 #include "dns.h"
 #include "packet.h"
 #include "rules.h"
+#include "tcp_stream.h"
 
 #define BATCH 64
 /* Per-packet inspection latency buckets (ns), upper bounds; a batch's time is
@@ -57,6 +58,7 @@ enum sp_outcome_flags {
 	SP_INSPECTED_DNS = 1,
 	SP_MALFORMED_DNS = 2,
 	SP_NOT_PARSED = 4,
+	SP_TCP_DNS = 8,        /* a TCP segment of a DNS class: for the stream engine (tcp_stream.c) */
 };
 
 struct sp_decision {
@@ -67,31 +69,13 @@ struct sp_decision {
 	struct dns_question q;
 };
 
-static void decide(const struct sp_rules *r, hs_scratch_t *scratch, const uint8_t *frame, size_t len,
-		   struct sp_decision *d)
+/* One message (a UDP payload, or a whole DNS message of a TCP stream): parsed as DNS when dns,
+ * then the name rules, the regexes, and the class's signatures over it. */
+static void judge_message(const struct sp_rules *r, hs_scratch_t *scratch, uint8_t protocol, uint16_t port,
+			  const uint8_t *msg, size_t len, int dns, struct sp_decision *d)
 {
-	d->action = SP_PASS;
-	d->flags = 0;
-	d->rule = SP_NO_RULE;
-	d->q.name[0] = '\0';
-	d->q.name_len = 0;
-	d->q.qtype = 0;
-	if (sp_parse_frame(frame, len, &d->pkt) != 0) {
-		d->flags |= SP_NOT_PARSED;
-		return;
-	}
-	const uint8_t *payload = frame + d->pkt.payload_offset;
-
-	/* As the XDP program: a first fragment to a DNS class, by the policy's dns_fragments. */
-	if (d->pkt.first_fragment && r->dns_fragments == HYP_DNS_FRAG_DROP &&
-	    sp_is_dns_class(r, d->pkt.protocol, d->pkt.dst_port)) {
-		d->action = SP_DROP;
-		return;
-	}
-
-	/* A UDP DNS class (the policy's DNS ports): DNS over TCP is not parsed this round. */
-	if (d->pkt.protocol == HYP_IPPROTO_UDP && sp_is_dns_class(r, d->pkt.protocol, d->pkt.dst_port)) {
-		enum dns_parse_result res = dns_parse_query(payload, d->pkt.payload_len, &d->q);
+	if (dns) {
+		enum dns_parse_result res = dns_parse_query(msg, len, &d->q);
 
 		if (res == DNS_MALFORMED) {
 			d->flags |= SP_MALFORMED_DNS;
@@ -104,11 +88,48 @@ static void decide(const struct sp_rules *r, hs_scratch_t *scratch, const uint8_
 		}
 	}
 	if (d->rule == SP_NO_RULE)  /* SP_NO_RULE too when the class has no signatures */
-		d->rule = sp_match_payload(r, scratch, d->pkt.protocol, d->pkt.dst_port, payload, d->pkt.payload_len);
+		d->rule = sp_match_payload(r, scratch, protocol, port, msg, len);
 	if (d->rule != SP_NO_RULE) {
 		d->action = r->rules[d->rule].action;
 		__atomic_fetch_add(&r->hits[d->rule], 1, __ATOMIC_RELAXED);
 	}
+}
+
+static void reset_decision(struct sp_decision *d)
+{
+	d->action = SP_PASS;
+	d->flags &= SP_NOT_PARSED | SP_TCP_DNS;
+	d->rule = SP_NO_RULE;
+	d->q.name[0] = '\0';
+	d->q.name_len = 0;
+	d->q.qtype = 0;
+}
+
+/* streams: TCP segments of a DNS class are left to the stream engine (flag SP_TCP_DNS), whose
+ * messages are judged one by one (tcp_judge_message); without it (Rules.inspect) the segment's
+ * payload meets the class's signatures, as before. */
+static void decide(const struct sp_rules *r, hs_scratch_t *scratch, const uint8_t *frame, size_t len, int streams,
+		   struct sp_decision *d)
+{
+	d->flags = 0;
+	reset_decision(d);
+	if (sp_parse_frame(frame, len, &d->pkt) != 0) {
+		d->flags |= SP_NOT_PARSED;
+		return;
+	}
+	int dns_class = sp_is_dns_class(r, d->pkt.protocol, d->pkt.dst_port);
+
+	/* As the XDP program: a first fragment to a DNS class, by the policy's dns_fragments. */
+	if (d->pkt.first_fragment && dns_class && r->dns_fragments == HYP_DNS_FRAG_DROP) {
+		d->action = SP_DROP;
+		return;
+	}
+	if (streams && dns_class && d->pkt.protocol == HYP_IPPROTO_TCP) {
+		d->flags |= SP_TCP_DNS;
+		return;
+	}
+	judge_message(r, scratch, d->pkt.protocol, d->pkt.dst_port, frame + d->pkt.payload_offset, d->pkt.payload_len,
+		      dns_class && d->pkt.protocol == HYP_IPPROTO_UDP, d);
 }
 
 /* ----------------------------------------------------------------------- Rules */
@@ -476,7 +497,7 @@ static PyObject *Rules_inspect(RulesObject *self, PyObject *arg)
 
 	if (PyObject_GetBuffer(arg, &frame, PyBUF_SIMPLE))
 		return NULL;
-	decide(self->rules, self->scratch, frame.buf, (size_t)frame.len, &d);
+	decide(self->rules, self->scratch, frame.buf, (size_t)frame.len, 0, &d);
 	PyBuffer_Release(&frame);
 	PyObject *rule = d.rule == SP_NO_RULE ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(d.rule);
 
@@ -576,6 +597,8 @@ typedef struct {
 	struct iovec out_iov[BATCH];
 	uint64_t out_addr[BATCH];
 	uint32_t out_count;
+	int dns_tcp_fd;              /* hyp_dns_tcp: XDP's hand-off of TCP DNS connections (-1: none) */
+	struct sp_tcp_streams *streams; /* this queue's TCP DNS connections (under lock) */
 	int diag_fd;                 /* NETLINK_SOCK_DIAG: is a TCP flow established? (-1: cannot tell) */
 	uint32_t diag_seq;
 	pthread_mutex_t lock;        /* held while a batch runs; guards rules and events */
@@ -835,6 +858,115 @@ static void flush_deliveries(QueueObject *q)
 	q->out_count = 0;
 }
 
+/* ------------------------------------------------------------ DNS over TCP */
+
+/* What the stream engine's judge needs: the rule set, the segment's decision (pkt set; per message
+ * q, flags, rule, action), counters, and the queue for events and block_source (NULL: the
+ * DnsTcpStreams object, which has neither). */
+struct tcp_judge {
+	const struct sp_rules *r;
+	hs_scratch_t *scratch;
+	struct sp_decision *d;
+	uint64_t *stats;
+	QueueObject *q;
+	PyObject *established;  /* DnsTcpStreams: callable() -> bool standing for the socket lookup, or NULL */
+};
+
+static uint8_t tcp_judge_message(void *ctx, const uint8_t *msg, size_t len, int oversized)
+{
+	struct tcp_judge *j = ctx;
+	struct sp_decision *d = j->d;
+
+	reset_decision(d);
+	j->stats[ST_DNS_TCP_MESSAGES]++;
+	if (oversized) {  /* a declared length over the cap: malformed, unread */
+		d->flags |= SP_MALFORMED_DNS;
+		d->action = j->r->malformed_action;
+	} else {
+		judge_message(j->r, j->scratch, HYP_IPPROTO_TCP, d->pkt.dst_port, msg, len, 1, d);
+	}
+	j->stats[ST_DNS_INSPECTED] += !!(d->flags & SP_INSPECTED_DNS);
+	j->stats[ST_MALFORMED_DNS] += !!(d->flags & SP_MALFORMED_DNS);
+	j->stats[ST_ALERTED] += d->action == SP_ALERT;
+	if (d->action != SP_PASS && j->q)
+		record_event(j->q, d);
+	return d->action;
+}
+
+static int tcp_syn_established(void *ctx)
+{
+	struct tcp_judge *j = ctx;
+
+	if (j->q)
+		return tcp_established(j->q, &j->d->pkt);
+	if (!j->established || PyErr_Occurred())
+		return 0;
+	PyObject *got = PyObject_CallNoArgs(j->established);
+	int yes = got ? PyObject_IsTrue(got) : 0;
+
+	Py_XDECREF(got);
+	return yes > 0;
+}
+
+enum tcp_outcome {
+	TCP_DELIVER,
+	TCP_DROP,
+	TCP_ANSWER,  /* the frame is now the in-stream answer, *answer_len bytes */
+};
+
+/* One TCP segment of a DNS class, start to end, for the queue's loop and DnsTcpStreams alike.
+ * cap: the frame buffer's size (an answer can be longer than the segment). */
+static enum tcp_outcome tcp_dns_segment(struct sp_tcp_streams *t, struct tcp_judge *j, uint8_t *frame, size_t cap,
+					uint64_t now, struct sp_tcp_result *res, size_t *answer_len)
+{
+	struct sp_decision *d = j->d;
+
+	*answer_len = 0;
+	sp_tcp_segment(t, frame, &d->pkt, now, tcp_judge_message, j->q || j->established ? tcp_syn_established : NULL, j,
+		       res);
+	if (res->cause == SP_TCP_NO_DATA || res->cause == SP_TCP_DATA)
+		return TCP_DELIVER;
+	if (res->cause != SP_TCP_RULE)
+		return TCP_DROP;
+	switch (res->action) {
+	case SP_NXDOMAIN:
+	case SP_REFUSE:
+		/* Answered only when the deciding message is a query: a signature on anything else drops. */
+		if (d->flags & SP_INSPECTED_DNS)
+			*answer_len = sp_build_dns_tcp_answer(frame, cap, &d->pkt, res->head, d->q.question_end,
+							      res->action == SP_NXDOMAIN ? 3 : 5);
+		if (!*answer_len)
+			return TCP_DROP;  /* unanswerable: as a drop, the connection as it was */
+		j->stats[res->action == SP_NXDOMAIN ? ST_NXDOMAIN : ST_REFUSED]++;
+		j->stats[ST_DNS_TCP_ANSWERED]++;
+		sp_tcp_end(t, res);
+		return TCP_ANSWER;
+	case SP_BLOCK_SOURCE:
+		if (j->q)
+			block_source(j->q, d);
+		sp_tcp_end(t, res);
+		return TCP_DROP;
+	default:
+		return TCP_DROP;
+	}
+}
+
+/* hyp_dns_tcp through its fd (the owner points at it). */
+static int map_lookup(void *owner, const struct hyp_dns_tcp_key *key, struct hyp_dns_tcp_flow *flow)
+{
+	int fd = *(int *)owner;
+
+	return fd >= 0 && !bpf_map_lookup_elem(fd, key, flow) ? 0 : -1;
+}
+
+static void map_forget(void *owner, const struct hyp_dns_tcp_key *key)
+{
+	int fd = *(int *)owner;
+
+	if (fd >= 0)
+		bpf_map_delete_elem(fd, key);
+}
+
 static uint64_t now_ns(void)
 {
 	struct timespec ts;
@@ -868,7 +1000,26 @@ static uint32_t process_batch(QueueObject *q)
 		size_t answer;
 
 		q->stats[ST_RX]++;
-		decide(q->rules->rules, q->scratch, frame, desc->len, &d);
+		decide(q->rules->rules, q->scratch, frame, desc->len, 1, &d);
+		if (d.flags & SP_TCP_DNS) {
+			struct tcp_judge j = {q->rules->rules, q->scratch, &d, q->stats, q, NULL};
+			struct sp_tcp_result res;
+
+			switch (tcp_dns_segment(q->streams, &j, frame, q->frame_size - desc->addr % q->frame_size, start,
+						&res, &answer)) {
+			case TCP_DELIVER:
+				deliver(q, frame, desc->addr, desc->len, &d);
+				break;
+			case TCP_ANSWER:
+				tx_addr[ntx] = desc->addr;
+				tx_len[ntx++] = (uint32_t)answer;
+				break;
+			default:
+				q->stats[ST_DROPPED]++;
+				free_frame(q, desc->addr);
+			}
+			continue;
+		}
 		if (d.flags & SP_NOT_PARSED)
 			q->stats[ST_NOT_PARSED]++;
 		if (d.flags & SP_INSPECTED_DNS)
@@ -967,6 +1118,7 @@ static void Queue_dealloc(QueueObject *self)
 	if (self->ctl)
 		PyBuffer_Release(&self->control);
 	free(self->free_frames);
+	sp_tcp_streams_free(self->streams);
 	hs_free_scratch(self->scratch);
 	Py_XDECREF(self->rules);
 	pthread_mutex_destroy(&self->lock);
@@ -976,7 +1128,8 @@ static void Queue_dealloc(QueueObject *self)
 static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"ifname", "queue_id", "xsk_map_fd", "rules", "dyn4_fd", "dyn6_fd", "deliver_fd",
-				 "frames", "ring_size", "zerocopy", "events", "inspect", "control", "deliver_frames", NULL};
+				 "frames", "ring_size", "zerocopy", "events", "inspect", "control", "dns_tcp_fd",
+				 "deliver_frames", NULL};
 	const char *ifname;
 	PyObject *control = Py_None;
 	int frames = 4096, ring = 2048, zerocopy = 0, events = 1, inspect = 1, err;
@@ -984,12 +1137,12 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 	struct xsk_umem_config ucfg;
 	struct xsk_socket_config scfg;
 
-	self->dyn4_fd = self->dyn6_fd = self->deliver_fd = self->diag_fd = -1;
+	self->dyn4_fd = self->dyn6_fd = self->deliver_fd = self->diag_fd = self->dns_tcp_fd = -1;
 	pthread_mutex_init(&self->lock, NULL);
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiipppOp", kwlist, &ifname, &self->queue_id,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "siiO!|iiiiipppOip", kwlist, &ifname, &self->queue_id,
 					 &self->xsk_map_fd, &RulesType, &rules, &self->dyn4_fd, &self->dyn6_fd,
 					 &self->deliver_fd, &frames, &ring, &zerocopy, &events, &inspect, &control,
-					 &self->deliver_frames))
+					 &self->dns_tcp_fd, &self->deliver_frames))
 		return -1;
 	if (control != Py_None) {
 		if (PyObject_GetBuffer(control, &self->control, PyBUF_WRITABLE))
@@ -1005,6 +1158,15 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 	self->stats = self->ctl ? self->ctl->stats : self->local_stats;
 	self->latency = self->ctl ? self->ctl->latency : self->local_latency;
 	self->inspect = inspect;
+	self->streams = sp_tcp_streams_new(SP_TCP_DEFAULT_CAPACITY, SP_TCP_DEFAULT_IDLE_NS, SP_TCP_DEFAULT_MAX_MESSAGE,
+					   self->stats);
+	if (!self->streams) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	self->streams->lookup = map_lookup;
+	self->streams->forget = map_forget;
+	self->streams->owner = &self->dns_tcp_fd;
 	if (frames < 2 * ring || (ring & (ring - 1))) {
 		PyErr_SetString(PyExc_ValueError, "ring_size must be a power of two and frames >= 2 * ring_size");
 		return -1;
@@ -1345,6 +1507,255 @@ static PyTypeObject QueueType = {
 	.tp_doc = "One AF_XDP socket and UMEM on one RX queue, with its worker loop.",
 };
 
+/* ------------------------------------------------------------ DnsTcpStreams */
+
+/* The queue loop's DNS-over-TCP engine without a socket: a frame in, the decision and any answer
+ * frame out, with the clock given (tests, replay). */
+typedef struct {
+	PyObject_HEAD
+	struct sp_tcp_streams *t;
+	RulesObject *rules;
+	hs_scratch_t *scratch;
+	int map_fd;
+	PyObject *handoff;  /* callable(key bytes) -> (next, state) | None, when there is no map fd */
+	PyObject *established; /* callable() -> bool: the server still has the segment's connection */
+	uint64_t stats[ST_COUNT];
+} StreamsObject;
+
+static int streams_lookup(void *owner, const struct hyp_dns_tcp_key *key, struct hyp_dns_tcp_flow *flow)
+{
+	StreamsObject *self = owner;
+	PyObject *got;
+	unsigned int next, state;
+
+	if (self->map_fd >= 0)
+		return map_lookup(&self->map_fd, key, flow);
+	if (!self->handoff || PyErr_Occurred())
+		return -1;
+	got = PyObject_CallFunction(self->handoff, "y#", (const char *)key, (Py_ssize_t)sizeof(*key));
+	if (!got)
+		return -1;
+	if (got == Py_None) {
+		Py_DECREF(got);
+		return -1;
+	}
+	if (!PyArg_ParseTuple(got, "II", &next, &state)) {
+		Py_DECREF(got);
+		return -1;
+	}
+	Py_DECREF(got);
+	flow->next = next;
+	flow->state = state;
+	return 0;
+}
+
+static void streams_forget(void *owner, const struct hyp_dns_tcp_key *key)
+{
+	StreamsObject *self = owner;
+
+	if (self->map_fd >= 0)
+		map_forget(&self->map_fd, key);
+}
+
+static int set_streams_rules(StreamsObject *self, PyObject *arg)
+{
+	hs_scratch_t *scratch = NULL;
+
+	if (!PyObject_TypeCheck(arg, &RulesType)) {
+		PyErr_SetString(PyExc_TypeError, "expected a Rules object");
+		return -1;
+	}
+	RulesObject *rules = (RulesObject *)arg;
+
+	if (rules->rules->scratch_proto && hs_clone_scratch(rules->rules->scratch_proto, &scratch)) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	hs_free_scratch(self->scratch);
+	Py_XSETREF(self->rules, (RulesObject *)Py_NewRef(rules));
+	self->scratch = scratch;
+	return 0;
+}
+
+static int Streams_init(StreamsObject *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"rules", "capacity", "idle_timeout", "max_message", "dns_tcp_fd", "handoff",
+				 "established", NULL};
+	PyObject *rules, *handoff = Py_None, *established = Py_None;
+	unsigned int capacity = SP_TCP_DEFAULT_CAPACITY, max_message = SP_TCP_DEFAULT_MAX_MESSAGE;
+	double idle = (double)SP_TCP_DEFAULT_IDLE_NS / 1e9;
+	int fd = -1;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$IdIiOO", kwlist, &rules, &capacity, &idle, &max_message, &fd,
+					 &handoff, &established))
+		return -1;
+	if (capacity < 1 || capacity > (1U << 24)) {
+		PyErr_Format(PyExc_ValueError, "capacity: %u connections (expected 1..%u)", capacity, 1U << 24);
+		return -1;
+	}
+	if (max_message < DNS_HEADER_LEN || max_message > SP_TCP_MAX_MESSAGE_LIMIT) {
+		PyErr_Format(PyExc_ValueError, "max_message: %u bytes (expected %d..%d)", max_message, DNS_HEADER_LEN,
+			     SP_TCP_MAX_MESSAGE_LIMIT);
+		return -1;
+	}
+	if (!(idle > 0)) {
+		PyErr_SetString(PyExc_ValueError, "idle_timeout: expected seconds > 0");
+		return -1;
+	}
+	if ((handoff != Py_None && !PyCallable_Check(handoff)) ||
+	    (established != Py_None && !PyCallable_Check(established))) {
+		PyErr_SetString(PyExc_TypeError, "handoff, established: expected a callable or None");
+		return -1;
+	}
+	if (set_streams_rules(self, rules))
+		return -1;
+	sp_tcp_streams_free(self->t);
+	self->t = sp_tcp_streams_new(capacity, (uint64_t)(idle * 1e9), max_message, self->stats);
+	if (!self->t) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	memset(self->stats, 0, sizeof(self->stats));
+	self->map_fd = fd;
+	Py_XSETREF(self->handoff, handoff == Py_None ? NULL : Py_NewRef(handoff));
+	Py_XSETREF(self->established, established == Py_None ? NULL : Py_NewRef(established));
+	self->t->lookup = streams_lookup;
+	self->t->forget = streams_forget;
+	self->t->owner = self;
+	return 0;
+}
+
+static void Streams_dealloc(StreamsObject *self)
+{
+	sp_tcp_streams_free(self->t);
+	hs_free_scratch(self->scratch);
+	Py_XDECREF(self->rules);
+	Py_XDECREF(self->handoff);
+	Py_XDECREF(self->established);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static const char *const tcp_cause_names[SP_TCP_CAUSE_COUNT] = {
+	[SP_TCP_NO_DATA] = "no_data", [SP_TCP_DATA] = "data", [SP_TCP_MIDSTREAM] = "midstream",
+	[SP_TCP_OUT_OF_ORDER] = "out_of_order", [SP_TCP_ENDED] = "ended", [SP_TCP_RULE] = "rule",
+};
+
+static PyObject *Streams_segment(StreamsObject *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"frame", "now", NULL};
+	static const char *verdicts[] = {[TCP_DELIVER] = "deliver", [TCP_DROP] = "drop", [TCP_ANSWER] = "answer"};
+	Py_buffer in;
+	PyObject *now_obj = Py_None, *answer, *rule;
+	struct sp_decision d;
+	struct sp_tcp_result res;
+	uint64_t now;
+	size_t cap, answer_len = 0;
+	uint8_t *frame;
+	enum tcp_outcome outcome;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|O", kwlist, &in, &now_obj))
+		return NULL;
+	if (now_obj == Py_None) {
+		now = now_ns();
+	} else {
+		double seconds = PyFloat_AsDouble(now_obj);
+
+		if (PyErr_Occurred() || !(seconds >= 0)) {
+			PyBuffer_Release(&in);
+			PyErr_SetString(PyExc_ValueError, "now: expected seconds >= 0");
+			return NULL;
+		}
+		now = (uint64_t)(seconds * 1e9);
+	}
+	/* Room for an answer longer than the segment, as a UMEM frame has. */
+	cap = (size_t)in.len > HYP_CAP_UMEM_FRAME_BYTES ? (size_t)in.len : HYP_CAP_UMEM_FRAME_BYTES;
+	frame = calloc(1, cap);
+	if (!frame) {
+		PyBuffer_Release(&in);
+		return PyErr_NoMemory();
+	}
+	memcpy(frame, in.buf, in.len);
+	decide(self->rules->rules, self->scratch, frame, (size_t)in.len, 1, &d);
+	PyBuffer_Release(&in);
+	if (!(d.flags & SP_TCP_DNS)) {
+		free(frame);
+		PyErr_SetString(PyExc_ValueError, "not a TCP segment of a DNS class of these rules");
+		return NULL;
+	}
+	struct tcp_judge j = {self->rules->rules, self->scratch, &d, self->stats, NULL, self->established};
+
+	outcome = tcp_dns_segment(self->t, &j, frame, cap, now, &res, &answer_len);
+	if (PyErr_Occurred()) {  /* the handoff callable raised */
+		free(frame);
+		return NULL;
+	}
+	answer = outcome == TCP_ANSWER ? PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)answer_len)
+				       : Py_NewRef(Py_None);
+	free(frame);
+	if (!answer)
+		return NULL;
+	int ruled = res.cause == SP_TCP_RULE;
+
+	rule = ruled && d.rule != SP_NO_RULE ? PyLong_FromUnsignedLong(d.rule) : Py_NewRef(Py_None);
+	return Py_BuildValue("{s:s,s:s,s:N,s:N,s:O,s:I,s:N,s:N}", "verdict", verdicts[outcome], "cause",
+			     tcp_cause_names[res.cause], "action",
+			     ruled ? PyLong_FromLong(res.action) : Py_NewRef(Py_None), "rule", rule, "malformed",
+			     ruled && (d.flags & SP_MALFORMED_DNS) ? Py_True : Py_False, "messages", res.messages,
+			     "qname", ruled ? qname_str(d.q.name, d.q.name_len) : Py_NewRef(Py_None), "answer", answer);
+}
+
+static PyObject *Streams_set_rules(StreamsObject *self, PyObject *arg)
+{
+	if (set_streams_rules(self, arg))
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static PyObject *Streams_stats(StreamsObject *self, PyObject *unused)
+{
+	PyObject *d = PyDict_New();
+
+	for (int i = 0; d && i < ST_COUNT; i++) {
+		PyObject *v = PyLong_FromUnsignedLongLong(self->stats[i]);
+
+		if (!v || PyDict_SetItemString(d, stat_names[i], v)) {
+			Py_XDECREF(v);
+			Py_CLEAR(d);
+			break;
+		}
+		Py_DECREF(v);
+	}
+	return d;
+}
+
+static Py_ssize_t Streams_len(StreamsObject *self)
+{
+	return (Py_ssize_t)sp_tcp_count(self->t);
+}
+
+static PyMethodDef Streams_methods[] = {
+	{"segment", (PyCFunction)(void (*)(void))Streams_segment, METH_VARARGS | METH_KEYWORDS,
+	 "segment(frame, now=None) -> dict: a TCP segment of a DNS class through the workers' stream engine "
+	 "(now: CLOCK_MONOTONIC seconds)."},
+	{"set_rules", (PyCFunction)Streams_set_rules, METH_O, "Judge later messages with another rule set."},
+	{"stats", (PyCFunction)Streams_stats, METH_NOARGS, "The counters the engine moved (STAT_NAMES)."},
+	{NULL},
+};
+
+static PySequenceMethods Streams_sequence = {.sq_length = (lenfunc)Streams_len};
+
+static PyTypeObject StreamsType = {
+	PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hyperion._slowpath.DnsTcpStreams",
+	.tp_basicsize = sizeof(StreamsObject),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = PyType_GenericNew,
+	.tp_init = (initproc)Streams_init,
+	.tp_dealloc = (destructor)Streams_dealloc,
+	.tp_methods = Streams_methods,
+	.tp_as_sequence = &Streams_sequence,
+	.tp_doc = "DNS over TCP as the workers follow it: per-connection reassembly and judging (tcp_stream.c).",
+};
+
 /* ------------------------------------------------------------------ module */
 
 static PyObject *parse_dns(PyObject *module, PyObject *arg)
@@ -1440,13 +1851,14 @@ PyMODINIT_FUNC SP_MODULE_INIT(void)
 {
 	PyObject *m;
 
-	if (PyType_Ready(&RulesType) < 0 || PyType_Ready(&QueueType) < 0)
+	if (PyType_Ready(&RulesType) < 0 || PyType_Ready(&QueueType) < 0 || PyType_Ready(&StreamsType) < 0)
 		return NULL;
 	m = PyModule_Create(&module_def);
 	if (!m)
 		return NULL;
 	if (PyModule_AddObjectRef(m, "Rules", (PyObject *)&RulesType) < 0 ||
-	    PyModule_AddObjectRef(m, "Queue", (PyObject *)&QueueType) < 0) {
+	    PyModule_AddObjectRef(m, "Queue", (PyObject *)&QueueType) < 0 ||
+	    PyModule_AddObjectRef(m, "DnsTcpStreams", (PyObject *)&StreamsType) < 0) {
 		Py_DECREF(m);
 		return NULL;
 	}
@@ -1463,6 +1875,9 @@ PyMODINIT_FUNC SP_MODULE_INIT(void)
 	PyModule_AddIntConstant(m, "UMEM_FRAME_SIZE", HYP_CAP_UMEM_FRAME_BYTES);
 	PyModule_AddIntConstant(m, "VLAN_MAX_DEPTH", sp_vlan_max_depth);
 	PyModule_AddIntConstant(m, "IPV6_EXT_MAX", sp_ipv6_ext_max);
+	PyModule_AddIntConstant(m, "DNS_TCP_XDP", HYP_DNS_TCP_XDP);
+	PyModule_AddIntConstant(m, "DNS_TCP_SLOWPATH", HYP_DNS_TCP_SLOWPATH);
+	PyModule_AddIntConstant(m, "DNS_TCP_ENDED", HYP_DNS_TCP_ENDED);
 	PyObject *names = names_tuple(stat_names, ST_COUNT);
 	PyObject *bounds = PyTuple_New(LATENCY_BUCKETS);
 

@@ -266,3 +266,100 @@ enum sp_csum_result sp_complete_checksum(uint8_t *frame, const struct sp_packet 
 	wr16(l4 + field, complete);
 	return SP_CSUM_COMPLETED;
 }
+
+static uint32_t rd32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void wr32(uint8_t *p, uint32_t v)
+{
+	wr16(p, (uint16_t)(v >> 16));
+	wr16(p + 2, (uint16_t)v);
+}
+
+/* The query's TCP options, in place: every option a NOP but timestamps, whose values swap (the
+ * answer stands for the server's segment: its TSval echoes what the client last saw from the
+ * server, its TSecr the client's TSval, RFC 7323 3.2). A malformed list becomes NOPs from there. */
+static void answer_options(uint8_t *opt, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		uint8_t kind = opt[i];
+
+		if (kind == 1) { /* NOP */
+			i++;
+			continue;
+		}
+		if (kind == 0 || i + 1 >= len || opt[i + 1] < 2 || i + opt[i + 1] > len) { /* EOL, or malformed */
+			memset(opt + i, 1, len - i);
+			return;
+		}
+		size_t olen = opt[i + 1];
+
+		if (kind == 8 && olen == 10)
+			swap_bytes(opt + i + 2, opt + i + 6, 4);
+		else
+			memset(opt + i, 1, olen);
+		i += olen;
+	}
+}
+
+size_t sp_build_dns_tcp_answer(uint8_t *frame, size_t cap, const struct sp_packet *p, const uint8_t *msg,
+			       size_t question_end, uint8_t rcode)
+{
+	uint8_t *ip = frame + p->l3_offset, *tcp = frame + p->l4_offset, *pay = frame + p->payload_offset;
+	size_t ip_hlen = p->l4_offset - p->l3_offset, doff = p->payload_offset - p->l4_offset;
+	size_t tcp_len = doff + 2 + question_end, total = p->payload_offset + 2 + question_end;
+	uint8_t flags = tcp[13];
+	uint32_t sum;
+
+	if (p->protocol != HYP_IPPROTO_TCP || p->has_ext_headers || p->first_fragment || total > cap ||
+	    question_end < DNS_HEADER_LEN || question_end > 0xFFFF)
+		return 0;
+	/* No answer without the connection's other sequence number, nor to a non-unicast address. */
+	if (!(flags & 0x10) || (flags & 0x06) || (frame[0] & 1))
+		return 0;
+	if (p->ip_version == 4 && (ip_hlen != 20 || (ip[16] & 0xF0) == 0xE0 || rd32(ip + 16) == 0xFFFFFFFF))
+		return 0; /* IP options are never echoed */
+	if (p->ip_version == 6 && ip[24] == 0xFF)
+		return 0;
+	uint32_t seq = rd32(tcp + 4), ack = rd32(tcp + 8);
+
+	swap_bytes(frame, frame + 6, 6);
+	/* TCP: from the server's side of the stream, everything the client sent acknowledged; FIN. */
+	swap_bytes(tcp, tcp + 2, 2);
+	wr32(tcp + 4, ack);
+	wr32(tcp + 8, seq + (uint32_t)p->payload_len + ((flags & 0x01) ? 1 : 0));
+	tcp[12] = (uint8_t)(doff / 4) << 4;
+	tcp[13] = 0x19; /* FIN, PSH, ACK */
+	wr16(tcp + 16, 0);
+	wr16(tcp + 18, 0);
+	answer_options(tcp + 20, doff - 20);
+	/* The message: length, then the question only, flags as the UDP answer's. */
+	wr16(pay, (uint16_t)question_end);
+	memmove(pay + 2, msg, question_end);
+	uint8_t *dns = pay + 2;
+
+	dns[2] = (uint8_t)(0x80 | (dns[2] & 0x79));
+	dns[3] = (uint8_t)(0x80 | (rcode & 0x0F));
+	wr16(dns + 4, 1);
+	memset(dns + 6, 0, 6);
+	if (p->ip_version == 4) {
+		swap_bytes(ip + 12, ip + 16, 4);
+		wr16(ip + 2, (uint16_t)(ip_hlen + tcp_len));
+		wr16(ip + 6, 0x4000);
+		ip[8] = 64;
+		wr16(ip + 10, 0);
+		wr16(ip + 10, csum_fold(csum_add(0, ip, ip_hlen)));
+		sum = csum_add(0, ip + 12, 8) + HYP_IPPROTO_TCP + (uint32_t)tcp_len;
+	} else {
+		swap_bytes(ip + 8, ip + 24, 16);
+		wr16(ip + 4, (uint16_t)tcp_len);
+		ip[7] = 64;
+		sum = csum_add(0, ip + 8, 32) + HYP_IPPROTO_TCP + (uint32_t)tcp_len;
+	}
+	wr16(tcp + 16, csum_fold(csum_add(sum, tcp, tcp_len)));
+	return total;
+}

@@ -44,6 +44,16 @@ int sp_parse_frame(const uint8_t *frame, size_t len, struct sp_packet *p);
 size_t sp_build_dns_answer(uint8_t *frame, size_t len, const struct sp_packet *p,
 			   const struct dns_question *q, uint8_t rcode);
 
+/* The in-stream answer to a DNS query over TCP (DESIGN14B): the query's segment rewritten into
+ * the server's, seq = its ack, ack = its seq + payload (+1 for its FIN), ACK|PSH|FIN, options in
+ * place as NOPs but timestamps (swapped), window kept, payload = 2-byte length + msg's first
+ * question_end bytes (header and question) with the flags of the UDP answer; full checksums.
+ * msg must not overlap the frame's payload. cap: the frame's buffer size (the answer may be
+ * longer than the segment). Returns the answer's length, or 0 (IP options, IPv6 extension
+ * headers, a non-unicast destination, no ACK, SYN or RST, too long): not answerable, drop. */
+size_t sp_build_dns_tcp_answer(uint8_t *frame, size_t cap, const struct sp_packet *p, const uint8_t *msg,
+			       size_t question_end, uint8_t rcode);
+
 enum sp_csum_result {
 	SP_CSUM_NOT_CHECKED, /* not UDP/TCP, or a fragment: left to the stack */
 	SP_CSUM_VALID,

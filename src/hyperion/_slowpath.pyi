@@ -1,6 +1,7 @@
 """Type stub of the C extension (native/slowpath/module.c)."""
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypedDict
 
 DROP: int
 PASS: int
@@ -16,6 +17,9 @@ SUFFIX: int
 UMEM_FRAME_SIZE: int
 VLAN_MAX_DEPTH: int  # parser limits packet.c was built with (bpf/include/hyperion_parser.h)
 IPV6_EXT_MAX: int
+DNS_TCP_XDP: int  # enum hyp_dns_tcp_state
+DNS_TCP_SLOWPATH: int
+DNS_TCP_ENDED: int
 STAT_NAMES: tuple[str, ...]
 LATENCY_BOUNDS: tuple[float, ...]
 CONTROL_LAYOUT: dict[str, int]
@@ -68,6 +72,7 @@ class Queue:
         events: bool = ...,
         inspect: bool = ...,
         control: Any = ...,
+        dns_tcp_fd: int = ...,
         deliver_frames: bool = ...,
     ) -> None: ...
     def run(self) -> None: ...
@@ -78,3 +83,32 @@ class Queue:
     def drain_events(self) -> list[tuple[int | None, int, int, int, int, int, int, int, bytes, bytes, str]]: ...
     def register(self) -> None: ...
     def fileno(self) -> int: ...
+
+class TcpSegmentDecision(TypedDict):
+    """DnsTcpStreams.segment(): what the workers do with one TCP segment of a DNS class."""
+
+    verdict: Literal["deliver", "drop", "answer"]
+    cause: Literal["no_data", "data", "midstream", "out_of_order", "ended", "rule"]
+    action: int | None      # cause "rule": the deciding message's action
+    rule: int | None        # its rule index (None: malformed)
+    malformed: bool
+    messages: int           # whole messages judged in this segment
+    qname: str | None
+    answer: bytes | None    # verdict "answer": the in-stream answer frame (AF_XDP TX)
+
+class DnsTcpStreams:
+    def __init__(
+        self,
+        rules: Rules,
+        *,
+        capacity: int = ...,
+        idle_timeout: float = ...,
+        max_message: int = ...,
+        dns_tcp_fd: int = ...,
+        handoff: Callable[[bytes], tuple[int, int] | None] | None = ...,
+        established: Callable[[], bool] | None = ...,
+    ) -> None: ...
+    def segment(self, frame: bytes, now: float | None = ...) -> TcpSegmentDecision: ...
+    def set_rules(self, rules: Rules, /) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def __len__(self) -> int: ...

@@ -180,6 +180,8 @@ BLOCK_SOURCE_OUTCOMES = {"blocked": "blocked_sources", "never_block": "block_nev
 # Checksums of delivered packets: completed (an offloading sender's partial one), bad (neither valid
 # nor partial: delivered unchanged, for the stack to drop and count). Worker stat csum_<outcome>.
 CHECKSUM_OUTCOMES = ("completed", "bad")
+# DNS over TCP in the workers (tcp_stream.c): worker stat dns_tcp_<outcome>.
+DNS_TCP_OUTCOMES = ("messages", "midstream", "out_of_order", "ended", "answered", "handoff", "expired", "evicted")
 XDP_STATISTICS = ("rx_dropped", "rx_ring_full", "rx_fill_ring_empty_descs", "rx_invalid_descs", "tx_invalid_descs")
 
 
@@ -202,6 +204,12 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
     checksums = CounterMetricFamily("hyperion_slowpath_checksums", "Checksums of the packets the slow path "
                                     "delivered: completed (partial, from checksum offload) or bad (left "
                                     "for the stack to drop).", labels=["queue", "outcome"])
+    dns_tcp = CounterMetricFamily(
+        "hyperion_slowpath_dns_tcp", "DNS over TCP in the workers, per queue: messages judged; payload segments "
+        "dropped because the connection is unknown (midstream), not at the stream position where the next "
+        "query starts (out_of_order) or ended; in-stream answers (answered, then the stream ends); connections "
+        "handed over by XDP (handoff), forgotten idle (expired) or to make room (evicted).",
+        labels=["queue", "outcome"])
     free = GaugeMetricFamily("hyperion_afxdp_free_frames", "UMEM frames not posted to the fill ring.",
                              labels=["queue"])
     kernel = {name: CounterMetricFamily(f"hyperion_afxdp_{name}", f"XDP_STATISTICS {name} of the AF_XDP socket.",
@@ -229,6 +237,8 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                 block_source.add_metric([str(queue), outcome], st.get(stat, 0))
             for outcome in CHECKSUM_OUTCOMES:
                 checksums.add_metric([str(queue), outcome], st.get(f"csum_{outcome}", 0))
+            for outcome in DNS_TCP_OUTCOMES:
+                dns_tcp.add_metric([str(queue), outcome], st.get(f"dns_tcp_{outcome}", 0))
             for name, family in kernel.items():
                 family.add_metric(label, st.get(f"xdp_{name}", 0))
             cumulative, buckets = 0, []
@@ -236,8 +246,8 @@ def _slowpath_families_of(slowpath: SlowPath | None) -> Iterator[Metric]:
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric(label, buckets, sum_value=st["busy_ns"] / 1e9)
-    yield from (drops, verdicts, pressure, inspected, outcomes, block_source, checksums, free, *kernel.values(),
-                latency, events_dropped)
+    yield from (drops, verdicts, pressure, inspected, outcomes, block_source, checksums, dns_tcp, free,
+                *kernel.values(), latency, events_dropped)
     yield from _lifecycle_families_of(slowpath)
 
 

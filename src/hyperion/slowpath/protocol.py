@@ -40,6 +40,13 @@ REQUIRED_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | f
 RULES_MESSAGE_MAX = 4096  # a datagram on the rules socket: one small JSON object
 
 
+# The fast path's maps a worker holds, as its command-line options (--NAME FD) -> the map. Optional
+# ones (-1 when the program lacks the map): hyp_dns_tcp, where XDP hands TCP DNS connections over.
+WORKER_MAP_FDS: dict[str, str] = {"xsk-map-fd": "xsk_map", "dyn4-fd": "hyp_dyn4", "dyn6-fd": "hyp_dyn6",
+                                  "dns-tcp-fd": "hyp_dns_tcp"}
+OPTIONAL_WORKER_MAPS: frozenset[str] = frozenset({"hyp_dns_tcp"})
+
+
 PIPE_MESSAGE_MAX = select.PIPE_BUF  # a stdin command: written in one piece, or not at all
 
 
@@ -134,6 +141,17 @@ class StatName(StrEnum):
     BLOCK_NOT_ESTABLISHED = "block_not_established"
     CSUM_COMPLETED = "csum_completed"
     CSUM_BAD = "csum_bad"
+    # DNS over TCP (native/slowpath/tcp_stream.c): whole messages judged, payload segments dropped
+    # because their connection is unknown (midstream), not at B (out_of_order) or ended; in-stream
+    # answers; connections handed over by XDP (hyp_dns_tcp); connections forgotten idle or evicted.
+    DNS_TCP_MESSAGES = "dns_tcp_messages"
+    DNS_TCP_MIDSTREAM = "dns_tcp_midstream"
+    DNS_TCP_OUT_OF_ORDER = "dns_tcp_out_of_order"
+    DNS_TCP_ENDED = "dns_tcp_ended"
+    DNS_TCP_ANSWERED = "dns_tcp_answered"
+    DNS_TCP_HANDOFF = "dns_tcp_handoff"
+    DNS_TCP_EXPIRED = "dns_tcp_expired"
+    DNS_TCP_EVICTED = "dns_tcp_evicted"
 
 
 STAT_NAMES: tuple[str, ...] = tuple(name.value for name in StatName)

@@ -16,6 +16,7 @@ from hyperion.policy import model
 from hyperion.policy.model import Action, FastPathSection, Policy, RedirectClass, SlowPathSection
 from hyperion.policy.neverblock import HostFacts, effective_never_block
 from hyperion.policy.placement import xdp_dns_classes
+from hyperion.protocols import IpProtocol
 from hyperion.slowpath.protocol import RuleSpec
 
 log = logging.getLogger("hyperion.slowpath")
@@ -148,8 +149,13 @@ def compile_slow_path_rules(slow: SlowPathSection, redirect_ports: Iterable[Redi
         compiled = spec.build()
     except ValueError as exc:
         raise PolicyError(f"slow_path: {_name_failing_rule(str(exc), dns_regex, by_class, labels)}") from None
+    # A TCP DNS class's queries split over segments or pipelined are judged only by the workers,
+    # which reassemble the stream (DESIGN14B): they need every name rule then. For UDP that changes
+    # nothing: the workers see only queries the program handed over, whose best name match the
+    # workers find again.
+    tcp_dns = any(protocol == IpProtocol.TCP for protocol, _ in spec.dns_classes)
     worker_names = [entry for entry in names if actions[entry[0]] in SLOW_PATH_NAME_ACTIONS] \
-        if names_judged_in_xdp(slow, redirect_ports) else names
+        if names_judged_in_xdp(slow, redirect_ports) and not tcp_dns else names
     return CompiledRules(compiled, labels, actions, replace(spec, names=worker_names))
 
 

@@ -45,6 +45,7 @@ from hyperion.slowpath.protocol import (
     CONTROL_BYTES,
     PIPE_MESSAGE_MAX,
     REQUIRED_SEALS,
+    WORKER_MAP_FDS,
     Command,
     ControlBlock,
     Error,
@@ -343,9 +344,9 @@ class SlowPath:
             os.ftruncate(control_fd, CONTROL_BYTES)
             control = mmap.mmap(control_fd, CONTROL_BYTES)
             maps = self.fastpath.maps
-            fds = {"xsk-map-fd": maps["xsk_map"].fd, "dyn4-fd": maps["hyp_dyn4"].fd, "dyn6-fd": maps["hyp_dyn6"].fd,
-                   "deliver-fd": self.delivery.fd, "control-fd": control_fd, "rules-memfd": blob.fd,
-                   "rules-socket": theirs.fileno()}
+            fds = {option: maps[name].fd for option, name in WORKER_MAP_FDS.items() if name in maps}
+            fds |= {"deliver-fd": self.delivery.fd, "control-fd": control_fd, "rules-memfd": blob.fd,
+                    "rules-socket": theirs.fileno()}
             argv = [sys.executable, "-m", self.options.worker_module, "--ifname", self.ifname,
                     "--queue", str(mq.queue_id),
                     "--frames", str(self.options.frames), "--ring-size", str(self.options.ring_size),

@@ -5,7 +5,8 @@ hang or a stop signal hits one queue and the supervisor can see it, fence the
 queue and start a fresh worker, socket and UMEM in its place.
 
 Channels with the supervisor:
-- file descriptors it passes: xsk_map, the dynamic blocklists, the TUN device,
+- file descriptors it passes: xsk_map, the dynamic blocklists, hyp_dns_tcp (XDP's hand-off of
+  TCP DNS connections, protocol.WORKER_MAP_FDS), the TUN device,
   and a shared control block (memfd) whose heartbeat word the native loop
   writes every iteration, so the watchdog sees a stalled loop, not just a
   stalled process;
@@ -38,8 +39,10 @@ from typing import IO, Any
 from hyperion import _slowpath
 from hyperion.slowpath.protocol import (
     CONTROL_BYTES,
+    OPTIONAL_WORKER_MAPS,
     REPORT_INTERVAL,
     RULES_MESSAGE_MAX,
+    WORKER_MAP_FDS,
     Command,
     Error,
     Event,
@@ -90,7 +93,7 @@ class Worker:
         return _slowpath.Queue(a.ifname, a.queue, a.xsk_map_fd, rules, dyn4_fd=a.dyn4_fd, dyn6_fd=a.dyn6_fd,
                                deliver_fd=a.deliver_fd, deliver_frames=a.deliver_frames, frames=a.frames,
                                ring_size=a.ring_size, zerocopy=zerocopy,
-                               events=a.events, control=self.control)
+                               events=a.events, control=self.control, dns_tcp_fd=a.dns_tcp_fd)
 
     def start(self, first: RulesCommand) -> None:
         self.rules = self.compile(first)
@@ -193,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hyperion.slowpath.worker")
     parser.add_argument("--ifname", required=True)
     parser.add_argument("--queue", type=int, required=True)
-    for name in ("xsk-map-fd", "dyn4-fd", "dyn6-fd", "deliver-fd", "control-fd"):
+    for name, map_name in WORKER_MAP_FDS.items():
+        if map_name in OPTIONAL_WORKER_MAPS:
+            parser.add_argument(f"--{name}", type=int, default=-1)
+        else:
+            parser.add_argument(f"--{name}", type=int, required=True)
+    for name in ("deliver-fd", "control-fd"):
         parser.add_argument(f"--{name}", type=int, required=True)
     parser.add_argument("--frames", type=int, default=4096)
     parser.add_argument("--ring-size", type=int, default=2048)
