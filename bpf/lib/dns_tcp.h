@@ -64,6 +64,48 @@ static __always_inline int dns_tcp_key(struct xdp_md *ctx, const struct hyp_dns_
 	return 0;
 }
 
+/* TCP states of a local socket that is not (or no longer) an open connection: a SYN on the
+ * 4-tuple really starts one (include/net/tcp_states.h). */
+#define TCP_STATE_TIME_WAIT 6
+#define TCP_STATE_CLOSE 7
+#define TCP_STATE_LISTEN 10
+#define TCP_STATE_NEW_SYN_RECV 12
+
+/* Whether this host holds an open connection for the segment's 4-tuple (the socket a segment from
+ * the client would reach). Then a SYN on it is not a new connection: the server answers it with a
+ * challenge ACK (RFC 5961 4) and keeps its stream, so `next` must stay where the server's stream
+ * is; a client that could move it would get a "whole query" judged over bytes the server already
+ * holds. A gateway holds no socket for what it forwards: 0 there. */
+static __always_inline int dns_tcp_open_locally(struct xdp_md *ctx, struct hyp_dns_scratch *s)
+{
+	const struct hyp_dns_tcp_key *key = &s->tcp_key;
+	struct bpf_sock_tuple *tuple = &s->sk_tuple; /* in scratch: the stack is short */
+	struct bpf_sock *sk;
+	__u32 size, state;
+
+	__builtin_memset(tuple, 0, sizeof(*tuple));
+	if (key->family == 6) {
+		__builtin_memcpy(tuple->ipv6.saddr, key->saddr, 16);
+		__builtin_memcpy(tuple->ipv6.daddr, key->daddr, 16);
+		tuple->ipv6.sport = bpf_htons(key->sport);
+		tuple->ipv6.dport = bpf_htons(key->dport);
+		size = sizeof(tuple->ipv6);
+	} else {
+		__builtin_memcpy(&tuple->ipv4.saddr, key->saddr, 4);
+		__builtin_memcpy(&tuple->ipv4.daddr, key->daddr, 4);
+		tuple->ipv4.sport = bpf_htons(key->sport);
+		tuple->ipv4.dport = bpf_htons(key->dport);
+		size = sizeof(tuple->ipv4);
+	}
+	sk = bpf_skc_lookup_tcp(ctx, tuple, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	state = sk->state;
+	bpf_sk_release(sk);
+	return state != TCP_STATE_LISTEN && state != TCP_STATE_TIME_WAIT && state != TCP_STATE_NEW_SYN_RECV &&
+	       state != TCP_STATE_CLOSE;
+}
+
 /* Where the segment's payload starts (after the header's data offset, in doff_byte) and how
  * long it is, from the IP header's length. The parser has checked both; a first fragment
  * may end before its header's options do: no payload then. */
@@ -120,6 +162,9 @@ __attribute__((noinline)) int hyp_dns_tcp_stage(struct xdp_md *ctx, struct hyp_d
 		return HYP_REASON_DNS_TCP_MIDSTREAM;
 	}
 	if ((flags & (TCP_FL_SYN | TCP_FL_ACK)) == TCP_FL_SYN) {
+		/* A SYN on a connection this host holds open moves nothing (see dns_tcp_open_locally). */
+		if (bpf_map_lookup_elem(&hyp_dns_tcp, key) && dns_tcp_open_locally(ctx, s))
+			return payload_len || a->fragment ? HYP_REASON_REDIRECT_CLASS : HYP_REASON_DNS_TCP_NO_DATA;
 		/* A new connection (also on a reused 4-tuple). Data on the SYN (TCP Fast Open):
 		 * the slow path's, from the first byte after the SYN. */
 		s->tcp_flow.next = seq + 1;

@@ -111,6 +111,7 @@ struct hyp_dns_scratch {
 	__u32 opt_ts;                    /* offset of the timestamps option, 0 if none */
 	struct hyp_dns_tcp_key tcp_key;  /* the segment's connection */
 	struct hyp_dns_tcp_flow tcp_flow; /* a new connection's entry */
+	struct bpf_sock_tuple sk_tuple;  /* a SYN's 4-tuple, for the local socket lookup */
 };
 
 struct {

@@ -267,8 +267,10 @@ def test_a_failed_slowpath_start_is_not_kept_for_the_next_reload(monkeypatch: py
     d = daemon_module.Daemon(daemon_module.DaemonOptions("veth-x", tmp_path / "p.yaml"))
     fast = FakeDaemonFastPath()
     d.fastpath = fast  # type: ignore[assignment]
+    # dns_name_rules: slow_path: a policy whose class needs the workers (XDP-only ones start none).
     policy = parse_policy("fast_path:\n  redirect_ports: [{protocol: udp, port: 53}]\n"
-                          "slow_path:\n  dns_rules: [{match: 'evil.test', action: drop}]\n")
+                          "slow_path:\n  dns_name_rules: slow_path\n"
+                          "  dns_rules: [{match: 'evil.test', action: drop}]\n")
     for attempt in (1, 2):
         with pytest.raises(HyperionError):
             d.apply_policy(policy, "text", compiled=object())  # type: ignore[arg-type]
