@@ -12,7 +12,7 @@ SCHEMA = "hyperion-bench/1"
 RESULT_KEYS = ("schema", "generated_at", "command", "quick", "machine", "load", "plan", "sections", "targets",
                "duration_s")
 PLOTS = {"drop": "drop.png", "passthrough": "passthrough.png", "slowpath": "slowpath.png", "dns": "dns.png",
-         "scale": "scale.png", "reload": "reload.png"}
+         "dnscost": "dnscost.png", "scale": "scale.png", "reload": "reload.png"}
 
 
 # ---- targets ---------------------------------------------------------------------------------
@@ -397,9 +397,24 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
             fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
             _bar(ax, rows, "rx_pps", 1e6, "Mpps into AF_XDP (median, min-max)")
         elif name == "dns":
-            fig, axes = plt.subplots(1, 2, figsize=(12, 2.5))
+            fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * len(rows) + 1.8), sharey=True)
             _bar(axes[0], rows, "qps", 1e3, "thousand queries/s (median, min-max)")
-            _bar(axes[1], rows, "p99_ms", 1.0, "p99 latency, ms")
+            _bar(axes[1], rows, "p99_ms", 1.0, "p99 latency, ms", invert=False)
+        elif name == "dnscost":
+            fig, ax = plt.subplots(figsize=(7, 4))
+            sizes = sorted({r["size"] for r in rows})
+            for size in sizes:
+                mine = [r for r in rows if r["size"] == size and r.get("ns_per_pkt")]
+                ax.plot([r["labels"] for r in mine], [r["ns_per_pkt"]["median"] for r in mine], marker="o",
+                        label=f"{size:,} rules, DNS class")
+            outside = [r for r in rows if r["size"] == sizes[-1] and r.get("outside_ns_per_pkt")]
+            ax.plot([r["labels"] for r in outside], [r["outside_ns_per_pkt"]["median"] for r in outside],
+                    marker="x", linestyle="--", label="outside a DNS class")
+            ax.set_xlabel("labels of the query name")
+            ax.set_ylabel("program ns/pkt (bpf_stats)")
+            ax.set_ylim(bottom=0)
+            ax.legend()
+            ax.grid(alpha=0.3)
         elif name == "scale":
             fig, axes = plt.subplots(1, 2, figsize=(12, 4))
             for kind, label in (("ips", "exact IPs (hash)"), ("cidrs", "CIDRs (LPM trie)")):
