@@ -12,6 +12,7 @@ import contextlib
 import enum
 import ipaddress
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -30,7 +31,7 @@ from hyperion import _slowpath
 from hyperion.daemon.metrics import FastPathCollector
 from hyperion.fastpath.program import FastPath
 from hyperion.lab.generator import TrafficSpec
-from hyperion.lab.sandbox import HOST_V4, HOST_V6, Sandbox, entered_netns
+from hyperion.lab.sandbox import HOST_V4, HOST_V6, NETNS_DIR, Sandbox, entered_netns
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.model import Policy
 from hyperion.slowpath.rules import compile_rules
@@ -555,6 +556,36 @@ def _wait_ready(sb: Sandbox, config: DnsConfig, hit: str, process: subprocess.Po
     raise BenchError(f"{config.name}: not answering within {timeout:.0f} s")
 
 
+def threaded_napi(sb: Sandbox, netns: str, ifname: str) -> None:
+    """NAPI of this veth end in its own kernel thread (sysfs `threaded`), so that it can be pinned: by
+    default veth runs the receiving NAPI on the CPU that transmitted, i.e. the client's. The sandbox's
+    /sys shows the root namespace's devices, so the write happens under a fresh sysfs in a private mount
+    namespace entered with the interface's network namespace."""
+    script = f"mount -t sysfs sysfs /sys && echo 1 > /sys/class/net/{ifname}/threaded"
+    proc = subprocess.run(["nsenter", f"--net={NETNS_DIR / netns}", "unshare", "--mount", "sh", "-c", script],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise BenchError(f"threaded NAPI on {ifname}: {proc.stderr.strip()}")
+
+
+def pin_napi(ifname: str, cpu: int) -> list[int]:
+    """Pins the NAPI threads of ifname (napi/<ifname>-<id>) to cpu; returns their PIDs (kernel threads the
+    interface's `threaded` switch created for us; they go with the interface)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith(f"napi/{ifname}-"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(entry.name), {cpu})
+                pids.append(int(entry.name))
+    return pids
+
+
 def _stop(process: subprocess.Popen[str]) -> None:
     """The process we started, by its PID: SIGTERM, then SIGKILL after 30 s."""
     process.terminate()
@@ -623,10 +654,21 @@ def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
                                        f"--address=/{DNS_RULE_ZONE}/", "--cache-size=1000"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         probes = Probes(interfaces=[(sb.client_ns, sb.client_if), (sb.host_ns, sb.host_if)])
+        # Client and server on CPUs of their own, as two machines: the host end's NAPI (XDP, the stack's
+        # receive, AF_XDP's copy) in a thread on SERVER_CPU, the client end's (dnsperf's answers) on
+        # GENERATOR_CPU. GRO on the host end keeps its NAPI (and thread) across XDP attach and detach.
+        napi_enabled(sb)
+        napi = {sb.client_if: GENERATOR_CPU, sb.host_if: SERVER_CPU}
+        for netns, ifname in ((sb.client_ns, sb.client_if), (sb.host_ns, sb.host_if)):
+            threaded_napi(sb, netns, ifname)
         try:
             for round_no in range(plan.dns_rounds):
                 for config in configs:
                     with _serving(sb, config, work, hits[config.rules][0]) as facts:
+                        # Again for every run: an attach may give the interface new NAPI threads.
+                        facts["napi_threads"] = {ifname: pin_napi(ifname, cpu) for ifname, cpu in napi.items()}
+                        if not all(facts["napi_threads"].values()):
+                            raise BenchError(f"no NAPI thread to pin: {facts['napi_threads']}")
                         daemon = config.tier in (DnsTier.XDP, DnsTier.SLOW_PATH) and \
                             config.rules <= METRICS_MAX_RULES
                         before = _scrape(sb) if daemon else {}
@@ -653,8 +695,9 @@ def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
                              f"*.{DNS_RULE_ZONE} NXDOMAIN (what the rules answer)",
                    "rules": f"exact+suffix names alternating, 2-9 labels, action nxdomain (answered in XDP); the "
                             f"slow-path tier adds {plan.dns_regex} regex rules matching none of the queries",
-                   "hyperion": f"hyperion run pinned to CPU {SERVER_CPU} (its AF_XDP workers too), copy mode; "
-                               "the veth NAPI runs on the transmitting CPU (queries CPU 0, answers CPU 1)",
+                   "hyperion": f"hyperion run pinned to CPU {SERVER_CPU} (its AF_XDP workers too), copy mode",
+                   "napi": f"threaded NAPI on both veth ends: the host end's thread (XDP, the stack's receive, "
+                           f"AF_XDP's copy) pinned to CPU {SERVER_CPU}, the client end's to CPU {GENERATOR_CPU}",
                    "dnsdist": f"dnsdist (Debian) on {HOST_V4}:{DNSDIST_PORT}, pinned to CPU {SERVER_CPU}, "
                               "forwarding to the same dnsmasq; exact names as a DNSNameSet, suffixes as a "
                               "SuffixMatchNode, RCodeAction(NXDOMAIN)",
