@@ -92,6 +92,10 @@ def test_samples_carry_ground_truth_and_telemetry(kernel: None, quick_report: Pa
         if config["tier"] == "slow_path":
             # The regex rules put the queries no name rule decided (the misses) into the workers.
             assert 0 < config["slowpath"]["hyperion_slowpath_inspected_total"] <= QUICK.dns_queries - hits
+    for config in dns:
+        # dnsmasq answered in every configuration; a filter process ran where there is one.
+        assert config["process_cpu_pct"]["dnsmasq"] > 0, config["name"]
+        assert ("filter" in config["process_cpu_pct"]) == (config["tier"] != "none"), config["name"]
     largest_xdp = next(c for c in reversed(dns) if c["tier"] == "xdp")
     assert [t["goal"] for t in largest_xdp["targets"]] == [0.95, 1.10, 1.0]
     assert all(len(c["targets"]) == 1 for c in dns if c["tier"] == "slow_path")

@@ -262,11 +262,13 @@ def _section_markdown(name: str, section: dict[str, Any], plot: str | None) -> l
                          ", ".join("met" if t["met"] else "MISSED" for t in targets) or "-",
                          f"{r['lost']:,.0f} of {r['completed'] + r['lost']:,.0f}",
                          f"{r['ready_s']['median']:.1f}" if r.get("ready_s") else "-", _cpu(r, 0), _cpu(r, 1),
+                         ", ".join(f"{k} {v:.0f}%" for k, v in r.get("process_cpu_pct", {}).items()) or "-",
                          ", ".join(f"{k.removeprefix('hyperion_')} {v:,.0f}" for k, v in r.get("slowpath", {}).items()
                                    if v) or "-"])
         out += _table(["configuration", "queries/s, median (min-max)", "ratio to no filter", "p50 ms", "p99 ms",
                        "p99 ratio", "qps vs dnsdist", "target (issue)", "verdict", "lost", "ready after s",
-                       "CPU0 busy (softirq)", "CPU1 busy (softirq)", "slow path counters (median per run)"], rows)
+                       "CPU0 busy (softirq)", "CPU1 busy (softirq)", "process CPU (dnsmasq; filter: daemon + "
+                       "workers or dnsdist)", "slow path counters (median per run)"], rows)
     elif name == "dnscost":
         rows = [[f"{r['size']:,}", str(r["labels"]), _ns(r.get("ns_per_pkt")), _ns(r.get("outside_ns_per_pkt")),
                  "-" if r.get("stage_ns_per_pkt") is None else f"{r['stage_ns_per_pkt']:.0f}",

@@ -586,6 +586,19 @@ def pin_napi(ifname: str, cpu: int) -> list[int]:
     return pids
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants so far (0 for a process that is gone)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _stop(process: subprocess.Popen[str]) -> None:
     """The process we started, by its PID: SIGTERM, then SIGKILL after 30 s."""
     process.terminate()
@@ -620,6 +633,8 @@ def _serving(sb: Sandbox, config: DnsConfig, work: Path, hit: str) -> Iterator[d
                 process = sb.popen(sb.host_ns, ["taskset", "-c", str(SERVER_CPU), *argv], stdout=out,
                                    stderr=subprocess.STDOUT)
         facts["ready_s"] = _wait_ready(sb, config, hit, process, log)
+        if process is not None:
+            facts["filter_pid"] = process.pid
         yield facts
     finally:
         if process is not None:
@@ -672,8 +687,15 @@ def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
                         daemon = config.tier in (DnsTier.XDP, DnsTier.SLOW_PATH) and \
                             config.rules <= METRICS_MAX_RULES
                         before = _scrape(sb) if daemon else {}
+                        # CPU of dnsmasq and of the filter (daemon and workers, or dnsdist) during the run.
+                        pids = {"dnsmasq": server.pid, "filter": facts.pop("filter_pid", None)}
+                        cpu0 = {k: tree_cpu_seconds(v) for k, v in pids.items() if v is not None}
+                        t0 = time.monotonic()
                         with captured(probes) as telemetry:
                             result = _dnsperf(sb, files[config.rules], config.port)
+                        elapsed = time.monotonic() - t0
+                        facts["process_cpu_pct"] = {k: 100.0 * (tree_cpu_seconds(pids[k]) - v) / elapsed
+                                                    for k, v in cpu0.items()}
                         after = _scrape(sb) if daemon else {}
                     slowpath = {k: v - before.get(k, 0.0) for k, v in after.items()}
                     runs[config.name].append({"round": round_no, **result, **facts, "telemetry": telemetry,
@@ -743,6 +765,8 @@ def _dns_rows(configs: Sequence[DnsConfig], runs: dict[str, list[dict[str, Any]]
                      "p99_ms": spread([r["p99_ms"] for r in mine]), "lost": sum(r["lost"] for r in mine),
                      "completed": sum(r["completed"] for r in mine), "ratio": ratio, "p99_ratio": p99_ratio,
                      "vs_dnsdist": vs_dnsdist, "ready_s": spread([r["ready_s"] for r in mine]),
+                     "process_cpu_pct": {k: statistics.median(r["process_cpu_pct"].get(k, 0.0) for r in mine)
+                                         for k in mine[0]["process_cpu_pct"]},
                      "rcodes": {k: statistics.median(r["rcodes"].get(k, 0) for r in mine)
                                 for k in sorted({k for r in mine for k in r["rcodes"]})},
                      "targets": targets, "telemetry": {"cpu": cpu}, "slowpath": slow})
