@@ -10,7 +10,7 @@ APT_PACKAGES=(
   iproute2 ethtool make gcc python3-venv python3-dev
   tcpdump dnsutils prometheus libhyperscan-dev dnsmasq dnsperf iperf3 tcpreplay libclang-rt-14-dev
   iptables nftables libseccomp-dev
-  iputils-ping unbound knot-dnsutils
+  iputils-ping unbound knot-dnsutils dnsdist
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

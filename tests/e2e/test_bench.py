@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hyperion.lab.benchmarks.report import PLOTS, RESULT_KEYS, SCHEMA
-from hyperion.lab.benchmarks.sections import SECTIONS
+from hyperion.lab.benchmarks.sections import DNS_HIT_EVERY, QUICK, SECTIONS, DnsTier, dns_configs
 from tests.support.kernel import IN_CI
 
 TELEMETRY_KEYS = {"seconds", "cpu", "interrupts", "softirqs", "softnet", "ethtool", "bpf", "xsk"}
@@ -25,7 +25,7 @@ TELEMETRY_KEYS = {"seconds", "cpu", "interrupts", "softirqs", "softnet", "ethtoo
 
 @pytest.fixture(scope="module")
 def quick_report(kernel: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for tool in ("dnsperf", "dnsmasq", "ip6tables", "nft"):
+    for tool in ("dnsperf", "dnsmasq", "dnsdist", "ip6tables", "nft"):
         if shutil.which(tool) is None:
             if IN_CI:
                 pytest.fail(f"{tool} is not installed (scripts/setup.sh installs it)")
@@ -74,19 +74,49 @@ def test_samples_carry_ground_truth_and_telemetry(kernel: None, quick_report: Pa
     for config in sections["slowpath"]["configs"]:
         assert {"xdp_rx_ring_full", "xdp_rx_dropped", "xdp_rx_fill_ring_empty_descs"} <= set(config["xsk"])
     dns = sections["dns"]["configs"]
-    assert [c["name"] for c in dns] == ["without hyperion", "through hyperion, xdp tier", "through hyperion slow path"]
+    configs = dns_configs(QUICK)
+    assert [c["name"] for c in dns] == [c.name for c in configs]
+    assert [c["tier"] for c in dns] == [c.tier.value for c in configs]
+    assert {c.tier for c in configs} == set(DnsTier)
     assert all(c["qps"]["median"] > 0 for c in dns)
-    assert sections["dns"]["configs"][2]["slowpath"]  # the daemon's AF_XDP counters were scraped
+    hits = QUICK.dns_queries // DNS_HIT_EVERY
+    for sample in sections["dns"]["samples"]:
+        # A fixed count per run (dnsperf -n 1): every query completed or lost, none added.
+        assert sample["completed"] + sample["lost"] == QUICK.dns_queries, sample["config"]
+        # The hits get NXDOMAIN (from XDP, from dnsdist, or from dnsmasq's own --address without a filter).
+        assert 0 < sample["rcodes"].get("NXDOMAIN", 0) <= hits, sample["config"]
+    for config in dns:
+        if config["tier"] == "xdp":
+            # Name rules only: the DNS class redirects nothing to the workers.
+            assert config["slowpath"]["hyperion_slowpath_inspected_total"] == 0, config["name"]
+        if config["tier"] == "slow_path":
+            # The regex rules put the queries no name rule decided (the misses) into the workers.
+            assert 0 < config["slowpath"]["hyperion_slowpath_inspected_total"] <= QUICK.dns_queries - hits
+    for config in dns:
+        # dnsmasq answered in every configuration; a filter process ran where there is one.
+        assert config["process_cpu_pct"]["dnsmasq"] > 0, config["name"]
+        assert ("filter" in config["process_cpu_pct"]) == (config["tier"] != "none"), config["name"]
+    largest_xdp = next(c for c in reversed(dns) if c["tier"] == "xdp")
+    assert [t["goal"] for t in largest_xdp["targets"]] == [0.95, 1.10, 1.0]
+    assert all(len(c["targets"]) == 1 for c in dns if c["tier"] == "slow_path")
+    cost = sections["dnscost"]["configs"]
+    assert [(c["size"], c["labels"]) for c in cost] == [(n, k) for n in QUICK.dnscost_sizes for k in (2, 4, 8)]
+    for config in cost:
+        # In the DNS class the stage judged every frame (dns_no_match); outside it, none.
+        assert config["counters_agree"] is True, config["name"]
+        assert config["ns_per_pkt"]["median"] > 0 and config["outside_ns_per_pkt"]["median"] > 0
+    assert cost[-1]["dns_map_bytes"] > cost[0]["dns_map_bytes"] > 0
 
 
 def test_report_has_the_tables_and_the_plots(kernel: None, quick_report: Path) -> None:
     report = (quick_report / "REPORT.md").read_text()
     for heading in ("## Machine", "## Method", "## Targets", "## Drop:", "## Pass-through:", "## Slow path:",
-                    "## DNS service:", "## Scale:", "## Policy reload"):
+                    "## DNS service:", "## XDP DNS stage:", "## Scale:", "## Policy reload"):
         assert heading in report, heading
     for column in ("Mpps, median (min-max)", "program ns/pkt (bpf_stats)", "ratio to XDP_DROP",
                    "softnet processed, dropped, squeezed", "XDP_STATISTICS rx_ring_full", "queries/s",
-                   "policy maps memory", "/metrics render ms"):
+                   "policy maps memory", "/metrics render ms", "qps vs dnsdist", "DNS stage ns/pkt",
+                   "target (issue)"):
         assert column in report, column
     for plot in PLOTS.values():
         path = quick_report / plot

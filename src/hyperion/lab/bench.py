@@ -1,4 +1,4 @@
-"""Benchmarks: drop, pass-through, slow path, DNS service, scale, reload; one report.
+"""Benchmarks: drop, pass-through, slow path, DNS service, XDP DNS stage cost, scale, reload; one report.
 
     python -m hyperion.lab.bench --out DIR          (make bench; hyperion bench --out DIR)
     python -m hyperion.lab.bench --quick --out DIR  (make bench-quick: every section, small, < 2 min)
@@ -61,7 +61,7 @@ def machine_info() -> dict[str, Any]:
                             text=True).stdout.strip() if (repo / ".git").exists() else "unknown"
     tools = {name: _tool_version(argv) for name, argv in (
         ("iptables", ["iptables", "--version"]), ("nft", ["nft", "--version"]), ("dnsperf", ["dnsperf", "-h"]),
-        ("dnsmasq", ["dnsmasq", "--version"]))}
+        ("dnsmasq", ["dnsmasq", "--version"]), ("dnsdist", ["dnsdist", "--version"]))}
     return {"kernel": platform.release(), "kernel_version": platform.version(), "cpus": os.cpu_count(),
             "cpu_model": cpu_model, "memory_gib": mem_kib / 2**20, "virtualization": virt,
             "python": platform.python_version(), "hyperion_commit": commit or "unknown",
@@ -151,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out"),
                         help="directory for results.json, REPORT.md and the plots (default bench-out)")
     parser.add_argument("--quick", action="store_true", help="every section at small sizes (smoke run, < 2 min)")
-    parser.add_argument("--only", help="comma-separated sections: drop,passthrough,slowpath,dns,scale,reload")
+    parser.add_argument("--only", help="comma-separated sections: drop,passthrough,slowpath,dns,dnscost,scale,reload")
     parser.add_argument("--max-load", type=float,
                         help=f"wait (at most {LOAD_WAIT_SECONDS} s) for the load average to fall below this first "
                              f"(default {MAX_LOAD} for a full run, no wait for --quick)")
