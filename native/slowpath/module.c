@@ -518,6 +518,29 @@ static PyObject *Rules_hits(RulesObject *self, PyObject *unused)
 	return list;
 }
 
+/* Only the rules that matched: a worker reports these every REPORT_INTERVAL, and a policy may hold
+ * a million rules of which a handful match. */
+static PyObject *Rules_matched(RulesObject *self, PyObject *unused)
+{
+	PyObject *list = PyList_New(0);
+
+	for (uint32_t i = 0; list && i < self->rules->rule_count; i++) {
+		uint64_t n = __atomic_load_n(&self->rules->hits[i], __ATOMIC_RELAXED);
+		PyObject *pair;
+
+		if (!n)
+			continue;
+		pair = Py_BuildValue("(IK)", i, (unsigned long long)n);
+		if (!pair || PyList_Append(list, pair)) {
+			Py_XDECREF(pair);
+			Py_CLEAR(list);
+			break;
+		}
+		Py_DECREF(pair);
+	}
+	return list;
+}
+
 static PyObject *Rules_never_blocked(RulesObject *self, PyObject *arg)
 {
 	Py_buffer addr;
@@ -552,6 +575,8 @@ static PyMethodDef Rules_methods[] = {
 	{"inspect", (PyCFunction)Rules_inspect, METH_O,
 	 "inspect(frame) -> dict: the decision the workers would take for an Ethernet frame."},
 	{"hits", (PyCFunction)Rules_hits, METH_NOARGS, "hits() -> list: matches per rule index."},
+	{"matched", (PyCFunction)Rules_matched, METH_NOARGS,
+	 "matched() -> [(rule index, matches)] of the rules with matches, by index."},
 	{"serialize", (PyCFunction)Rules_serialize, METH_NOARGS,
 	 "serialize() -> (dns_regex db | None, [db | None per class]): the compiled Hyperscan databases, for "
 	 "Rules(..., databases=) in another process."},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import ipaddress
+import socket
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from scapy.packet import Packet, Raw
 from hyperion.daemon.events import EventDecoder, EventReader
 from hyperion.fastpath.program import FastPath
 from hyperion.kernel.testrun import run_xdp
+from hyperion.lab.sandbox import HOST_V4, Sandbox, entered_netns
 from tests.support.dns_maps import Action, ClassFlag, DnsClass, DnsMaps, Rule, delta, exact, query, suffix
 
 CLIENT4, SERVER4 = "198.51.100.10", "192.0.2.53"
@@ -551,3 +553,62 @@ def test_events_carry_the_class_or_the_rule(maps: tuple[DnsMaps, int]) -> None:
                    ("drop", "dns_drop", 1, CLIENT4, SERVER4, SPORT, 53),
                    ("answer", "dns_nxdomain", 2, CLIENT4, SERVER4, SPORT, 53),
                    ("drop", "dns_tcp_ended", 7, CLIENT4, SERVER4, SPORT, 53)]
+
+
+# ---- a SYN on a connection this host holds open ----------------------------------------------------
+# The server answers such a SYN with a challenge ACK and keeps its stream (RFC 5961 4, RFC 9293
+# 3.10.7.4); if the program restarted its position from that SYN, the client could send a "whole
+# query" over bytes the server already holds, and the server would read a hidden query from its own
+# position. The open connection is a real one (the Linux stack's, in a test namespace), found by the
+# program's socket lookup; frames go through BPF_PROG_TEST_RUN from a thread in that namespace.
+
+LOCAL = Family("local", HOST_V4, HOST_V4)  # both ends on this host: the stack holds both sockets
+OTHER_ISN = 0x5555_0000
+
+
+@pytest.fixture
+def host(kernel: None) -> Iterator[Sandbox]:
+    sb = Sandbox().up()
+    try:
+        yield sb
+    finally:
+        sb.down()
+
+
+def test_a_syn_on_an_open_connection_keeps_the_stream_position(maps: tuple[DnsMaps, int], host: Sandbox) -> None:
+    writer, fd = maps
+    writer.install([TCP_DNS], RULES)
+    with entered_netns(host.host_ns):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind((HOST_V4, 53))
+            listener.listen(1)
+            client.connect((HOST_V4, 53))
+            served, _ = listener.accept()
+            sport = client.getsockname()[1]
+
+            def syn(isn: int) -> None:
+                expect(writer, fd, segment(flags="S", seq=isn, ack=0, family=LOCAL, sport=sport,
+                                           tcp_options=[("MSS", 1460)]), "pass", "pass", "dns_tcp_no_data")
+
+            syn(ISN)  # no entry yet: tracked from this SYN
+            assert flow(writer, LOCAL, sport) == (ISN + 1, State.XDP)
+            first = framed(query("ok.example"))
+            expect(writer, fd, segment(first, seq=ISN + 1, family=LOCAL, sport=sport), "pass", "pass", "dns_allow")
+            position = ISN + 1 + len(first)
+            assert flow(writer, LOCAL, sport) == (position, State.XDP)
+            # The connection is open here: a second SYN moves nothing.
+            syn(OTHER_ISN)
+            assert flow(writer, LOCAL, sport) == (position, State.XDP)
+            # A "whole query" where that SYN would have put the position is not judged here.
+            expect(writer, fd, segment(framed(query("ok.example")), seq=OTHER_ISN + 1, family=LOCAL, sport=sport),
+                   "drop", "drop", "redirect_failed")
+            assert flow(writer, LOCAL, sport) == (position, State.SLOWPATH)
+            served.close()
+        finally:
+            client.close()
+            listener.close()
+        # Closed (the listener too: no socket for the 4-tuple): a SYN starts a new connection.
+        syn(OTHER_ISN)
+        assert flow(writer, LOCAL, sport) == (OTHER_ISN + 1, State.XDP)

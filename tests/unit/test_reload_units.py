@@ -142,7 +142,7 @@ class FakeWorker:
         self.generation = self.applied_generation = generation
         self.offered_generation = generation
         self.offered_at = 0.0
-        self.live_hits: dict[int, list[int]] = {generation: [1]}
+        self.live_hits: dict[int, list[tuple[int, int]]] = {generation: [(0, 1)]}
         self.report: dict[str, Any] | None = None
         self.pid = 4242
 
@@ -151,8 +151,8 @@ class FakeWorker:
         if self.answers:
             old, self.generation = self.generation, generation
             self.slowpath._on_message(self.queue_id, self, RulesApplied(generation))  # type: ignore[arg-type]
-            self.slowpath._on_message(self.queue_id, self, Retired(old, [1]))  # type: ignore[arg-type]
-            self.slowpath._on_message(self.queue_id, self, Report(generation, {}, [1], []))  # type: ignore[arg-type]
+            self.slowpath._on_message(self.queue_id, self, Retired(old, [(0, 1)]))  # type: ignore[arg-type]
+            self.slowpath._on_message(self.queue_id, self, Report(generation, {}, [(0, 1)], []))  # type: ignore[arg-type]
         return True
 
 

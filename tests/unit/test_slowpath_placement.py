@@ -101,7 +101,7 @@ def test_a_workers_hits_count_under_the_right_labels() -> None:
     worker.inspect(query("abcdefghijklmnopqrstuvwxyz.example"))
     worker.inspect(payload(b"MAGIC"))
     totals: dict[str, int] = {}
-    add_hits(totals, compiled_rules.labels, worker.hits())
+    add_hits(totals, compiled_rules.labels, worker.matched())
     assert {label: n for label, n in totals.items() if n} == {
         "slow_path.dns_rules[5] match=*.c2.test action=block_source ttl=10m": 3,
         "slow_path.dns_rules[6] regex='^[a-z]{20,}\\\\.' action=drop": 1,

@@ -43,6 +43,6 @@ def test_a_queue_s_first_worker_is_shown_as_it_reports() -> None:
 
 def test_rule_hits_add_up_by_label() -> None:
     totals = {"a": 1}
-    add_hits(totals, ["a", "b"], [2, 3])
-    add_hits(totals, ["b"], [4, 99])  # hits beyond the generation's rules are not anyone's
+    add_hits(totals, ["a", "b"], [(0, 2), (1, 3)])
+    add_hits(totals, ["b"], [(0, 4), (1, 99)])  # hits beyond the generation's rules are not anyone's
     assert totals == {"a": 3, "b": 7}

@@ -244,10 +244,10 @@ EVENT = Event(3, _slowpath.DROP, 0, 4, 17, 40000, 53, 1, bytes([192, 0, 2, 1]), 
 # One of each message type, as a worker writes it (the JSON is the contract, written out here).
 WIRE = {
     MessageType.READY: ('{"type":"ready","zerocopy":true,"generation":2,"compiles":0}', Ready(True, 2, 0)),
-    MessageType.REPORT: ('{"type":"report","generation":2,"stats":{"rx":5},"hits":[1,0],"events":'
+    MessageType.REPORT: ('{"type":"report","generation":2,"stats":{"rx":5},"hits":[[0,1]],"events":'
                          f'[[3,{_slowpath.DROP},0,4,17,40000,53,1,"c0000201","c0000202","evil.test"]]}}',
-                         Report(2, {"rx": 5}, [1, 0], [EVENT])),
-    MessageType.RETIRED: ('{"type":"retired","generation":1,"hits":[7]}', Retired(1, [7])),
+                         Report(2, {"rx": 5}, [(0, 1)], [EVENT])),
+    MessageType.RETIRED: ('{"type":"retired","generation":1,"hits":[[0,7]]}', Retired(1, [(0, 7)])),
     MessageType.RULES_APPLIED: ('{"type":"rules_applied","generation":2}', RulesApplied(2)),
     MessageType.REGISTERED: ('{"type":"registered"}', Registered()),
     MessageType.EXITING: ('{"type":"exiting","signal":"SIGTERM"}', Exiting("SIGTERM")),

@@ -151,7 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out"),
                         help="directory for results.json, REPORT.md and the plots (default bench-out)")
     parser.add_argument("--quick", action="store_true", help="every section at small sizes (smoke run, < 2 min)")
-    parser.add_argument("--only", help="comma-separated sections: drop,passthrough,slowpath,dns,dnscost,scale,reload")
+    parser.add_argument("--only",
+                        help="comma-separated sections: drop,passthrough,slowpath,delivery,dns,dnscost,scale,reload")
     parser.add_argument("--max-load", type=float,
                         help=f"wait (at most {LOAD_WAIT_SECONDS} s) for the load average to fall below this first "
                              f"(default {MAX_LOAD} for a full run, no wait for --quick)")

@@ -436,6 +436,11 @@ class Ready:
     compiles: int  # Hyperscan compiles the worker did to start (0: it took the supervisor's databases)
 
 
+# (rule index, matches) of the rules that matched, by index (Rules.matched()): a report lists these,
+# not every rule, since a policy may hold a million rules of which few match.
+RuleHits = list[tuple[int, int]]
+
+
 @dataclass(frozen=True)
 class Report:
     """Every REPORT_INTERVAL: the Queue's stats, the hits of the generation in force, new events."""
@@ -443,7 +448,7 @@ class Report:
     type: ClassVar[MessageType] = MessageType.REPORT
     generation: int
     stats: dict[str, Any]
-    hits: list[int]
+    hits: RuleHits
     events: list[Event] = field(default_factory=list)
 
 
@@ -453,7 +458,7 @@ class Retired:
 
     type: ClassVar[MessageType] = MessageType.RETIRED
     generation: int
-    hits: list[int]
+    hits: RuleHits
 
 
 @dataclass(frozen=True)
@@ -540,8 +545,10 @@ def _int_field(data: dict[str, Any], name: str, what: str) -> int:
     return value
 
 
-def _hits(data: dict[str, Any], what: str) -> list[int]:
+def _hits(data: dict[str, Any], what: str) -> RuleHits:
     hits = data.get("hits")
-    if not isinstance(hits, list) or not all(isinstance(n, int) for n in hits):
-        raise ProtocolError(f"{what}: hits must be a list of integers")
-    return hits
+    if not isinstance(hits, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, int) and not isinstance(n, bool)
+                                                              and n >= 0 for n in pair) for pair in hits):
+        raise ProtocolError(f"{what}: hits must be a list of [rule index, matches] pairs")
+    return [(index, count) for index, count in hits]

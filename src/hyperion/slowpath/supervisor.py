@@ -55,6 +55,7 @@ from hyperion.slowpath.protocol import (
     Ready,
     Report,
     Retired,
+    RuleHits,
     RulesApplied,
     RulesOffer,
     WorkerMessage,
@@ -177,7 +178,7 @@ class WorkerProcess:
     ready: threading.Event = field(default_factory=threading.Event)
     exited: threading.Event = field(default_factory=threading.Event)  # its stdout closed
     report: dict[str, Any] | None = None
-    live_hits: dict[int, list[int]] = field(default_factory=dict)     # generation -> hits
+    live_hits: dict[int, RuleHits] = field(default_factory=dict)     # generation -> hits
     error: str | None = None
     exiting: str | None = None        # the worker said it is exiting on this signal
     zerocopy: bool = False
@@ -540,7 +541,7 @@ class SlowPath:
         for generation in [g for g in self._rules_by_generation if g not in keep]:
             del self._rules_by_generation[generation]
 
-    def _retire(self, generation: int, hits: list[int]) -> None:
+    def _retire(self, generation: int, hits: RuleHits) -> None:
         compiled = self._rules_by_generation.get(generation)
         if compiled is not None:
             add_hits(self._retired_hits, compiled.labels, hits)

@@ -4,7 +4,7 @@ read. Pure functions and types: the supervisor holds the data and the locks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypedDict
 
 from hyperion.slowpath.watchdog import Histogram, QueueReason, QueueState, TransitionRecord
@@ -44,10 +44,12 @@ def queue_totals(retired: Mapping[str, Any], current: Mapping[str, Any], ring_si
     return merged
 
 
-def add_hits(totals: dict[str, int], labels: Iterable[str], hits: Iterable[int]) -> None:
-    """Adds one worker's hits for one rules generation (rule index -> matches) to totals by label."""
-    for label, count in zip(labels, hits, strict=False):
-        totals[label] = totals.get(label, 0) + count
+def add_hits(totals: dict[str, int], labels: Sequence[str], hits: Iterable[tuple[int, int]]) -> None:
+    """Adds one worker's hits for one rules generation ((rule index, matches) pairs) to totals by
+    label; an index beyond the generation's rules is nobody's."""
+    for index, count in hits:
+        if 0 <= index < len(labels):
+            totals[labels[index]] = totals.get(labels[index], 0) + count
 
 
 def copy_histogram(histogram: Histogram) -> Histogram:

@@ -119,7 +119,7 @@ class Worker:
                 self.queue.set_rules(rules)
                 self.rules, self.generation = rules, command.generation
                 # After set_rules no batch uses the old set: its hits are final.
-                self.send(Retired(old_generation, old.hits()))
+                self.send(Retired(old_generation, old.matched()))
                 self.send(RulesApplied(self.generation))
         elif isinstance(command, RegisterCommand):
             self.queue.register()
@@ -141,7 +141,7 @@ class Worker:
         # Under the rules lock: a generation's hits go out with its number, and never after its
         # "retired" message (the supervisor would count them twice).
         with self._rules_lock:
-            self.send(Report(self.generation, self.queue.stats(), self.rules.hits(),
+            self.send(Report(self.generation, self.queue.stats(), self.rules.matched(),
                              [Event.from_native(e) for e in events]))
 
     def reporter(self) -> None:

@@ -251,6 +251,11 @@ def _section_markdown(name: str, section: dict[str, Any], plot: str | None) -> l
         out += _table(["configuration", "Mpps, median (min-max)", "ratio to minimal AF_XDP", "received/sent",
                        "XDP_STATISTICS rx_ring_full", "rx_dropped", "fill_ring_empty_descs",
                        "CPU0 busy (softirq): generator + NAPI copy", "CPU1 busy: the worker"], rows)
+    elif name == "delivery":
+        rows = [[r["name"], _mpps(r["passed_pps"]), _ratio(r.get("ratio_to_tun")),
+                 f"{r['passed_fraction']['median']:.3f}", f"{r['deliver_errors']:,}"] for r in section["configs"]]
+        out += _table(["delivery", "Mpps passed, median (min-max)", "ratio to TUN", "passed/sent",
+                       "deliver errors"], rows)
     elif name == "dns":
         rows = []
         for r in section["configs"]:

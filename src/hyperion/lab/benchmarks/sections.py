@@ -34,6 +34,7 @@ from hyperion.lab.generator import TrafficSpec
 from hyperion.lab.sandbox import HOST_V4, HOST_V6, NETNS_DIR, Sandbox, entered_netns
 from hyperion.policy.compiler import PolicyCompiler
 from hyperion.policy.model import Policy
+from hyperion.slowpath.delivery import Delivery, DeliveryKind, TunDevice, WireReentry
 from hyperion.slowpath.rules import compile_rules
 
 from .core import (
@@ -368,6 +369,101 @@ def _slowpath_sample(sb: Sandbox, fastpath: FastPath, name: str, rules: Any, ins
     xsk_delta = telemetry.get("xsk", {}).get("queue0", {})
     return Sample("slowpath", name, round_no, "throughput", gen.sent, int(stats["rx"]), gen.seconds, None, telemetry,
                   {"xsk": xsk_delta})
+
+
+# ---- 3b. slow-path delivery ------------------------------------------------------------------
+
+DELIVERY_QUERY = "passed.bench.test"  # no rule matches it: every query is passed to the stack
+
+
+def delivery_section(plan: Plan, progress: Progress) -> dict[str, Any]:
+    """Packets/s the slow path passes to the stack: re-entry through the real interface (the helper
+    veth and its TC program, one sendmmsg per batch) against the TUN device (one write per packet),
+    in the same sandbox, with the same worker loop and the same frames; only the delivery differs.
+    Ground truth: the worker's passed counter (a send the kernel refused counts as deliver_errors)."""
+    kinds: list[DeliveryKind] = ["wire", "tun"]
+    rules = _slowpath_rules(1)
+    samples: list[Sample] = []
+    with Sandbox() as sb:
+        policy = Policy.model_validate({"fast_path": {"redirect_ports": [
+            {"protocol": "udp", "port": 53, "on_failure": "drop"}]}, "slow_path": {"dns_name_rules": "slow_path"}})
+        with entered_netns(sb.host_ns):
+            fastpath = FastPath.attach(sb.host_if)
+        try:
+            fastpath.apply(PolicyCompiler(fastpath.abi, fastpath.capacities()).compile(policy))
+            frames = _frames(sb, ["192.0.2.2"], "dns", HOST_V4, [DELIVERY_QUERY])
+            for round_no in range(plan.slow_rounds):
+                for kind in kinds:
+                    sample = _delivery_sample(sb, fastpath, kind, rules, frames, plan.slow_count, round_no)
+                    samples.append(sample)
+                    progress(f"delivery r{round_no} {kind}: {sample.received / sample.seconds / 1e6:.3f} Mpps passed")
+        finally:
+            fastpath.close()
+            with entered_netns(sb.host_ns):
+                FastPath.detach(sb.host_if)
+    rows: list[dict[str, Any]] = []
+    for kind in kinds:
+        mine = [s for s in samples if s.config == kind]
+        pps = spread([s.received / s.seconds for s in mine])
+        rows.append({"name": kind, "passed_pps": pps,
+                     "deliver_errors": sum(int(s.extra["deliver_errors"]) for s in mine),
+                     "passed_fraction": spread([s.received / s.sent for s in mine])})
+    tun = next(r for r in rows if r["name"] == "tun")["passed_pps"]["median"]
+    for row in rows:
+        row["ratio_to_tun"] = row["passed_pps"]["median"] / tun if tun else None
+    return {
+        "title": "Slow-path delivery: packets/s passed to the stack, re-entry vs TUN",
+        "method": {"frame": f"IPv4/UDP DNS query for {DELIVERY_QUERY} (no rule: passed)",
+                   "rounds": plan.slow_rounds, "frames_per_sample": plan.slow_count, "generator_cpu": GENERATOR_CPU,
+                   "worker_cpu": WORKER_CPU,
+                   "ground_truth": "the worker's passed counter over the generator's sending time"},
+        "configs": rows,
+        "samples": [s.as_dict() for s in samples],
+    }
+
+
+def _delivery_sample(sb: Sandbox, fastpath: FastPath, kind: DeliveryKind, rules: Any, frames: list[bytes],
+                     count: int, round_no: int) -> Sample:
+    with entered_netns(sb.host_ns):
+        delivery: Delivery = (WireReentry(sb.host_if) if kind == "wire"
+                              else TunDevice(f"hyb{os.getpid() % 100000}t", mirror_addresses_of=sb.host_if))
+        try:
+            queue = _slowpath.Queue(sb.host_if, 0, fastpath.maps["xsk_map"].fd, rules, events=False,
+                                    deliver_fd=delivery.fd, deliver_frames=delivery.frames)
+        except BaseException:
+            delivery.close()
+            raise
+
+    def work() -> None:
+        os.sched_setaffinity(0, {WORKER_CPU})
+        queue.run()
+
+    worker = threading.Thread(target=work, name="delivery-worker")
+    worker.start()
+    try:
+        before = queue.stats()
+        gen = send_from(sb.client_ns, sb.client_if, frames, count)
+        # The worker drains its ring: until its rx count stops moving (bounded). What the ring could
+        # not take is lost before delivery, for both deliveries alike (passed/sent says how much).
+        deadline, last, still_since = time.monotonic() + 10, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            rx = int(queue.stats()["rx"])
+            if rx != last:
+                last, still_since = rx, time.monotonic()
+            elif time.monotonic() - still_since > 0.2:
+                break
+            time.sleep(0.02)
+        fastpath.maps["xsk_map"].delete(bytes(4))
+    finally:
+        queue.stop()
+        worker.join(timeout=30)
+        stats = queue.stats()
+        queue.close()
+        with entered_netns(sb.host_ns):
+            delivery.close()
+    passed = int(stats["passed"]) - int(before["passed"])
+    return Sample("delivery", kind, round_no, "throughput", gen.sent, passed, gen.seconds, None, {},
+                  {"deliver_errors": int(stats["deliver_errors"]) - int(before["deliver_errors"])})
 
 
 # ---- 4. DNS service --------------------------------------------------------------------------
@@ -982,6 +1078,7 @@ SECTIONS: dict[str, Callable[[Plan, Progress], dict[str, Any]]] = {
     "drop": drop_section,
     "passthrough": pass_section,
     "slowpath": slowpath_section,
+    "delivery": delivery_section,
     "dns": dns_section,
     "dnscost": dnscost_section,
     "scale": scale_section,
