@@ -39,6 +39,7 @@ from hyperion.slowpath.rules import compile_rules
 
 from .core import (
     GENERATOR_CPU,
+    BaselineProgram,
     BaselineXdp,
     BenchError,
     HyperionXdp,
@@ -473,6 +474,9 @@ class DnsTier(enum.Enum):
     """What stands between dnsperf and dnsmasq in one DNS configuration."""
 
     NONE = "none"            # nothing: the baseline
+    # The minimal XDP_PASS program on the host's veth end: what any XDP program costs there (veth then
+    # receives through its own NAPI), so the tiers' ratios can be read against it too.
+    XDP_PASS = "xdp_pass"
     XDP = "xdp"              # hyperion run, exact+suffix name rules judged in XDP
     SLOW_PATH = "slow_path"  # the same plus regex rules: unmatched queries go through the AF_XDP workers
     DNSDIST = "dnsdist"      # dnsdist forwarding to the same dnsmasq, the same names as its own rules
@@ -572,6 +576,7 @@ def dns_configs(plan: Plan) -> list[DnsConfig]:
         return f"{n:,} exact+suffix rule{'s' if n > 1 else ''}"
 
     return [DnsConfig("no filter", DnsTier.NONE),
+            DnsConfig("XDP_PASS attached (minimal)", DnsTier.XDP_PASS),
             *[DnsConfig(f"hyperion xdp tier, {rules(n)}", DnsTier.XDP, n) for n in plan.dns_sizes],
             *[DnsConfig(f"hyperion slow-path tier, {rules(n)} + {plan.dns_regex} regex", DnsTier.SLOW_PATH, n,
                         plan.dns_regex) for n in plan.dns_sizes],
@@ -711,8 +716,12 @@ def _serving(sb: Sandbox, config: DnsConfig, work: Path, hit: str) -> Iterator[d
     yields a dict for its start-up facts; stops it (by PID) afterwards, also on failure."""
     facts: dict[str, Any] = {}
     process: subprocess.Popen[str] | None = None
+    baseline: BaselineProgram | None = None
     log = work / f"{config.tier.value}-{config.rules}.log"
     try:
+        if config.tier is DnsTier.XDP_PASS:
+            with entered_netns(sb.host_ns):
+                baseline = BaselineProgram(sb.host_if, "xdp_pass", "baseline_pass")
         if config.tier in (DnsTier.XDP, DnsTier.SLOW_PATH):
             policy = work / f"policy-{config.tier.value}-{config.rules}.json"
             if not policy.exists():
@@ -735,6 +744,8 @@ def _serving(sb: Sandbox, config: DnsConfig, work: Path, hit: str) -> Iterator[d
     finally:
         if process is not None:
             _stop(process)
+        if baseline is not None:
+            baseline.close()
 
 
 def dns_section(plan: Plan, progress: Progress) -> dict[str, Any]:
