@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hyperion.errors import HyperionError
 from hyperion.fastpath.loader import STATE_ROOT, pin_dir_for, private_dir
+from hyperion.kernel.process import process_exists
 
 POLL_SECONDS = 0.05
 
@@ -62,17 +63,6 @@ def _read_owner(fd: int) -> Owner | None:
         return None  # being written, or released (emptied)
 
 
-def _alive(pid: int) -> bool:
-    """False for the stale record of a daemon that was killed (its lock is already free)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class InterfaceLock:
     """The held lock; release() (or leaving the with block, or the process ending) frees it."""
 
@@ -95,7 +85,7 @@ class InterfaceLock:
                     break
                 except BlockingIOError:
                     owner = _read_owner(fd)
-                    if (owner is not None and owner.role is OwnerRole.DAEMON and _alive(owner.pid)) \
+                    if (owner is not None and owner.role is OwnerRole.DAEMON and process_exists(owner.pid)) \
                             or time.monotonic() > deadline:
                         raise InterfaceBusyError(ifname, owner) from None
                     time.sleep(POLL_SECONDS)

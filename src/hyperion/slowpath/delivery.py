@@ -30,6 +30,7 @@ from hyperion.errors import HyperionError, SlowPathError
 from hyperion.fastpath.loader import BpfObject
 from hyperion.kernel import libbpf
 from hyperion.kernel.netdev import ifindex_of, run_checked
+from hyperion.kernel.process import process_exists
 
 log = logging.getLogger("hyperion.slowpath")
 
@@ -200,22 +201,12 @@ def remove_stale_pairs() -> list[str]:
             pid = int(alias.rsplit("(pid ", 1)[1].rstrip(")"))
         except ValueError:
             continue
-        if _alive(pid):
+        if process_exists(pid):
             continue
         if subprocess.run(["ip", "link", "del", link["ifname"]], capture_output=True).returncode == 0:
             log.info("removed the re-entry pair %s of daemon %d, which is gone", link["ifname"], pid)
             removed.append(link["ifname"])
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_delivery(kind: DeliveryKind, ifname: str, tun_name: str | None = None) -> Delivery:
